@@ -1,0 +1,49 @@
+"""The first half of the pipeline: signing key -> packages per arch -> signed index per arch."""
+from doit.tools import config_changed
+
+from outpost import apk, builders, repo
+from outpost.taskutil import action, files_under, remove
+
+
+def keygen(inventory):
+    key = inventory.repository.signing_key
+    return {
+        "actions": [action(apk.generate_key, key)],
+        "targets": [str(key), str(inventory.repository.public_key)],
+        # Never made again once it exists, and `doit clean` keeps it (no "clean" here).
+        "uptodate": [True],
+        "doc": f"Make the signing key {key} (never overwrites one)",
+    }
+
+
+def packages(inventory):
+    builder = builders.make_builder(inventory)
+    key = inventory.repository.signing_key
+    for arch in builder.build_arches(inventory.arches):
+        targets = builder.targets(arch)
+        yield {
+            "name": arch,
+            "doc": f"Build the {arch} packages with the {inventory.builder.kind} builder",
+            "actions": [action(builder.build, arch)],
+            "file_dep": [f for pkg in builder.packages(arch) for f in files_under(pkg.template_dir)]
+            + [str(key)],
+            "targets": [str(t) for t in targets],
+            "uptodate": [config_changed(builder.settings())],
+            "clean": [remove(*targets, builder.stage_dir(arch))],
+        }
+
+
+def index(inventory):
+    builder = builders.make_builder(inventory)
+    key = inventory.repository.signing_key
+    for arch in inventory.arches:
+        apks = [t for build_arch in builder.sources(arch) for t in builder.targets(build_arch)]
+        repo_dir = repo.repo_dir(inventory, arch)
+        yield {
+            "name": arch,
+            "doc": f"Publish the {arch} packages and sign the repository index",
+            "actions": [action(repo.publish, arch, apks, repo_dir, builder, key)],
+            "file_dep": [str(a) for a in apks] + [str(key)],
+            "targets": [str(repo_dir / "APKINDEX.tar.gz")],
+            "clean": [remove(repo_dir)],
+        }
