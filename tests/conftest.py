@@ -1,7 +1,5 @@
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,20 +34,3 @@ def project(tmp_path):
         elif src.exists():
             shutil.copy2(src, dest / name)
     return dest
-
-
-def run_doit(project, *args, env=None, check=True):
-    """Run real doit in a subprocess, in the project copy. Returns the CompletedProcess."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("OUTPOST_INVENTORY", None) if "OUTPOST_INVENTORY" not in (env or {}) else None
-    proc = subprocess.run([sys.executable, "-m", "doit", *args], cwd=project, env=full_env,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"doit {' '.join(args)} exited {proc.returncode}\n"
-                             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
-
-
-def ran_tasks(output: str) -> list[str]:
-    """Task names doit ran (lines '.  name'), as opposed to up-to-date ones ('-- name')."""
-    return [line[3:].strip() for line in output.splitlines() if line.startswith(".  ")]
