@@ -1,0 +1,400 @@
+"""inventory.toml: the schema, its defaults, and one clear error per kind of mistake."""
+from pathlib import Path
+
+import pytest
+
+from outpost.errors import OutpostError
+from outpost.inventory import InventoryError, load
+
+REPO = Path(__file__).resolve().parent.parent
+
+VALID = """\
+[repository]
+signing_key = "keys/outpost.rsa"
+path = "/var/lib/outpost/repo"
+
+[builder]
+kind = "local"
+
+[ssh]
+user = "deploy"
+port = 22
+known_hosts = "state/known_hosts"
+identity = "state/deploy_key"
+
+[[packages]]
+name = "linkedlist"
+service = "linkedlist"
+content = "content"
+content_dir = "/var/lib/linkedlist/content"
+port = 8080
+
+[[hosts]]
+name = "au"
+address = "198.18.0.11"
+arch = "x86_64"
+region = "oceania"
+
+[[hosts]]
+name = "ny"
+address = "198.18.0.12"
+arch = "x86_64"
+region = "north-america"
+"""
+
+HOST_KEYS = "address, arch, groups, name, port, region, user"
+
+
+def variant(old: str, new: str) -> str:
+    """VALID with one piece of text replaced (it must occur exactly once)."""
+    assert VALID.count(old) == 1, old
+    return VALID.replace(old, new)
+
+
+@pytest.fixture
+def write(tmp_path):
+    def write(text: str) -> Path:
+        path = tmp_path / "inventory.toml"
+        path.write_text(text)
+        return path
+    return write
+
+
+@pytest.fixture
+def error(write):
+    """The message load() raises for this inventory text, without the '<file>: ' prefix."""
+    def error(text: str) -> str:
+        path = write(text)
+        with pytest.raises(InventoryError) as raised:
+            load(path)
+        message = str(raised.value)
+        assert message.startswith(f"{path}: "), message
+        return message.removeprefix(f"{path}: ")
+    return error
+
+
+def test_valid_inventory_loads_with_defaults(write, tmp_path):
+    inventory = load(write(VALID))
+    assert inventory.path == tmp_path / "inventory.toml"
+    assert inventory.root == tmp_path
+    assert [host.name for host in inventory.hosts] == ["au", "ny"]
+    au = inventory.host("au")
+    assert (au.user, au.port, au.groups) == ("deploy", 22, ())
+    assert inventory.fleet is None
+    assert (inventory.ssh.connect_timeout, inventory.ssh.command_timeout) == (10.0, 300.0)
+    (package,) = inventory.packages
+    assert package.category == "user"
+    assert package.template_dir == tmp_path / "cports-overlay" / "user" / "linkedlist"
+
+
+def test_host_user_and_port_default_from_ssh_and_can_be_overridden(write):
+    text = variant('user = "deploy"\nport = 22', 'user = "admin"\nport = 2200')
+    text += 'user = "root"\nport = 2222\n'  # for the last host, ny
+    inventory = load(write(text))
+    assert (inventory.host("au").user, inventory.host("au").port) == ("admin", 2200)
+    assert (inventory.host("ny").user, inventory.host("ny").port) == ("root", 2222)
+
+
+def test_absent_builder_table_means_the_local_builder(write):
+    inventory = load(write(variant('[builder]\nkind = "local"\n', "")))
+    assert (inventory.builder.kind, inventory.builder.cports, inventory.builder.args) == (
+        "local", None, ())
+
+
+def test_relative_paths_resolve_against_the_inventory_folder_not_the_cwd(
+        write, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    inventory = load(write(VALID))
+    assert inventory.repository.signing_key == tmp_path / "keys" / "outpost.rsa"
+    assert inventory.repository.public_key == tmp_path / "keys" / "outpost.rsa.pub"
+    assert inventory.repository.key_name == "outpost.rsa.pub"
+    assert inventory.ssh.known_hosts == tmp_path / "state" / "known_hosts"
+    assert inventory.packages[0].content == tmp_path / "content"
+
+
+def test_tilde_means_the_home_folder(write, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    inventory = load(write(variant('identity = "state/deploy_key"',
+                                   'identity = "~/.ssh/id_ed25519"')))
+    assert inventory.ssh.identity == tmp_path / "home" / ".ssh" / "id_ed25519"
+
+
+def test_integer_timeouts_become_floats(write):
+    inventory = load(write(variant('identity = "state/deploy_key"',
+                                   'identity = "state/deploy_key"\nconnect_timeout = 3')))
+    assert inventory.ssh.connect_timeout == 3.0
+    assert isinstance(inventory.ssh.connect_timeout, float)
+
+
+def test_arches_are_sorted_and_unique(write):
+    inventory = load(write(VALID + '[[hosts]]\nname = "de"\naddress = "203.0.113.40"\n'
+                                   'arch = "aarch64"\nregion = "europe"\n'))
+    assert inventory.arches == ("aarch64", "x86_64")
+
+
+# --- One test per kind of error ------------------------------------------------------------------
+
+def test_toml_syntax_error_gives_line_and_column(error):
+    message = error(variant('region = "oceania"', 'region = oceania'))
+    assert message.startswith("not valid TOML: ")
+    assert "(at line 25, column 10)" in message
+
+
+def test_error_names_the_file_as_given(write, monkeypatch, tmp_path):
+    write(variant('name = "ny"', 'name = "ny"\nadress = "x"'))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutpostError) as raised:  # an OutpostError: shown without a traceback
+        load("inventory.toml")
+    assert str(raised.value) == (
+        f"inventory.toml: [[hosts]] #2 (ny): unknown key 'adress'; allowed: {HOST_KEYS}")
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nowhere.toml"
+    with pytest.raises(InventoryError) as raised:
+        load(path)
+    assert str(raised.value) == f"{path}: cannot read the inventory: No such file or directory"
+
+
+def test_missing_key(error):
+    assert error(variant('arch = "x86_64"\nregion = "north-america"',
+                         'region = "north-america"')) == (
+        "[[hosts]] #2 (ny): missing key 'arch' (a string)")
+
+
+def test_missing_key_in_a_single_table(error):
+    assert error(variant('path = "/var/lib/outpost/repo"\n', "")) == (
+        "[repository]: missing key 'path' (a string)")
+
+
+def test_missing_table(error):
+    assert error(variant('[repository]\nsigning_key = "keys/outpost.rsa"\n'
+                         'path = "/var/lib/outpost/repo"\n', "")) == "missing table [repository]"
+
+
+def test_unknown_key_lists_the_allowed_keys(error):
+    assert error(variant('address = "198.18.0.12"', 'adress = "198.18.0.12"')) == (
+        f"[[hosts]] #2 (ny): unknown key 'adress'; allowed: {HOST_KEYS}")
+
+
+def test_unknown_key_in_ssh(error):
+    assert error(variant('port = 22\n', 'prot = 22\n')) == (
+        "[ssh]: unknown key 'prot'; allowed: command_timeout, connect_timeout, identity, "
+        "known_hosts, port, user")
+
+
+def test_unknown_table(error):
+    assert error(VALID + "[hostz]\nname = 'x'\n") == (
+        "unknown table 'hostz'; allowed: builder, fleet, hosts, packages, repository, ssh")
+
+
+def test_wrong_type_says_expected_and_found(error):
+    assert error(variant('name = "ny"', 'name = "ny"\nport = "22"')) == (
+        "[[hosts]] #2 (ny): key 'port' must be an integer, found a string ('22')")
+
+
+def test_boolean_is_not_an_integer(error):
+    assert error(variant("port = 8080", "port = true")) == (
+        "[[packages]] #1 (linkedlist): key 'port' must be an integer, found a boolean (True)")
+
+
+def test_wrong_type_in_an_array(error):
+    assert error(variant('name = "au"', 'name = "au"\ngroups = ["web", 1]')) == (
+        "[[hosts]] #1 (au): key 'groups' must be an array of strings, found an array")
+
+
+def test_wrong_type_of_path(error):
+    assert error(variant('identity = "state/deploy_key"', "identity = 5")) == (
+        "[ssh]: key 'identity' must be a string (a path on this machine), found an integer (5)")
+
+
+def test_table_given_where_an_array_of_tables_belongs(error):
+    text = variant('[[packages]]', '[packages]')
+    assert error(text) == (
+        "'packages' must be one or more [[packages]] tables, found a table")
+
+
+def test_duplicate_host_name(error):
+    assert error(variant('name = "ny"', 'name = "au"')) == (
+        "[[hosts]] #2 (au): duplicate host name 'au' (also [[hosts]] #1)")
+
+
+def test_duplicate_package_name(error):
+    text = VALID + '[[packages]]\nname = "linkedlist"\n'
+    assert error(text) == (
+        "[[packages]] #2 (linkedlist): duplicate package name 'linkedlist' "
+        "(also [[packages]] #1)")
+
+
+def test_arch_no_builder_can_target(error):
+    assert error(variant('name = "ny"\naddress = "198.18.0.12"\narch = "x86_64"',
+                         'name = "ny"\naddress = "198.18.0.12"\narch = "amd64"')) == (
+        "[[hosts]] #2 (ny): key 'arch': 'amd64' is not an arch any builder can target; "
+        "Chimera Linux arches: aarch64 armv7 loongarch64 ppc ppc64 ppc64le riscv64 x86_64")
+
+
+@pytest.mark.parametrize("address", [
+    "198.18.0.300",        # looks like IPv4, isn't
+    "deploy@198.18.0.12",  # a user belongs in `user`
+    "ny.example.org:22",   # a port belongs in `port`
+    "-ny.example.org",
+    "",
+])
+def test_bad_address(error, address):
+    assert error(variant('address = "198.18.0.12"', f'address = "{address}"')) == (
+        f"[[hosts]] #2 (ny): key 'address': {address!r} is neither an IP address nor a DNS name")
+
+
+@pytest.mark.parametrize("address", ["ny.example.org", "ny", "2001:db8::12", "192.0.2.20"])
+def test_good_addresses(write, address):
+    inventory = load(write(variant('address = "198.18.0.12"', f'address = "{address}"')))
+    assert inventory.host("ny").address == address
+
+
+@pytest.mark.parametrize("port", [0, 65536])
+def test_port_out_of_range(error, port):
+    assert error(variant('name = "ny"', f'name = "ny"\nport = {port}')) == (
+        f"[[hosts]] #2 (ny): key 'port': port {port} is out of range (1-65535)")
+
+
+def test_ssh_port_out_of_range(error):
+    assert error(variant("port = 22\n", "port = 70000\n")) == (
+        "[ssh]: key 'port': port 70000 is out of range (1-65535)")
+
+
+def test_negative_timeout(error):
+    assert error(variant('identity = "state/deploy_key"',
+                         'identity = "state/deploy_key"\ncommand_timeout = -1')) == (
+        "[ssh]: key 'command_timeout': must be more than 0, found -1")
+
+
+def test_cbuild_needs_a_cports_clone(error):
+    assert error(variant('kind = "local"', 'kind = "cbuild"')) == (
+        "[builder]: missing key 'cports' (the path of a cports git clone), "
+        'needed when kind = "cbuild"')
+
+
+def test_cbuild_with_cports_loads(write, tmp_path):
+    inventory = load(write(variant(
+        'kind = "local"',
+        'kind = "cbuild"\ncports = "../cports"\nargs = ["-N"]\nconfig = "etc/config.ini"')))
+    assert inventory.builder.kind == "cbuild"
+    assert inventory.builder.cports == tmp_path / ".." / "cports"
+    assert inventory.builder.args == ("-N",)
+    assert inventory.builder.config == "etc/config.ini"
+
+
+def test_cbuild_options_with_the_local_builder(error):
+    assert error(variant('kind = "local"', 'kind = "local"\ncports = "../cports"')) == (
+        "[builder]: key 'cports' is only used when kind = \"cbuild\" (kind is \"local\")")
+
+
+def test_unknown_builder_kind(error):
+    assert error(variant('kind = "local"', 'kind = "docker"')) == (
+        "[builder]: key 'kind': unknown builder kind 'docker'; use one of: cbuild, local")
+
+
+def test_content_dir_must_be_absolute(error):
+    assert error(variant('content_dir = "/var/lib/linkedlist/content"',
+                         'content_dir = "linkedlist/content"')) == (
+        "[[packages]] #1 (linkedlist): key 'content_dir': "
+        "'linkedlist/content' must be an absolute path")
+
+
+def test_content_needs_content_dir(error):
+    assert error(variant('content_dir = "/var/lib/linkedlist/content"\n', "")) == (
+        "[[packages]] #1 (linkedlist): keys 'content' and 'content_dir' go together "
+        "(what to push and where hosts keep it); give both or neither")
+
+
+def test_repository_path_must_be_absolute(error):
+    assert error(variant('path = "/var/lib/outpost/repo"', 'path = "outpost/repo"')) == (
+        "[repository]: key 'path': 'outpost/repo' must be an absolute path")
+
+
+def test_at_least_one_host(error):
+    hosts = VALID[VALID.index("[[hosts]]"):]
+    # A top-level key must come before the first table.
+    assert error("hosts = []\n" + variant(hosts, "")) == (
+        "'hosts' must be one or more [[hosts]] tables, found an empty array")
+
+
+def test_hosts_table_is_required(error):
+    hosts = VALID[VALID.index("[[hosts]]"):]
+    assert error(variant(hosts, "")) == "missing table [[hosts]]"
+
+
+def test_at_least_one_package(error):
+    packages = VALID[VALID.index("[[packages]]"):VALID.index("[[hosts]]")]
+    assert error("packages = []\n" + variant(packages, "")) == (
+        "'packages' must be one or more [[packages]] tables, found an empty array")
+
+
+@pytest.mark.parametrize("name", ["NY", "ny_1", "sync:ny", "-ny", "ny-"])
+def test_host_name_must_suit_tasks_and_hostnames(error, name):
+    assert error(variant('name = "ny"', f'name = "{name}"')) == (
+        f"[[hosts]] #2 ({name}): key 'name': {name!r} is not a usable host name; "
+        "use lowercase letters, digits and '-' (it names tasks such as sync:<host>)")
+
+
+def test_package_name_cannot_leave_the_overlay(error):
+    assert error(variant('name = "linkedlist"', 'name = "../linkedlist"')) == (
+        "[[packages]] #1 (../linkedlist): key 'name': '../linkedlist' is not a usable name; "
+        "use lowercase letters, digits and . _ + -")
+
+
+def test_unknown_host_names_the_known_ones(write, tmp_path):
+    inventory = load(write(VALID))
+    with pytest.raises(InventoryError) as raised:
+        inventory.host("fr")
+    assert str(raised.value) == (
+        f"{tmp_path / 'inventory.toml'}: no host named 'fr'; known hosts: au, ny")
+
+
+# --- The inventories shipped with the repo -------------------------------------------------------
+
+def test_repo_inventory_is_the_local_fleet():
+    inventory = load(REPO / "inventory.toml")
+    assert inventory.root == REPO
+    assert [(h.name, h.address, h.region, h.arch) for h in inventory.hosts] == [
+        ("au", "198.18.0.11", "oceania", "x86_64"),
+        ("ny", "198.18.0.12", "north-america", "x86_64"),
+        ("fr", "198.18.0.13", "europe", "x86_64"),
+    ]
+    assert all((h.user, h.port, h.groups) == ("deploy", 22, ("linkedlist_servers",))
+               for h in inventory.hosts)
+    assert inventory.builder.kind == "local"
+    assert inventory.fleet.state == REPO / "build" / "fleet"
+    assert inventory.ssh.known_hosts == REPO / "build" / "fleet" / "known_hosts"
+    assert inventory.ssh.identity == REPO / "build" / "fleet" / "deploy_key"
+    assert (inventory.ssh.connect_timeout, inventory.ssh.command_timeout) == (5.0, 120.0)
+    assert inventory.repository.signing_key == REPO / "keys" / "outpost.rsa"
+    assert inventory.repository.path == "/var/lib/outpost/repo"
+    (package,) = inventory.packages
+    assert (package.name, package.service, package.port) == ("linkedlist", "linkedlist", 8080)
+    assert package.content == REPO / "content"
+    assert package.content_dir == "/var/lib/linkedlist/content"
+    assert package.template_dir == REPO / "cports-overlay" / "user" / "linkedlist"
+    assert inventory.arches == ("x86_64",)
+
+
+def test_example_inventory_is_real_servers_built_by_cbuild(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    inventory = load(REPO / "inventory.example.toml")
+    assert inventory.fleet is None
+    assert inventory.builder.kind == "cbuild"
+    assert inventory.builder.cports == tmp_path / "src" / "cports"
+    assert inventory.builder.config == "etc/config.ini"
+    assert inventory.repository.key_name == "wes@example.org-67a0c3d1.rsa.pub"
+    assert inventory.repository.public_key == (
+        tmp_path / "src" / "cports" / "etc" / "keys" / "wes@example.org-67a0c3d1.rsa.pub")
+    assert [(h.name, h.address, h.port, h.arch) for h in inventory.hosts] == [
+        ("au", "203.0.113.10", 22, "x86_64"),
+        ("ny", "192.0.2.20", 2222, "x86_64"),
+        ("fr", "192.0.2.30", 22, "x86_64"),
+        ("de", "203.0.113.40", 22, "aarch64"),
+    ]
+    assert inventory.arches == ("aarch64", "x86_64")
+    assert inventory.ssh.identity == tmp_path / ".ssh" / "id_ed25519"
