@@ -410,7 +410,8 @@ def load(path: str | Path) -> Inventory:
     inventory_path = Path(path).resolve()
     root = inventory_path.parent
     checked = _check_document(document, label, root)
-    builder = checked["builder"] or _check_table({}, SCHEMA["builder"], "", root)
+    # An absent [builder] is an empty one: every key has a default (the local builder).
+    builder = checked["builder"] or _check_table({}, SCHEMA["builder"], f"{label}: [builder]", root)
     _check_builder(builder, label)
     _check_package_content(checked["packages"], label)
 

@@ -158,6 +158,14 @@ def test_missing_file(tmp_path):
     assert str(raised.value) == f"{path}: cannot read the inventory: No such file or directory"
 
 
+def test_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "inventory.toml"
+    path.write_bytes(VALID.replace("oceania", "oc\xe9ania").encode("latin-1"))
+    with pytest.raises(InventoryError) as raised:
+        load(path)
+    assert str(raised.value) == f"{path}: not valid TOML: the file is not UTF-8"
+
+
 def test_missing_key(error):
     assert error(variant('arch = "x86_64"\nregion = "north-america"',
                          'region = "north-america"')) == (
