@@ -1,0 +1,274 @@
+"""Every command the remote steps run, built by pure functions: argv lists for local programs
+(ssh options, rsync) and one POSIX sh script per host per step. Nothing here runs anything;
+outpost.remote does. (content_digest and index_format read local files, nothing else.)
+
+Root on the hosts: the SSH user (`deploy`) is not root. The scripts run a short, fixed list of
+commands through doas, each with fixed arguments, and `doas_rules` writes the doas.conf rules
+that allow exactly those and nothing more:
+
+    doas tee /etc/apk/keys/<key_name>              the repository's public key (sync)
+    doas tee /etc/apk/repositories.d/outpost.list  the repository list line (sync)
+    doas install -d -o <user> -m 755 <dir>         a folder the user then writes with rsync:
+                                                   the repository path and each content_dir (sync)
+    doas apk update                                (upgrade)
+    doas apk add -u <package>                      (upgrade)
+    doas dinitctl restart --ignore-unstarted <svc> (upgrade)
+    doas dinitctl start <svc>                      (upgrade)
+
+A rule with `cmd` makes doas look the command up in its own safe PATH, and `args` must match
+the whole argument list, so the user can't widen any of these. Note what they grant all the
+same: whoever can write the repository and the key can have apk install anything, so the SSH
+user is as good as root on the package side. That is the deploy user's job; keep its key safe.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import shlex
+from pathlib import Path
+
+from outpost.errors import OutpostError
+
+# /etc/apk/repositories.d/<LIST_NAME>.list holds Outpost's repository line.
+LIST_NAME = "outpost"
+KEYS_DIR = "/etc/apk/keys"
+LISTS_DIR = "/etc/apk/repositories.d"
+INDEX_FILES = {"v3": "Packages.adb", "v2": "APKINDEX.tar.gz"}  # what each list format reads
+
+
+# --- ssh and rsync (run on this machine) ------------------------------------------------------
+
+def ssh_options(ssh, host) -> list[str]:
+    """OpenSSH options that pin the host key to the inventory's known_hosts and use only the
+    inventory's identity. `-F /dev/null` ignores ~/.ssh/config, as the Fabric side does: the
+    inventory alone says how to reach a host."""
+    return [
+        "-F", "/dev/null",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={ssh.known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "BatchMode=yes",
+        # OpenSSH takes whole seconds; round up so a short timeout never becomes 0 (= none).
+        "-o", f"ConnectTimeout={math.ceil(ssh.connect_timeout)}",
+        "-o", "IdentitiesOnly=yes",
+        "-i", str(ssh.identity),
+        "-p", str(host.port),
+    ]
+
+
+def _remote_host(host) -> str:
+    address = f"[{host.address}]" if ":" in host.address else host.address  # IPv6
+    return f"{host.user}@{address}"
+
+
+def rsync_argv(src_dir, host, dest_dir: str, ssh, *, delete=True, hardlinks=False,
+               extra=()) -> list[str]:
+    """rsync the contents of src_dir into dest_dir on host (both with a trailing slash, so the
+    folder's contents land in dest_dir, not a folder inside it)."""
+    argv = ["rsync", "-a"]
+    if hardlinks:
+        argv.append("-H")
+    if delete:
+        argv.append("--delete")
+    argv += [
+        # An I/O timeout: a host that stops answering mid-transfer fails the step.
+        f"--timeout={math.ceil(ssh.command_timeout)}",
+        "-e", shlex.join(["ssh", *ssh_options(ssh, host)]),
+        *extra,
+        f"{str(src_dir).rstrip('/')}/",
+        f"{_remote_host(host)}:{dest_dir.rstrip('/')}/",
+    ]
+    return argv
+
+
+def repo_rsync_argv(build_repo: Path, host, repository, ssh) -> list[str]:
+    """The host's arch folder of the local repository, to the same folder under the
+    repository path on the host. -H keeps cbuild's APKINDEX.tar.gz a hardlink of
+    Packages.adb instead of a second copy."""
+    return rsync_argv(build_repo / host.arch, host, f"{repository.path}/{host.arch}", ssh,
+                      hardlinks=True)
+
+
+def content_rsync_argv(package, host, ssh) -> list[str]:
+    """The package's content folder to its content_dir on host; files gone here go there."""
+    return rsync_argv(package.content, host, package.content_dir, ssh, delete=True)
+
+
+# --- sync: repository key and list ------------------------------------------------------------
+
+def index_format(arch_dir: Path) -> str:
+    """"v3" when the repository folder has a Packages.adb (cbuild), "v2" when it has only an
+    APKINDEX.tar.gz (the local builder)."""
+    for fmt in ("v3", "v2"):
+        if (arch_dir / INDEX_FILES[fmt]).is_file():
+            return fmt
+    raise OutpostError(f"{arch_dir}: no repository index (Packages.adb or APKINDEX.tar.gz);"
+                       f" run `doit index:{arch_dir.name}` first")
+
+
+def repo_list_line(fmt: str, repo_path: str) -> str:
+    """The repositories.d line for a local-path repository: apk reads
+    <repo_path>/<arch>/Packages.adb for v3 and <repo_path>/<arch>/APKINDEX.tar.gz for v2."""
+    if fmt not in INDEX_FILES:
+        raise ValueError(f"unknown index format {fmt!r}; expected one of {sorted(INDEX_FILES)}")
+    return f"{fmt} {repo_path}"
+
+
+def key_path(key_name: str) -> str:
+    return f"{KEYS_DIR}/{key_name}"
+
+
+def list_path() -> str:
+    return f"{LISTS_DIR}/{LIST_NAME}.list"
+
+
+def _owned_dir_command(user: str, path: str) -> list[str]:
+    return ["doas", "install", "-d", "-o", user, "-m", "755", path]
+
+
+def _write_file_command(path: str) -> list[str]:
+    return ["doas", "tee", path]
+
+
+def _ensure_owned_dir(user: str, path: str) -> str:
+    q = shlex.quote(path)
+    return (f"if [ ! -d {q} ] || [ ! -w {q} ]; then\n"
+            f"  {shlex.join(_owned_dir_command(user, path))}\n"
+            f"  echo changed: {q}\n"
+            f"fi\n")
+
+
+def _ensure_file(path: str, content: str) -> str:
+    # cmp reads the current file as the SSH user (both folders are world-readable), so an
+    # unchanged file costs no doas call and no write.
+    q, text = shlex.quote(path), shlex.quote(content)
+    return (f"if ! printf '%s' {text} | cmp -s - {q}; then\n"
+            f"  printf '%s' {text} | {shlex.join(_write_file_command(path))} >/dev/null\n"
+            f"  echo changed: {q}\n"
+            f"fi\n")
+
+
+def sync_script(repository, public_key_pem: str, list_line: str, *, user: str,
+                content_dirs=()) -> str:
+    """Make the host ready for the repository rsync and for apk to trust it: the folders the
+    user rsyncs into (repository path, content dirs) exist and are the user's, the public key
+    is /etc/apk/keys/<key_name>, and the list file holds list_line. Each file is written only
+    when its content differs. Prints `changed: <path>` for what it changed."""
+    parts = ["set -eu\n", "umask 022\n"]
+    for path in (repository.path, *content_dirs):
+        parts.append(_ensure_owned_dir(user, path))
+    parts.append(_ensure_file(key_path(repository.key_name), public_key_pem))
+    parts.append(_ensure_file(list_path(), list_line + "\n"))
+    return "".join(parts)
+
+
+# --- upgrade: package and service -------------------------------------------------------------
+
+def _upgrade_commands(package_name: str, service: str | None) -> list[list[str]]:
+    commands = [
+        # Remote indexes are cached; a local-path repository is not, but update is cheap and
+        # makes the step right for either.
+        ["doas", "apk", "update"],
+        ["doas", "apk", "add", "-u", package_name],
+    ]
+    if service:
+        # restart alone fails on a first install (the service isn't started yet), and start
+        # alone leaves the old process running: restart if started, then start if not.
+        commands += [
+            ["doas", "dinitctl", "restart", "--ignore-unstarted", service],
+            ["doas", "dinitctl", "start", service],
+        ]
+    return commands
+
+
+def installed_version_command(package_name: str) -> list[str]:
+    # apk-tools src/app_info.c: `info -e` prints the installed package one line each, and
+    # with -v that line is "<name>-<version>"; it exits non-zero when it isn't installed.
+    # (`apk info -v NAME` without -e prints description/webpage/size fields instead.)
+    return ["apk", "info", "-e", "-v", package_name]
+
+
+def upgrade_script(package_name: str, service: str | None) -> str:
+    """apk update + add -u + service restart, then print the installed version (last line,
+    see parse_installed_version)."""
+    lines = ["set -eu"]
+    lines += [shlex.join(argv) for argv in _upgrade_commands(package_name, service)]
+    lines.append(shlex.join(installed_version_command(package_name)))
+    return "\n".join(lines) + "\n"
+
+
+def parse_installed_version(output: str, package_name: str) -> str:
+    """The version from the `<name>-<version>` line of `apk info -e -v <name>`, e.g.
+    "2.0.12-r1". Other output (apk update's) can come before it."""
+    # apk versions are <digits...>[letters/_suffixes]-r<N>; they hold no "-" before -r, so a
+    # package named "<name>-doc" can't be mistaken for <name>.
+    pattern = re.compile(rf"{re.escape(package_name)}-(\d[^\s-]*-r\d+)")
+    for line in reversed(output.splitlines()):
+        match = pattern.fullmatch(line.strip())
+        if match:
+            return match.group(1)
+    raise OutpostError(f"apk did not report an installed version of {package_name!r}; "
+                       f"its output was:\n{output.strip()}")
+
+
+# --- doas.conf for the hosts ------------------------------------------------------------------
+
+def _doas_word(word: str) -> str:
+    if re.fullmatch(r"[A-Za-z0-9_./:+=@-]+", word):
+        return word
+    escaped = word.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def doas_rules(user: str, repository, packages) -> str:
+    """doas.conf text allowing `user` exactly the root commands the scripts above run (see the
+    module docstring), for this repository and these packages."""
+    commands = [_owned_dir_command(user, repository.path)]
+    commands += [_owned_dir_command(user, p.content_dir) for p in packages if p.content_dir]
+    commands += [_write_file_command(key_path(repository.key_name)),
+                 _write_file_command(list_path())]
+    for package in packages:
+        commands += _upgrade_commands(package.name, package.service)
+    lines = ["# Written by Outpost (outpost.commands.doas_rules): the root commands its steps run."]
+    seen = set()
+    for doas, cmd, *args in commands:
+        rule = (f"permit nopass {_doas_word(user)} as root cmd {_doas_word(cmd)} args "
+                + " ".join(_doas_word(arg) for arg in args))
+        if rule not in seen:  # `apk update` is the same for every package
+            seen.add(rule)
+            lines.append(rule)
+    return "\n".join(lines) + "\n"  # doas refuses a config whose last line has no newline
+
+
+# --- check: the app's health endpoint ---------------------------------------------------------
+
+def health_url(host, package) -> str:
+    if package.port is None:
+        raise OutpostError(f"package {package.name!r} has no port in the inventory, so its "
+                           f"health can't be checked on host {host.name}")
+    address = f"[{host.address}]" if ":" in host.address else host.address
+    return f"http://{address}:{package.port}/_health"
+
+
+def content_digest(content_dir: Path) -> str:
+    """The digest linkedlistd reports as "content" in /_health for this folder (its module
+    docstring defines it): sha256 over "<path>\\0<sha256 of file>\\n" for each non-hidden file,
+    sorted by "/"-separated relative path. Walks the folder as the app does (os.walk, hidden
+    names skipped, symlinked folders not entered), so equal trees give equal digests."""
+    files = []
+    for root, dirs, names in os.walk(content_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            if name.startswith("."):
+                continue
+            path = os.path.join(root, name)
+            if not os.path.exists(path):  # a dangling symlink: the app skips it too
+                continue
+            files.append(os.path.relpath(path, content_dir).replace(os.sep, "/"))
+    state = hashlib.sha256()
+    for relpath in sorted(files):
+        data = (Path(content_dir) / relpath).read_bytes()
+        state.update(f"{relpath}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+    return state.hexdigest()

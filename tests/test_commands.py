@@ -1,0 +1,344 @@
+"""outpost.commands: the argv lists and the scripts, and what the scripts really do.
+
+The scripts run with the real /bin/sh in a private mount namespace whose /etc and /var are
+overlays (so the paths they name are the real ones, and nothing on this machine changes),
+with stub `apk` and `dinitctl` that record their arguments and a stub `doas` that asks the
+real doas (`doas -C`) whether the rules from `doas_rules` permit the command, and refuses it
+otherwise. Needs root, unshare and mount (util-linux), and doas (apt: opendoas).
+"""
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from outpost import commands
+from outpost.errors import OutpostError
+from outpost.inventory import Host, Package, Repository, Ssh
+
+REPO = Path(__file__).resolve().parents[1]
+LINKEDLISTD = REPO / "cports-overlay" / "user" / "linkedlist" / "files" / "linkedlistd"
+
+PEM = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n-----END PUBLIC KEY-----\n"
+USER = "root"  # the scripts run as the current user here; the rules are written for it
+
+
+def make_host(address="198.18.0.11", port=22):
+    return Host(name="au", address=address, user="deploy", port=port, arch="x86_64",
+                region="oceania", groups=())
+
+
+def make_ssh(tmp_path=Path("/inv")):
+    return Ssh(known_hosts=tmp_path / "known_hosts", identity=tmp_path / "deploy key",
+               connect_timeout=2.5, command_timeout=60)
+
+
+def make_package(name="linkedlist", service="linkedlist", port=8080, root=Path("/inv")):
+    return Package(name=name, category="user", service=service, content=root / "content",
+                   content_dir="/var/lib/linkedlist/content", port=port, root=root)
+
+
+REPOSITORY = Repository(signing_key=Path("/inv/keys/outpost.rsa"), path="/var/lib/outpost/repo")
+
+
+# --- argv builders ----------------------------------------------------------------------------
+
+def test_ssh_options_pin_the_host_key_and_the_identity():
+    options = commands.ssh_options(make_ssh(), make_host(port=2222))
+    pairs = dict(zip(options[::2], options[1::2]))
+    assert options[:2] == ["-F", "/dev/null"]
+    assert pairs["-i"] == "/inv/deploy key"
+    assert pairs["-p"] == "2222"
+    settings = [options[i + 1] for i, word in enumerate(options) if word == "-o"]
+    assert settings == ["StrictHostKeyChecking=yes", "UserKnownHostsFile=/inv/known_hosts",
+                        "GlobalKnownHostsFile=/dev/null", "BatchMode=yes",
+                        "ConnectTimeout=3",  # 2.5 s rounded up: OpenSSH takes whole seconds
+                        "IdentitiesOnly=yes"]
+
+
+def test_rsync_argv_for_content_deletes_and_keeps_trailing_slashes():
+    ssh, host = make_ssh(), make_host()
+    argv = commands.content_rsync_argv(make_package(), host, ssh)
+    assert argv[:3] == ["rsync", "-a", "--delete"]
+    assert "-H" not in argv
+    assert "--timeout=60" in argv
+    assert argv[-2:] == ["/inv/content/", "deploy@198.18.0.11:/var/lib/linkedlist/content/"]
+    # rsync splits -e itself, honouring quotes: it must give back exactly the pinned options.
+    remote_shell = argv[argv.index("-e") + 1]
+    assert shlex.split(remote_shell) == ["ssh", *commands.ssh_options(ssh, host)]
+
+
+def test_rsync_argv_for_the_repository_keeps_hardlinks():
+    argv = commands.repo_rsync_argv(Path("/inv/build/repo"), make_host(), REPOSITORY, make_ssh())
+    assert argv[:4] == ["rsync", "-a", "-H", "--delete"]
+    assert argv[-2:] == ["/inv/build/repo/x86_64/",
+                         "deploy@198.18.0.11:/var/lib/outpost/repo/x86_64/"]
+
+
+def test_rsync_argv_options():
+    argv = commands.rsync_argv("src/", make_host(address="fd00::5"), "/dest/", make_ssh(),
+                               delete=False, extra=("--checksum",))
+    assert "--delete" not in argv
+    assert argv[-3:] == ["--checksum", "src/", "deploy@[fd00::5]:/dest/"]
+
+
+def test_repo_list_line_and_index_format(tmp_path):
+    assert commands.repo_list_line("v2", "/var/lib/outpost/repo") == "v2 /var/lib/outpost/repo"
+    assert commands.repo_list_line("v3", "/srv/repo") == "v3 /srv/repo"
+    with pytest.raises(ValueError):
+        commands.repo_list_line("v4", "/srv/repo")
+
+    arch = tmp_path / "x86_64"
+    arch.mkdir()
+    with pytest.raises(OutpostError, match=r"x86_64: no repository index.*doit index:x86_64"):
+        commands.index_format(arch)
+    (arch / "APKINDEX.tar.gz").write_bytes(b"v2")
+    assert commands.index_format(arch) == "v2"
+    # cbuild: APKINDEX.tar.gz is a hardlink of Packages.adb, the repository is v3.
+    os.link(arch / "APKINDEX.tar.gz", arch / "Packages.adb")
+    assert commands.index_format(arch) == "v3"
+
+
+def test_health_url():
+    assert commands.health_url(make_host(), make_package()) == "http://198.18.0.11:8080/_health"
+    assert (commands.health_url(make_host(address="fd00::5"), make_package(port=81))
+            == "http://[fd00::5]:81/_health")
+    with pytest.raises(OutpostError, match="'linkedlist' has no port.*host au"):
+        commands.health_url(make_host(), make_package(port=None))
+
+
+def test_parse_installed_version():
+    output = ("fetch /var/lib/outpost/repo/x86_64/APKINDEX.tar.gz\n"
+              "OK: 1 distinct packages available\n"
+              "(1/1) Upgrading linkedlist (2.0.12-r1 -> 2.0.12-r2)\n"
+              "linkedlist-2.0.12-r2\n")
+    assert commands.parse_installed_version(output, "linkedlist") == "2.0.12-r2"
+    assert commands.parse_installed_version("linkedlist-doc-1_rc2-r0\nlinkedlist-1_rc2-r0\n",
+                                            "linkedlist") == "1_rc2-r0"
+    with pytest.raises(OutpostError, match="installed version of 'linkedlist'"):
+        commands.parse_installed_version("linkedlist-doc-1.0-r0\nOK\n", "linkedlist")
+
+
+def test_doas_rules_text():
+    rules = commands.doas_rules("deploy", REPOSITORY, [make_package(), make_package("other",
+                                                                                    None)])
+    lines = rules.splitlines()
+    assert rules.endswith("\n")
+    assert lines[1:] == [
+        "permit nopass deploy as root cmd install args -d -o deploy -m 755 /var/lib/outpost/repo",
+        "permit nopass deploy as root cmd install args -d -o deploy -m 755 /var/lib/linkedlist/content",
+        "permit nopass deploy as root cmd tee args /etc/apk/keys/outpost.rsa.pub",
+        "permit nopass deploy as root cmd tee args /etc/apk/repositories.d/outpost.list",
+        "permit nopass deploy as root cmd apk args update",
+        "permit nopass deploy as root cmd apk args add -u linkedlist",
+        "permit nopass deploy as root cmd dinitctl args restart --ignore-unstarted linkedlist",
+        "permit nopass deploy as root cmd dinitctl args start linkedlist",
+        "permit nopass deploy as root cmd apk args add -u other",
+    ]
+
+
+# --- the scripts, run for real ----------------------------------------------------------------
+
+DOAS_STUB = """#!/bin/sh
+echo "doas $*" >> "$STUB_LOG"
+if ! /usr/bin/doas -C "$STUB_RULES" "$@" >/dev/null; then
+    echo "doas: Operation not permitted" >&2
+    exit 1
+fi
+exec "$@"
+"""
+
+APK_STUB = """#!/bin/sh
+echo "apk $*" >> "$STUB_LOG"
+if [ "$1" = "${APK_FAIL:-}" ]; then echo "ERROR: unable to select packages" >&2; exit 1; fi
+case "$*" in
+    update) echo "OK: 1 distinct packages available" ;;
+    "info -e -v "*) echo "$4-1.2.3-r4" ;;
+esac
+"""
+
+DINITCTL_STUB = """#!/bin/sh
+echo "dinitctl $*" >> "$STUB_LOG"
+"""
+
+
+@dataclass
+class FakeHost:
+    """Runs a script with /etc and /var overlaid (their changes kept in upper/) and stubs first
+    on PATH. What each run changed stays for the next run, as on a real host."""
+    dir: Path
+    env: dict  # extra environment for the stubs
+
+    def run(self, script: str, rules: str) -> subprocess.CompletedProcess:
+        (self.dir / "doas.conf").write_text(rules)
+        (self.dir / "log").write_text("")
+        mounts = " && ".join(
+            f"mount -t overlay overlay -o lowerdir=/{top},upperdir={self.dir}/upper/{top},"
+            f"workdir={self.dir}/work/{top} /{top}" for top in ("etc", "var"))
+        env = {"PATH": f"{self.dir}/bin:/usr/bin:/bin", "STUB_LOG": f"{self.dir}/log",
+               "STUB_RULES": f"{self.dir}/doas.conf", **self.env}
+        return subprocess.run(["unshare", "--mount", "sh", "-c", mounts + ' && exec sh -c "$1"',
+                               "sh", script], env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    def calls(self) -> list[str]:
+        return (self.dir / "log").read_text().splitlines()
+
+    def file(self, path: str) -> Path:
+        return self.dir / "upper" / path.lstrip("/")
+
+
+@pytest.fixture
+def fake_host(tmp_path):
+    missing = [tool for tool in ("unshare", "mount") if not shutil.which(tool)]
+    if not os.path.exists("/usr/bin/doas"):
+        missing.append("doas (apt-get install opendoas)")
+    assert not missing, f"these tests need {', '.join(missing)}"
+    assert os.geteuid() == 0, "these tests need root (mount namespaces and overlays)"
+    host = FakeHost(tmp_path / "host", {})
+    for sub in ("bin", "upper/etc", "upper/var", "work/etc", "work/var"):
+        (host.dir / sub).mkdir(parents=True)
+    for name, text in (("doas", DOAS_STUB), ("apk", APK_STUB), ("dinitctl", DINITCTL_STUB)):
+        (host.dir / "bin" / name).write_text(text)
+        (host.dir / "bin" / name).chmod(0o755)
+    # A Chimera host has these folders (apk-tools and its keys ship them).
+    (host.dir / "upper/etc/apk/keys").mkdir(parents=True)
+    (host.dir / "upper/etc/apk/repositories.d").mkdir(parents=True)
+    return host
+
+
+def sync(pem=PEM, line="v2 /var/lib/outpost/repo"):
+    return commands.sync_script(REPOSITORY, pem, line, user=USER,
+                                content_dirs=["/var/lib/linkedlist/content"])
+
+
+RULES = commands.doas_rules(USER, REPOSITORY, [make_package()])
+
+
+def test_sync_script_installs_key_list_and_folders_once(fake_host):
+    first = fake_host.run(sync(), RULES)
+    assert first.returncode == 0, first.stderr
+    assert fake_host.file("/etc/apk/keys/outpost.rsa.pub").read_text() == PEM
+    assert (fake_host.file("/etc/apk/repositories.d/outpost.list").read_text()
+            == "v2 /var/lib/outpost/repo\n")
+    assert fake_host.file("/var/lib/outpost/repo").is_dir()
+    assert fake_host.file("/var/lib/linkedlist/content").is_dir()
+    assert oct(fake_host.file("/etc/apk/keys/outpost.rsa.pub").stat().st_mode & 0o777) == "0o644"
+    assert fake_host.calls() == [
+        f"doas install -d -o {USER} -m 755 /var/lib/outpost/repo",
+        f"doas install -d -o {USER} -m 755 /var/lib/linkedlist/content",
+        "doas tee /etc/apk/keys/outpost.rsa.pub",
+        "doas tee /etc/apk/repositories.d/outpost.list",
+    ]
+    assert first.stdout.count("changed: ") == 4
+    assert not Path("/etc/apk/keys/outpost.rsa.pub").exists()  # the overlay took the writes
+
+    again = fake_host.run(sync(), RULES)
+    assert again.returncode == 0, again.stderr
+    assert fake_host.calls() == []  # nothing differs: no doas, no write
+    assert again.stdout == ""
+
+
+def test_sync_script_rewrites_only_what_changed(fake_host):
+    assert fake_host.run(sync(), RULES).returncode == 0
+    result = fake_host.run(sync(line="v3 /var/lib/outpost/repo"), RULES)
+    assert result.returncode == 0, result.stderr
+    assert fake_host.calls() == ["doas tee /etc/apk/repositories.d/outpost.list"]
+    assert result.stdout == "changed: /etc/apk/repositories.d/outpost.list\n"
+    assert (fake_host.file("/etc/apk/repositories.d/outpost.list").read_text()
+            == "v3 /var/lib/outpost/repo\n")
+
+    new_pem = PEM.replace("MIIB", "MIIC")
+    result = fake_host.run(sync(pem=new_pem, line="v3 /var/lib/outpost/repo"), RULES)
+    assert fake_host.calls() == ["doas tee /etc/apk/keys/outpost.rsa.pub"]
+    assert fake_host.file("/etc/apk/keys/outpost.rsa.pub").read_text() == new_pem
+
+
+def test_sync_script_fails_when_doas_refuses(fake_host):
+    other = Repository(signing_key=Path("/k/other.rsa"), path="/var/lib/outpost/repo")
+    result = fake_host.run(sync(), commands.doas_rules(USER, other, [make_package()]))
+    assert result.returncode != 0
+    assert "not permitted" in result.stderr
+    assert not fake_host.file("/etc/apk/keys/outpost.rsa.pub").exists()
+
+
+def test_upgrade_script_runs_in_order_and_reports_the_version(fake_host):
+    result = fake_host.run(commands.upgrade_script("linkedlist", "linkedlist"), RULES)
+    assert result.returncode == 0, result.stderr
+    assert fake_host.calls() == [
+        "doas apk update", "apk update",
+        "doas apk add -u linkedlist", "apk add -u linkedlist",
+        "doas dinitctl restart --ignore-unstarted linkedlist",
+        "dinitctl restart --ignore-unstarted linkedlist",
+        "doas dinitctl start linkedlist", "dinitctl start linkedlist",
+        "apk info -e -v linkedlist",  # reading needs no root
+    ]
+    assert commands.parse_installed_version(result.stdout, "linkedlist") == "1.2.3-r4"
+
+
+def test_upgrade_script_stops_at_the_first_failure(fake_host):
+    fake_host.env["APK_FAIL"] = "add"
+    result = fake_host.run(commands.upgrade_script("linkedlist", "linkedlist"), RULES)
+    assert result.returncode != 0
+    assert "unable to select packages" in result.stderr
+    assert not any(call.startswith("dinitctl") for call in fake_host.calls())
+
+
+def test_upgrade_script_without_a_service(fake_host):
+    rules = commands.doas_rules(USER, REPOSITORY, [make_package("tool", None)])
+    result = fake_host.run(commands.upgrade_script("tool", None), rules)
+    assert result.returncode == 0, result.stderr
+    assert not any("dinitctl" in call for call in fake_host.calls())
+
+
+def test_upgrade_script_refused_for_a_package_the_rules_do_not_name(fake_host):
+    result = fake_host.run(commands.upgrade_script("other", "other"), RULES)
+    assert result.returncode != 0
+    assert fake_host.calls()[-1] == "doas apk add -u other"  # refused: apk never ran
+
+
+# --- the content digest matches the app's -----------------------------------------------------
+
+def load_linkedlistd():
+    loader = importlib.machinery.SourceFileLoader("linkedlistd_for_digest", str(LINKEDLISTD))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def app_digest(app, folder):
+    return app.content_digest(app.read_files(folder, app.scan(folder)))
+
+
+def test_content_digest_matches_the_app(tmp_path):
+    app = load_linkedlistd()
+    tree = tmp_path / "content"
+    (tree / "entries").mkdir(parents=True)
+    (tree / "static" / "css").mkdir(parents=True)
+    (tree / ".hidden-dir").mkdir()
+    (tree / "entries" / "a.txt").write_text("title: A\n")
+    (tree / "entries" / ".a.txt.XyZ123").write_text("rsync temp file")
+    (tree / "static" / "css" / "site.css").write_bytes(b"body{}\xff")
+    (tree / ".hidden-dir" / "x").write_text("ignored")
+    (tree / "README.md").write_text("readme")
+    (tree / "link.txt").symlink_to("README.md")
+    (tree / "dangling").symlink_to("nowhere")
+
+    expected = hashlib.sha256()
+    for relpath, data in sorted({"README.md": b"readme", "entries/a.txt": b"title: A\n",
+                                 "link.txt": b"readme",
+                                 "static/css/site.css": b"body{}\xff"}.items()):
+        expected.update(f"{relpath}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+    assert commands.content_digest(tree) == expected.hexdigest() == app_digest(app, str(tree))
+
+    (tree / "entries" / "a.txt").write_text("title: B\n")
+    assert commands.content_digest(tree) != expected.hexdigest()
+    assert commands.content_digest(tree) == app_digest(app, str(tree))
+    assert commands.content_digest(REPO / "content") == app_digest(app, str(REPO / "content"))
