@@ -259,8 +259,13 @@ def _sorted_tree(root: Path) -> list[str]:
 
 
 def write_index(out_path: Path, apk_paths: list[Path], key_path: Path,
-                description: str | None = None) -> Path:
-    """Write a signed APKINDEX.tar.gz listing the packages at apk_paths."""
+                description: str | None = None, arch: str | None = None) -> Path:
+    """Write a signed APKINDEX.tar.gz listing the packages at apk_paths.
+
+    arch: the repository folder's arch. apk (2 and 3) fetches a package from
+    `URL/<its A: arch>/NAME-VER.apk`, so a noarch package listed as noarch in URL/x86_64/ is
+    looked for in URL/noarch/. Given arch, every entry says A:<arch>, as abuild does with
+    `apk index --rewrite-arch $CARCH`; packages built for another arch are refused."""
     out_path = Path(out_path)
     if description is not None and len(description.encode()) > MAX_DESCRIPTION:
         raise OutpostError(f"{out_path}: the index description is longer than "
@@ -269,6 +274,11 @@ def write_index(out_path: Path, apk_paths: list[Path], key_path: Path,
     for apk_path in apk_paths:
         package = read_package(apk_path)
         fields = index_fields(package, Path(apk_path).stat().st_size)
+        if arch is not None:
+            if fields.get("A") not in ("noarch", arch):
+                raise OutpostError(f"{apk_path}: built for {fields.get('A')}, "
+                                   f"so it does not belong in the {arch} index {out_path}")
+            fields["A"] = arch
         identity = (fields["P"], fields["V"], fields.get("A"))
         if identity in seen:
             raise OutpostError(f"{apk_path}: {fields['P']}-{fields['V']} is already in the index "

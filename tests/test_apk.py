@@ -75,6 +75,20 @@ def openssl_verify(tmp_path: Path, public_pem: Path, signature: bytes, signed: b
                           capture_output=True, text=True)
 
 
+def real_apk() -> str | None:
+    """Real apk-tools if it is on PATH (not a stand-in): its checks then run as well."""
+    found = shutil.which("apk")
+    if found is None:
+        return None
+    version = subprocess.run([found, "--version"], capture_output=True, text=True).stdout
+    return found if version.startswith("apk-tools ") else None
+
+
+def apk_verify(path: Path, keys_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([real_apk(), "--keys-dir", str(keys_dir.resolve()), "verify",
+                           str(path)], capture_output=True, text=True)
+
+
 # ---------------------------------------------------------------- fixtures
 
 
@@ -241,6 +255,9 @@ def test_signature_entry_name_and_openssl_verifies_it(package, keys, tmp_path):
     changed = control_gz[:-1] + bytes([control_gz[-1] ^ 1])
     bad = openssl_verify(tmp_path, keys["public"], signature, changed)
     assert bad.returncode != 0
+    if real_apk():
+        verified = apk_verify(package, keys["dir"])
+        assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_reader_sees_what_the_format_holds(package):
@@ -335,6 +352,8 @@ def test_another_key_with_the_same_name_fails(package, keys):
         apk.verify_package(package, keys["other_dir"])
     assert str(package) in str(e.value)
     assert "does not verify" in str(e.value) and "'outpost.rsa.pub'" in str(e.value)
+    if real_apk():
+        assert apk_verify(package, keys["other_dir"]).returncode != 0
 
 
 def test_unknown_key_name_fails(package, keys):
@@ -486,6 +505,34 @@ def test_index_signature_covers_the_unsigned_file(repo, keys, tmp_path):
     ok = openssl_verify(tmp_path, keys["public"], signature, unsigned_gz)
     assert ok.returncode == 0 and "Verified OK" in ok.stdout
     assert openssl_verify(tmp_path, keys["public"], signature, unsigned_gz + b"\0").returncode
+    if real_apk():
+        verified = apk_verify(repo["index"], keys["dir"])
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_real_apk_installs_from_the_repository(tmp_path, keys):
+    """With real apk-tools on PATH: `apk add` from our signed index into a fresh root.
+    Without it this test checks only that the repository verifies with outpost's verifier."""
+    arch = (subprocess.run([real_apk(), "--print-arch"], capture_output=True, text=True)
+            .stdout.strip() if real_apk() else "x86_64")
+    # A noarch package in the arch folder, as the repository layout has it.
+    package = apk.write_package(tmp_path / "repo" / arch / "linkedlist-1.2.3-r4.apk",
+                                info(depends=()), make_destdir(tmp_path), keys["private"])
+    index = apk.write_index(tmp_path / "repo" / arch / "APKINDEX.tar.gz", [package],
+                            keys["private"], arch=arch)
+    assert [(e.fields["P"], e.fields["A"]) for e in apk.verify_index(index, keys["dir"])] == [
+        ("linkedlist", arch)]
+    apk.verify_package(package, keys["dir"])
+    if not real_apk():
+        return
+    root = tmp_path / "root"
+    root.mkdir()
+    added = subprocess.run([real_apk(), "--root", str(root), "--initdb", "--keys-dir",
+                            str(keys["dir"].resolve()), "--repository", str(tmp_path / "repo"),
+                            "--no-cache", "add", "linkedlist"], capture_output=True, text=True)
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert (root / "usr/bin/linkedlistd").read_bytes() == SCRIPT
+    assert os.readlink(root / "usr/bin/ll") == "linkedlistd"
 
 
 def test_index_reader_and_verifier(repo, keys):
@@ -524,6 +571,19 @@ def test_index_wrong_or_unknown_key_fails(repo, keys):
         apk.verify_index(repo["index"], keys["other_dir"])
     with pytest.raises(apk.VerifyError, match="signed by outpost.rsa.pub, which is not a trusted"):
         apk.verify_index(repo["index"], {})
+
+
+def test_index_arch_rewrites_noarch_and_refuses_other_arches(repo, keys, tmp_path):
+    index = apk.write_index(tmp_path / "x86_64/APKINDEX.tar.gz", [repo["late"]],
+                            keys["private"], arch="x86_64")
+    text = tar_members(gzip_members(index.read_bytes())[1][1])[0][1].decode()
+    assert "\nA:x86_64\n" in text and "noarch" not in text
+    native = apk.write_package(tmp_path / "native.apk", info(arch="aarch64"),
+                               make_destdir(tmp_path / "native"), keys["private"])
+    with pytest.raises(OutpostError, match="native.apk: built for aarch64, so it does not "
+                                           "belong in the x86_64 index"):
+        apk.write_index(tmp_path / "x86_64/APKINDEX.tar.gz", [native], keys["private"],
+                        arch="x86_64")
 
 
 def test_index_refuses_the_same_package_twice(repo, keys, tmp_path):
