@@ -316,10 +316,9 @@ def index_fields(package: Package, file_size: int) -> dict[str, str]:
               "c": info.get("commit"), "k": info.get("provider_priority"),
               "D": " ".join(info.get("depend", [])), "p": " ".join(info.get("provides", [])),
               "i": info.get("install_if")}
-    for required in ("P", "V", "I"):
-        if not fields[required]:
-            raise VerifyError(f"{package.path}: .PKGINFO has no "
-                              f"{ {'P': 'pkgname', 'V': 'pkgver', 'I': 'size'}[required] }")
+    for letter, key in (("P", "pkgname"), ("V", "pkgver"), ("I", "size")):
+        if not fields[letter]:
+            raise VerifyError(f"{package.path}: .PKGINFO has no {key}")
     return {k: v for k, v in fields.items() if v}
 
 
