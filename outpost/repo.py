@@ -71,7 +71,9 @@ def publish(arch: str, apk_paths: list[Path], repo_dir: Path, builder, key_path:
         for path in apk_paths:
             place(path, repo_dir / path.name, builder.template_path_of(path.name))
         index = repo_dir / INDEX_V2
-        apk.write_index(index, sorted(repo_dir.glob("*.apk")), key_path)
+        # arch=: apk fetches a package from <repo>/<its index A: arch>/, so noarch packages
+        # are listed under this folder's arch (abuild: apk index --rewrite-arch).
+        apk.write_index(index, sorted(repo_dir.glob("*.apk")), key_path, arch=arch)
         return [index]
 
     indexes = [p for p in apk_paths if p.name == INDEX_V3]
