@@ -1,0 +1,266 @@
+"""Runs what outpost.commands builds: a script on a host over SSH, or a local program (rsync)
+that talks to a host. Nothing here decides what to run.
+
+One Fabric connection per host per run: the first step that needs a host opens it, later
+steps reuse it, and it is closed when the process exits. Host keys are pinned to the
+inventory's known_hosts; an unknown or changed key is refused before anything is sent.
+Fabric and paramiko are imported only when a connection is opened, so a run that finds
+everything up to date never loads them.
+
+Every failure raises RemoteError, whose message names the host (and the step, when given).
+"""
+from __future__ import annotations
+
+import atexit
+import shlex
+import subprocess
+import threading
+from dataclasses import dataclass
+
+from outpost.errors import OutpostError
+
+
+class RemoteError(OutpostError):
+    """A host could not be reached, was refused, or a step on it failed."""
+
+
+@dataclass(frozen=True)
+class Result:
+    stdout: str
+    stderr: str
+    exited: int
+
+
+# (host, ssh) -> open fabric Connection. Steps of one run share it; doit's thread mode may run
+# steps for different hosts at once, so opening is locked per host, not globally.
+_connections: dict = {}
+_opening: dict = {}
+_lock = threading.Lock()
+
+
+def run_script(host, script: str, ssh, step: str | None = None) -> Result:
+    """Run a POSIX sh script on host in one round trip and return its output. The script is
+    one `sh -c` argument and its stdin is /dev/null, so a command in it that reads stdin
+    gets end-of-file instead of waiting for the command timeout."""
+    where = _where(host, step)
+    connection = _connection(host, ssh, where)
+    from invoke.exceptions import CommandTimedOut  # loaded with fabric by _connection
+
+    try:
+        result = connection.run(f"sh -c {shlex.quote(script)} </dev/null", hide=True, warn=True,
+                                in_stream=False, timeout=ssh.command_timeout)
+    except CommandTimedOut:
+        _forget(host, ssh)
+        raise RemoteError(f"{where}: did not finish within {ssh.command_timeout:g} s "
+                          "(command_timeout in [ssh])") from None
+    except Exception as error:  # paramiko's or the socket's: translated, or re-raised
+        _forget(host, ssh)
+        raise _connection_error(error, host, ssh, where) from None
+    if result.exited == -1:  # no exit status: the channel closed under the script
+        _forget(host, ssh)
+        raise RemoteError(f"{where}: the connection was lost before the script finished"
+                          + _tail(result.stderr))
+    if result.exited != 0:
+        raise RemoteError(f"{where} failed (exit {result.exited})" + _tail(result.stderr))
+    return Result(result.stdout, result.stderr, result.exited)
+
+
+def run_local(argv: list[str], host, ssh, step: str | None = None) -> Result:
+    """Run a program on this machine that talks to host over ssh (rsync with
+    commands.ssh_options), with the same error messages as run_script."""
+    where = _where(host, step)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise RemoteError(f"{where}: {argv[0]} is not installed on this machine "
+                          f"(apt-get install {argv[0]})") from None
+    if proc.returncode != 0:
+        raise RemoteError(f"{where}: " + _local_failure(argv[0], proc, host, ssh))
+    return Result(proc.stdout, proc.stderr, proc.returncode)
+
+
+def close_all() -> None:
+    """Close every open connection (registered with atexit; tests call it to start afresh)."""
+    with _lock:
+        connections = list(_connections.values())
+        _connections.clear()
+    for connection in connections:
+        connection.close()
+
+
+# --- connections ------------------------------------------------------------------------------
+
+def _connection(host, ssh, where):
+    key = (host, ssh)
+    with _lock:
+        if key in _connections:
+            return _connections[key]
+        opening = _opening.setdefault(key, threading.Lock())
+    with opening:
+        with _lock:
+            if key in _connections:  # another thread opened it while we waited
+                return _connections[key]
+        connection = _open(host, ssh, where)
+        with _lock:
+            if not _connections:
+                atexit.register(close_all)  # harmless if registered twice: close_all is idempotent
+            _connections[key] = connection
+    return connection
+
+
+def _forget(host, ssh) -> None:
+    with _lock:
+        connection = _connections.pop((host, ssh), None)
+    if connection is not None:
+        connection.close()
+
+
+def _known_hosts_name(host) -> str:
+    # How OpenSSH and paramiko name a host in known_hosts.
+    return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+
+
+def _open(host, ssh, where):
+    from fabric import Config, Connection
+    from paramiko import RejectPolicy, SSHConfig
+    from paramiko.hostkeys import InvalidHostKey
+
+    if not ssh.identity.is_file():
+        raise RemoteError(f"{where}: the SSH identity {ssh.identity} does not exist "
+                          "(identity in [ssh])")
+    timeout = ssh.connect_timeout
+    connection = Connection(
+        host.address, user=host.user, port=host.port,
+        # An empty SSHConfig and lazy: no ~/.ssh/config and no fabric.yaml, so the inventory
+        # alone says how to connect (the rsync side passes `-F /dev/null` likewise).
+        config=Config(ssh_config=SSHConfig(), lazy=True),
+        connect_kwargs={"key_filename": str(ssh.identity), "look_for_keys": False,
+                        "allow_agent": False, "timeout": timeout, "banner_timeout": timeout,
+                        "auth_timeout": timeout},
+    )
+    # Fabric's Connection.__init__ sets AutoAddPolicy and loads no known_hosts (fabric
+    # connection.py), i.e. it accepts any key. Connection.open() doesn't touch the policy
+    # again, so replacing it here holds.
+    try:
+        connection.client.load_host_keys(str(ssh.known_hosts))
+    except OSError as error:
+        raise RemoteError(f"{where}: cannot read the pinned host keys in {ssh.known_hosts}: "
+                          f"{error.strerror or error}") from None
+    except InvalidHostKey as error:
+        raise RemoteError(f"{where}: {ssh.known_hosts}: not a valid known_hosts line: "
+                          f"{error.line!r}") from None
+    connection.client.set_missing_host_key_policy(RejectPolicy())
+    # RejectPolicy would refuse an unknown host too; checking first gives a plain message.
+    if connection.client.get_host_keys().lookup(_known_hosts_name(host)) is None:
+        raise RemoteError(_unknown_host_key(host, ssh))
+    try:
+        connection.open()
+    except Exception as error:
+        connection.close()
+        raise _connection_error(error, host, ssh, where) from None
+    return connection
+
+
+def _connection_error(error: Exception, host, ssh, where) -> Exception:
+    """The RemoteError for an exception from paramiko or the socket layer; anything else
+    (a bug, not a host problem) is returned unchanged, to be raised with its traceback."""
+    import socket
+
+    from paramiko import AuthenticationException, BadHostKeyException, SSHException
+
+    if isinstance(error, BadHostKeyException):
+        return RemoteError(_changed_host_key(host, ssh))
+    if isinstance(error, AuthenticationException):
+        return RemoteError(f"{where}: " + _auth_failed(host, ssh))
+    if isinstance(error, (socket.timeout, TimeoutError)):
+        return RemoteError(f"{where}: " + _unreachable(host, f"no answer within "
+                                                             f"{ssh.connect_timeout:g} s"))
+    if isinstance(error, SSHException):
+        # A silent or slow server: paramiko either times out reading the banner or, when
+        # start_client gives up first, fails the next call with "No existing session".
+        if "banner" in str(error) or str(error) == "No existing session":
+            return RemoteError(f"{where}: " + _unreachable(
+                host, f"no SSH handshake within {ssh.connect_timeout:g} s"))
+        return RemoteError(f"{where}: SSH failed: {error}")
+    if isinstance(error, (OSError, EOFError)):
+        # NoValidConnectionsError (refused, no route) is an OSError holding one per address.
+        causes = getattr(error, "errors", None)
+        first = next(iter(causes.values())) if causes else error
+        return RemoteError(f"{where}: " + _unreachable(host, _reason(first)))
+    return error
+
+
+def _reason(error: Exception) -> str:
+    return (getattr(error, "strerror", None) or str(error) or type(error).__name__).lower()
+
+
+# --- messages shared by both runners ----------------------------------------------------------
+
+def _where(host, step) -> str:
+    name = f"host {host.name} ({host.address})"
+    return f"{step} on {name}" if step else name
+
+
+def _changed_host_key(host, ssh) -> str:
+    return (f"host key for {host.name} ({host.address}) does not match the pinned key in "
+            f"{ssh.known_hosts}; nothing was sent to it. If the host was rebuilt, check its new "
+            f"key's fingerprint on its console before replacing the line in {ssh.known_hosts}")
+
+
+def _unknown_host_key(host, ssh) -> str:
+    return (f"host key for {host.name} ({host.address}) is unknown: {ssh.known_hosts} has no "
+            f"line for {_known_hosts_name(host)}; nothing was sent to it")
+
+
+def _auth_failed(host, ssh) -> str:
+    return (f"{host.user}@{host.address} port {host.port} refused the key {ssh.identity} "
+            "(authentication failed)")
+
+
+def _unreachable(host, reason: str) -> str:
+    return f"cannot reach {host.address} port {host.port}: {reason}"
+
+
+def _tail(stderr: str, lines: int = 10) -> str:
+    kept = [line for line in stderr.strip().splitlines() if line.strip()][-lines:]
+    return (":\n  " + "\n  ".join(kept)) if kept else ""
+
+
+# What OpenSSH prints (on stderr, through rsync) for each failure, most specific first.
+SSH_FAILURES = (
+    ("REMOTE HOST IDENTIFICATION HAS CHANGED", "changed"),
+    ("host key is known for", "unknown"),  # "No ED25519 host key is known for [h]:p and ..."
+    ("Host key verification failed", "unknown"),
+    ("Permission denied (publickey", "auth"),
+    ("Connection refused", "connection refused"),
+    ("Connection timed out", "no answer within the connect timeout"),
+    ("timed out", "no answer within the connect timeout"),
+    ("No route to host", "no route to host"),
+    ("Network is unreachable", "network is unreachable"),
+    ("Could not resolve hostname", "the address does not resolve"),
+)
+
+# rsync(1), EXIT VALUES.
+RSYNC_EXIT = {
+    1: "syntax or usage error", 2: "protocol incompatibility",
+    3: "errors selecting input/output files or folders", 5: "error starting the protocol",
+    10: "error in socket I/O", 11: "error in file I/O",
+    12: "error in the rsync protocol data stream (is rsync installed on the host?)",
+    23: "partial transfer due to an error", 24: "some source files vanished",
+    30: "timeout in data send/receive (command_timeout in [ssh])",
+    255: "the ssh connection failed",
+}
+
+
+def _local_failure(program: str, proc: subprocess.CompletedProcess, host, ssh) -> str:
+    for marker, kind in SSH_FAILURES:
+        if marker in proc.stderr:
+            if kind == "changed":
+                return _changed_host_key(host, ssh)
+            if kind == "unknown":
+                return _unknown_host_key(host, ssh)
+            if kind == "auth":
+                return _auth_failed(host, ssh)
+            return _unreachable(host, kind)
+    meaning = RSYNC_EXIT.get(proc.returncode, "failed") if program == "rsync" else "failed"
+    return f"{program} exited {proc.returncode} ({meaning})" + _tail(proc.stderr)

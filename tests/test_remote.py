@@ -1,0 +1,321 @@
+"""outpost.remote against a real OpenSSH sshd on 127.0.0.1 (a random port, a throwaway host
+key, our own authorized_keys; it logs in as the current user). Needs root and
+`apt-get install openssh-server rsync`.
+"""
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from outpost import commands, remote
+from outpost.inventory import Host, Ssh
+from outpost.remote import RemoteError
+
+REPO = Path(__file__).resolve().parents[1]
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f",
+                    str(path)], check=True)
+    return path.with_name(path.name + ".pub").read_text().strip()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Sshd:
+    dir: Path
+    port: int
+    host_public_key: str
+    log: Path
+
+    def accepted(self) -> int:
+        """How many logins sshd has accepted so far: one per SSH connection."""
+        return self.log.read_text().count("Accepted publickey")
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    if not os.path.exists(SSHD) or not shutil.which("ssh-keygen"):
+        pytest.fail("these tests need OpenSSH's sshd: apt-get install openssh-server")
+    if not shutil.which("rsync"):
+        pytest.fail("these tests need rsync: apt-get install rsync")
+    assert os.geteuid() == 0, "sshd needs root to switch to the logged-in user"
+    folder = tmp_path_factory.mktemp("sshd")
+    host_public_key = keygen(folder / "host_key")
+    (folder / "authorized_keys").write_text(keygen(folder / "client_key") + "\n")
+    port = free_port()
+    config = folder / "sshd_config"
+    config.write_text(f"""\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {folder}/host_key
+PidFile {folder}/sshd.pid
+AuthorizedKeysFile {folder}/authorized_keys
+# The files live under /tmp, which StrictModes would reject as world-writable.
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+LogLevel VERBOSE
+""")
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation folder
+    check = subprocess.run([SSHD, "-t", "-f", str(config)], capture_output=True, text=True)
+    assert check.returncode == 0, f"sshd -t: {check.stderr}"
+    log = folder / "sshd.log"
+    log.touch()
+    proc = subprocess.Popen([SSHD, "-D", "-f", str(config), "-E", str(log)])
+    try:
+        wait_for_port(port, proc, log)
+        yield Sshd(folder, port, host_public_key, log)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def wait_for_port(port, proc, log):
+    for _ in range(200):
+        if proc.poll() is not None:
+            pytest.fail(f"sshd exited {proc.returncode}: {log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    pytest.fail(f"sshd never listened on port {port}: {log.read_text()}")
+
+
+@pytest.fixture(autouse=True)
+def fresh_connections():
+    remote.close_all()
+    yield
+    remote.close_all()
+
+
+def make_host(port):
+    return Host(name="testhost", address="127.0.0.1", user=pwd.getpwuid(os.geteuid()).pw_name,
+                port=port, arch="x86_64", region="here", groups=())
+
+
+@pytest.fixture
+def target(sshd, tmp_path):
+    """(host, ssh) that reach the test sshd, with its key pinned."""
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {sshd.host_public_key}\n")
+    ssh = Ssh(known_hosts=known_hosts, identity=sshd.dir / "client_key", connect_timeout=5,
+              command_timeout=30)
+    return make_host(sshd.port), ssh
+
+
+def pin_other_key(ssh, tmp_path):
+    """ssh with a known_hosts that pins a different key for the same host and port."""
+    line = ssh.known_hosts.read_text().split()
+    other = keygen(tmp_path / "other_host_key")
+    changed = tmp_path / "changed_known_hosts"
+    changed.write_text(f"{line[0]} {other}\n")
+    return replace(ssh, known_hosts=changed)
+
+
+# --- import cost ------------------------------------------------------------------------------
+
+def test_importing_remote_loads_neither_fabric_nor_paramiko():
+    code = ("import sys, outpost.remote, outpost.commands\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+            " ('fabric', 'paramiko', 'invoke')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# --- run_script -------------------------------------------------------------------------------
+
+def test_scripts_share_one_connection(sshd, target):
+    host, ssh = target
+    before = sshd.accepted()
+    script = "set -eu\nword=\"it's $HOME\"\nprintf '%s\\n' \"$word\"\necho to-stderr >&2\n"
+    first = remote.run_script(host, script, ssh, step="sync")
+    assert first.stdout == f"it's {pwd.getpwuid(os.geteuid()).pw_dir}\n"
+    assert first.stderr == "to-stderr\n"
+    assert first.exited == 0
+    # stdin is /dev/null: a command that reads it ends instead of waiting.
+    assert remote.run_script(host, "cat; echo done", ssh).stdout == "done\n"
+    assert remote.run_script(host, "echo third", ssh).stdout == "third\n"
+    assert sshd.accepted() - before == 1
+
+    remote.close_all()
+    remote.run_script(host, "true", ssh)
+    assert sshd.accepted() - before == 2
+
+
+def test_failing_script_names_host_step_and_stderr(target):
+    host, ssh = target
+    with pytest.raises(RemoteError) as caught:
+        remote.run_script(host, "echo out; echo 'apk: no such package' >&2; exit 3", ssh,
+                          step="upgrade")
+    message = str(caught.value)
+    assert message.startswith("upgrade on host testhost (127.0.0.1) failed (exit 3)")
+    assert "apk: no such package" in message
+    assert "out" not in message.replace("upgrade", "")
+
+
+def test_command_timeout(target):
+    host, ssh = target
+    with pytest.raises(RemoteError, match=r"upgrade on host testhost .*did not finish within "
+                                          r"0.5 s"):
+        remote.run_script(host, "sleep 5", replace(ssh, command_timeout=0.5), step="upgrade")
+
+
+def test_changed_host_key_is_refused_and_nothing_runs(sshd, target, tmp_path):
+    host, ssh = target
+    ssh = pin_other_key(ssh, tmp_path)
+    marker = tmp_path / "ran"
+    before = sshd.accepted()
+    with pytest.raises(RemoteError) as caught:
+        remote.run_script(host, f"touch {marker}", ssh, step="sync")
+    assert str(caught.value).startswith(
+        f"host key for testhost (127.0.0.1) does not match the pinned key in {ssh.known_hosts}")
+    assert not marker.exists()
+    assert sshd.accepted() == before  # refused before authenticating
+
+
+def test_unknown_host_is_refused_and_nothing_runs(sshd, target, tmp_path):
+    host, ssh = target
+    other_port = tmp_path / "other_port_known_hosts"
+    other_port.write_text(f"[127.0.0.1]:{sshd.port + 1} {sshd.host_public_key}\n"
+                          f"127.0.0.1 {sshd.host_public_key}\n")
+    marker = tmp_path / "ran"
+    before = sshd.accepted()
+    with pytest.raises(RemoteError, match=rf"host key for testhost \(127.0.0.1\) is unknown: "
+                                          rf"{other_port} has no line for \[127.0.0.1\]:"
+                                          rf"{sshd.port}"):
+        remote.run_script(host, f"touch {marker}", replace(ssh, known_hosts=other_port))
+    assert not marker.exists()
+    assert sshd.accepted() == before
+
+
+def test_missing_or_broken_known_hosts_file(target, tmp_path):
+    host, ssh = target
+    missing = tmp_path / "nope" / "known_hosts"
+    with pytest.raises(RemoteError, match=rf"host testhost .*cannot read the pinned host keys "
+                                          rf"in {missing}"):
+        remote.run_script(host, "true", replace(ssh, known_hosts=missing))
+    ssh.known_hosts.write_text("127.0.0.1 ssh-ed25519 AAAAC3Nza-not-base64\n")
+    with pytest.raises(RemoteError, match=rf"{ssh.known_hosts}: not a valid known_hosts line"):
+        remote.run_script(host, "true", ssh)
+
+
+def test_wrong_identity_is_an_authentication_failure(target, tmp_path):
+    host, ssh = target
+    keygen(tmp_path / "stranger")
+    with pytest.raises(RemoteError, match=r"content on host testhost \(127.0.0.1\): \w+@127.0.0.1"
+                                          r" port \d+ refused the key .*stranger"):
+        remote.run_script(host, "true", replace(ssh, identity=tmp_path / "stranger"),
+                          step="content")
+
+
+def test_closed_port_is_unreachable(sshd, target, tmp_path):
+    host, ssh = target
+    closed = replace(host, port=free_port())
+    # The known_hosts has a line for it, so only reaching it can fail.
+    ssh.known_hosts.write_text(f"[127.0.0.1]:{closed.port} {sshd.host_public_key}\n")
+    with pytest.raises(RemoteError, match=rf"sync on host testhost \(127.0.0.1\): cannot reach "
+                                          rf"127.0.0.1 port {closed.port}: connection refused"):
+        remote.run_script(closed, "true", ssh, step="sync")
+
+
+def test_silent_port_fails_at_the_connect_timeout(sshd, target):
+    host, ssh = target
+    with socket.socket() as silent:  # accepts TCP (backlog) but never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        ssh.known_hosts.write_text(f"[127.0.0.1]:{port} {sshd.host_public_key}\n")
+        with pytest.raises(RemoteError, match=rf"cannot reach 127.0.0.1 port {port}: "
+                                              rf"no SSH handshake within 0.5 s"):
+            remote.run_script(replace(host, port=port), "true",
+                              replace(ssh, connect_timeout=0.5))
+
+
+# --- run_local with rsync ---------------------------------------------------------------------
+
+@pytest.fixture
+def tree(tmp_path):
+    src = tmp_path / "src"
+    (src / "x86_64").mkdir(parents=True)
+    (src / "x86_64" / "Packages.adb").write_bytes(b"ADB index")
+    os.link(src / "x86_64" / "Packages.adb", src / "x86_64" / "APKINDEX.tar.gz")
+    (src / "x86_64" / "old.apk").write_bytes(b"old")
+    return src
+
+
+def test_rsync_over_pinned_ssh_keeps_hardlinks_and_deletes(target, tree, tmp_path):
+    host, ssh = target
+    dest = tmp_path / "repo"
+    argv = commands.rsync_argv(tree, host, str(dest), ssh, hardlinks=True)
+    remote.run_local(argv, host, ssh, step="sync")
+    index = dest / "x86_64" / "Packages.adb"
+    assert index.read_bytes() == b"ADB index"
+    assert index.stat().st_ino == (dest / "x86_64" / "APKINDEX.tar.gz").stat().st_ino
+    assert (dest / "x86_64" / "old.apk").exists()
+
+    (tree / "x86_64" / "old.apk").unlink()
+    remote.run_local(argv, host, ssh, step="sync")
+    assert not (dest / "x86_64" / "old.apk").exists()
+
+
+def test_rsync_refuses_a_changed_host_key(target, tree, tmp_path):
+    host, ssh = target
+    ssh = pin_other_key(ssh, tmp_path)
+    dest = tmp_path / "dest"
+    with pytest.raises(RemoteError) as caught:
+        remote.run_local(commands.rsync_argv(tree, host, str(dest), ssh), host, ssh,
+                         step="content")
+    assert str(caught.value).startswith(
+        "content on host testhost (127.0.0.1): host key for testhost (127.0.0.1) does not match"
+        f" the pinned key in {ssh.known_hosts}")
+    assert not dest.exists()
+
+
+def test_rsync_refuses_an_unknown_host(target, tree, tmp_path):
+    host, ssh = target
+    ssh.known_hosts.write_text("")
+    with pytest.raises(RemoteError, match=r"host key for testhost \(127.0.0.1\) is unknown"):
+        remote.run_local(commands.rsync_argv(tree, host, str(tmp_path / "d"), ssh), host, ssh)
+    assert not (tmp_path / "d").exists()
+
+
+def test_rsync_wrong_identity_and_closed_port(target, tree, tmp_path):
+    host, ssh = target
+    keygen(tmp_path / "stranger")
+    stranger = replace(ssh, identity=tmp_path / "stranger")
+    with pytest.raises(RemoteError, match=r"refused the key .*stranger \(authentication"):
+        remote.run_local(commands.rsync_argv(tree, host, str(tmp_path / "d"), stranger), host,
+                         stranger)
+
+    closed = replace(host, port=free_port())
+    with pytest.raises(RemoteError, match=rf"sync on host testhost \(127.0.0.1\): cannot reach "
+                                          rf"127.0.0.1 port {closed.port}: connection refused"):
+        remote.run_local(commands.rsync_argv(tree, closed, str(tmp_path / "d"), ssh), closed,
+                         ssh, step="sync")
+
+
+def test_rsync_failure_on_the_host_names_the_exit_code(target, tree):
+    host, ssh = target
+    # The destination's parent is a file: rsync on the host can't create the folder.
+    with pytest.raises(RemoteError, match=r"content on host testhost \(127.0.0.1\): rsync exited"
+                                          r" \d+ \(.+\):\n  .*"):
+        remote.run_local(commands.rsync_argv(tree, host, "/etc/hostname/sub", ssh), host, ssh,
+                         step="content")
