@@ -317,8 +317,8 @@ def parse_tmpfiles(text, source):
     return dirs
 
 
-def read_ids(path, name_field=0, id_field=2):
-    """name -> (id, primary gid) from an /etc/passwd or /etc/group style file."""
+def read_ids(path):
+    """name -> numeric id from an /etc/passwd or /etc/group style file."""
     ids = {}
     try:
         text = Path(path).read_text()
@@ -326,8 +326,8 @@ def read_ids(path, name_field=0, id_field=2):
         return ids
     for line in text.splitlines():
         parts = line.split(":")
-        if len(parts) > 3:
-            ids[parts[name_field]] = (int(parts[id_field]), int(parts[3]))
+        if len(parts) > 2 and parts[2].isdigit():
+            ids[parts[0]] = int(parts[2])
     return ids
 
 
@@ -377,9 +377,8 @@ class Database:
         self.available = {}
         loaded = []
         for repo in self.repositories():
-            index = self.path(repo.index)
-            try:
-                entries = apk.verify_index(index, self.path(KEYS_DIR))
+            try:  # a local repository is a path on this machine, not under --root (as in apk)
+                entries = apk.verify_index(Path(repo.index), self.path(KEYS_DIR))
             except apk.VerifyError as err:
                 self.warn(f"opening {repo.index}: {signature_problem(err)} (stand-in: {err})")
                 continue
@@ -515,7 +514,7 @@ class Database:
 
     def _fetch(self, new, repo):
         arch = new.fields.get("A") or self.arch
-        path = self.path(f"{repo.base}/{arch}/{new.name}-{new.version}.apk")
+        path = Path(f"{repo.base}/{arch}/{new.name}-{new.version}.apk")
         if not path.is_file():
             raise ApkError("package mentioned in index not found (try 'apk update')")
         try:
@@ -607,8 +606,8 @@ class Database:
                 target = self.path(d.path)
                 target.mkdir(parents=True, exist_ok=True)
                 os.chmod(target, d.mode)
-                uid = users[d.user][0] if d.user else -1
-                gid = groups[d.group][0] if d.group else -1
+                uid = users[d.user] if d.user else -1
+                gid = groups[d.group] if d.group else -1
                 if (d.user and d.user not in users) or (d.group and d.group not in groups):
                     raise ApkError(f"{path}: {d.path}: no such user or group "
                                    f"{d.user or ''}:{d.group or ''}")

@@ -1,0 +1,432 @@
+"""The apk, dinit and dinitctl stand-ins, run as the fleet runs them: as programs.
+
+apk works on a --root in tmp_path against a repository built here with outpost.apk. dinit runs
+as a plain subprocess (not PID 1) with its own service folder and control socket. Every wait
+polls for a state; nothing asserts on timing.
+"""
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from outpost import apk
+
+STANDINS = Path(__file__).resolve().parents[1] / "outpost" / "standins"
+ARCH = "x86_64"
+
+
+def run(tool, *args, check=True):
+    proc = subprocess.run([sys.executable, str(STANDINS / tool), *map(str, args)],
+                          capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{tool} {args} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def wait_for(condition, what, timeout=20.0):
+    """Poll until condition() is truthy; the timeout only bounds a hung test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+# ------------------------------------------------------------------------------------ apk
+
+
+class Repo:
+    """A signed v2 repository in tmp_path/repo/<arch>, and a root whose apk trusts its key."""
+
+    def __init__(self, tmp_path):
+        self.key, self.public = apk.generate_key(tmp_path / "keys" / "outpost.rsa")
+        self.dir = tmp_path / "repo"
+        (self.dir / ARCH).mkdir(parents=True)
+        self.stage = tmp_path / "stage"
+        self.root = tmp_path / "root"
+        run("apk", "--root", self.root, "--initdb")
+        (self.root / "etc/apk/arch").write_text(ARCH + "\n")
+        shutil.copy(self.public, self.root / "etc/apk/keys" / self.public.name)
+        (self.root / "etc/apk/repositories.d/outpost.list").write_text(f"v2 {self.dir}\n")
+
+    def package(self, name, version, files, depends=(), key=None):
+        destdir = self.stage / f"{name}-{version}"
+        for rel, content in files.items():
+            (destdir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (destdir / rel).write_text(content)
+        info = apk.PackageInfo(pkgname=name, pkgver=version, pkgdesc=f"{name} for tests",
+                               url="https://example.org", builddate=1700000000,
+                               packager="tests", arch=ARCH, license="MIT", origin=name,
+                               depends=tuple(depends))
+        out = self.dir / ARCH / f"{name}-{version}.apk"
+        return apk.write_package(out, info, destdir, key or self.key)
+
+    def index(self, key=None):
+        apk.write_index(self.dir / ARCH / "APKINDEX.tar.gz", sorted((self.dir / ARCH).glob("*.apk")),
+                        key or self.key, description="outpost test repo", arch=ARCH)
+
+    def apk(self, *args, check=True):
+        return run("apk", "--root", self.root, *args, check=check)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return Repo(tmp_path)
+
+
+def test_apk_installs_and_records_the_package(repo):
+    repo.package("app", "1.0-r0", {"usr/bin/app": "one\n", "usr/share/app/data": "d\n"})
+    repo.index()
+    update = repo.apk("update")
+    assert "OK: 1 distinct packages available" in update.stdout
+    added = repo.apk("add", "app")
+    assert "(1/1) Installing app (1.0-r0)" in added.stdout
+    assert (repo.root / "usr/bin/app").read_text() == "one\n"
+    assert repo.apk("info", "-v", "app").stdout == "app-1.0-r0\n"
+    assert repo.apk("info", "-e", "app").returncode == 0
+    assert (repo.root / "etc/apk/world").read_text() == "app\n"
+    db = (repo.root / "lib/apk/db/installed").read_text()
+    assert "P:app\nV:1.0-r0\n" in db and "F:usr/bin\nR:app\n" in db
+
+
+def test_apk_upgrade_replaces_files_and_removes_stale_ones(repo):
+    repo.package("app", "1.0-r0", {"usr/bin/app": "one\n", "usr/share/app/old": "gone\n"})
+    repo.index()
+    repo.apk("add", "app")
+    repo.package("app", "1.0-r1", {"usr/bin/app": "two\n"})
+    repo.index()
+    plain = repo.apk("add", "app")  # without -u, apk keeps what is installed
+    assert "Upgrading" not in plain.stdout
+    upgraded = repo.apk("add", "-u", "app")
+    assert "(1/1) Upgrading app (1.0-r0 -> 1.0-r1)" in upgraded.stdout
+    assert upgraded.stdout.rstrip().splitlines()[-1].startswith("OK: ")
+    assert (repo.root / "usr/bin/app").read_text() == "two\n"
+    assert not (repo.root / "usr/share/app/old").exists()
+    assert not (repo.root / "usr/share/app").exists()
+    assert repo.apk("info", "-v", "app").stdout == "app-1.0-r1\n"
+
+
+def test_apk_del_removes_files_and_the_record(repo):
+    repo.package("app", "1.0-r0", {"usr/bin/app": "one\n"})
+    repo.index()
+    repo.apk("add", "app")
+    deleted = repo.apk("del", "app")
+    assert "Purging app (1.0-r0)" in deleted.stdout
+    assert not (repo.root / "usr/bin/app").exists()
+    assert repo.apk("info", "-e", "app", check=False).returncode == 1
+    assert "P:app" not in (repo.root / "lib/apk/db/installed").read_text()
+
+
+def test_apk_depends_need_an_installed_provided_or_available_package(repo):
+    repo.package("app", "1.0-r0", {"usr/bin/app": "x\n"}, depends=["lib", "python3>=3.9"])
+    repo.index()
+    refused = repo.apk("add", "app", check=False)
+    assert refused.returncode != 0
+    assert "lib (no such package)" in refused.stderr
+    assert "python3>=3.9 (no such package)" in refused.stderr
+    assert not (repo.root / "usr/bin/app").exists()
+
+    (repo.root / "etc/apk/provided").write_text("python3=3.11.2\n")
+    repo.package("lib", "2.0-r0", {"usr/lib/libx": "l\n"})
+    repo.index()
+    added = repo.apk("add", "app")
+    assert "Installing lib (2.0-r0)" in added.stdout
+    assert added.stdout.index("lib (2.0-r0)") < added.stdout.index("app (1.0-r0)")
+    assert repo.apk("info", "-v").stdout == "app-1.0-r0\nlib-2.0-r0\n"
+
+
+def test_apk_refuses_an_index_signed_by_an_untrusted_key(repo, tmp_path):
+    other, _ = apk.generate_key(tmp_path / "other" / "other.rsa")
+    repo.package("app", "1.0-r0", {"usr/bin/app": "x\n"}, key=other)
+    repo.index(key=other)
+    update = repo.apk("update")  # apk only warns about a local repository it can't open
+    assert "UNTRUSTED signature" in update.stderr and "WARNING" in update.stderr
+    refused = repo.apk("add", "app", check=False)
+    assert refused.returncode != 0
+    assert "app (no such package)" in refused.stderr
+    assert not (repo.root / "usr/bin/app").exists()
+
+
+def test_apk_refuses_a_package_signed_by_an_untrusted_key(repo, tmp_path):
+    other, _ = apk.generate_key(tmp_path / "other" / "other.rsa")
+    repo.package("app", "1.0-r0", {"usr/bin/app": "x\n"}, key=other)
+    repo.index()  # a trusted index listing a package whose own signature isn't trusted
+    refused = repo.apk("add", "app", check=False)
+    assert refused.returncode != 0
+    assert "ERROR: app-1.0-r0: UNTRUSTED signature" in refused.stderr
+    assert not (repo.root / "usr/bin/app").exists()
+    assert repo.apk("info", "-e", "app", check=False).returncode == 1
+
+
+def test_apk_refuses_a_tampered_package(repo):
+    path = repo.package("app", "1.0-r0", {"usr/bin/app": "x\n"})
+    repo.index()
+    data = bytearray(path.read_bytes())
+    data[-30] ^= 0xFF  # inside the data member, which the signed datahash covers
+    path.write_bytes(bytes(data))
+    refused = repo.apk("add", "app", check=False)
+    assert refused.returncode != 0
+    assert "ERROR: app-1.0-r0:" in refused.stderr
+    assert not (repo.root / "usr/bin/app").exists()
+
+
+def test_apk_says_it_cannot_read_v3_or_remote_repositories(repo):
+    listing = repo.root / "etc/apk/repositories.d/outpost.list"
+    listing.write_text(f"v3 {repo.dir}\n")
+    v3 = repo.apk("update", check=False)
+    assert v3.returncode != 0 and "can't read v3 indexes" in v3.stderr
+    listing.write_text("v2 https://example.org/repo\n")
+    remote = repo.apk("update", check=False)
+    assert remote.returncode != 0 and "only reads local repositories" in remote.stderr
+
+
+def test_apk_applies_sysusers_and_tmpfiles_after_install(repo):
+    (repo.root / "etc").mkdir(exist_ok=True)
+    (repo.root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (repo.root / "etc/group").write_text("root:x:0:\n")
+    for name in ("shadow", "gshadow"):
+        (repo.root / "etc" / name).write_text("")
+    repo.package("app", "1.0-r0", {
+        "usr/lib/sysusers.d/app.conf": 'u _app - "app daemon" /var/lib/app\n',
+        "usr/lib/tmpfiles.d/app.conf": "d /var/lib/app/content 0750 _app _app -\n"})
+    repo.index()
+    repo.apk("add", "app")
+    entry = next(line for line in (repo.root / "etc/passwd").read_text().splitlines()
+                 if line.startswith("_app:"))
+    uid = int(entry.split(":")[2])
+    content = repo.root / "var/lib/app/content"
+    assert content.is_dir()
+    assert oct(content.stat().st_mode & 0o777) == "0o750"
+    assert content.stat().st_uid == uid
+
+
+def test_apk_versions_compare_as_apk_orders_them():
+    from outpost.standins import _apk
+    ordered = ["1.0_rc1-r0", "1.0-r0", "1.0-r1", "1.0-r10", "1.0_p1-r0", "1.0.1-r0", "1.2-r0",
+               "1.10-r0"]
+    assert sorted(ordered, key=_apk.version_key) == ordered
+
+
+# ---------------------------------------------------------------------------------- dinit
+
+
+class Dinit:
+    def __init__(self, tmp_path):
+        self.dir = tmp_path / "dinit.d"
+        self.dir.mkdir()
+        self.socket = tmp_path / "dinitctl.sock"
+        self.log = tmp_path / "dinit.log"
+        self.proc = None
+
+    def service(self, name, text):
+        (self.dir / name).write_text(text)
+
+    def start(self, *services):
+        self.proc = subprocess.Popen(
+            [sys.executable, str(STANDINS / "dinit"), "-d", self.dir, "-p", self.socket,
+             *services], stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        wait_for(lambda: self.socket.exists() or self.proc.poll() is not None, "dinit's socket")
+        assert self.proc.poll() is None, self.log.read_text()
+
+    def ctl(self, *args, check=True):
+        return run("dinitctl", "-p", self.socket, *args, check=check)
+
+    def status(self, name):
+        fields = {}
+        for line in self.ctl("status", name).stdout.splitlines():
+            key, _, value = line.strip().partition(": ")
+            fields[key] = value
+        return fields
+
+    def pid(self, name):
+        value = self.status(name).get("Process ID")
+        return int(value) if value else None
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def dinit(tmp_path):
+    d = Dinit(tmp_path)
+    yield d
+    d.stop()
+
+
+SLEEPER = f"type = process\ncommand = {sys.executable} -c \"import time; time.sleep(600)\"\n"
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); dinit reaps its children, so check the state too
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_dinit_starts_boot_and_its_dependencies(dinit):
+    dinit.service("boot", "type = internal\nwaits-for: web\n")
+    dinit.service("web", SLEEPER)
+    dinit.start()
+    pid = wait_for(lambda: dinit.pid("web"), "web to start")
+    assert alive(pid)
+    assert dinit.status("web")["State"] == "STARTED"
+    listing = dinit.ctl("list").stdout
+    assert "[[+]     ] boot" in listing
+    assert f"[{{+}}     ] web (pid: {pid})" in listing
+
+
+def test_dinitctl_restart_replaces_the_process(dinit):
+    dinit.service("boot", "type = internal\n")
+    dinit.service("web", SLEEPER)
+    dinit.start()
+    started = dinit.ctl("start", "web")
+    assert started.stdout == "Service 'web' started.\n"
+    first = dinit.pid("web")
+    restarted = dinit.ctl("restart", "web")
+    assert restarted.stdout == "Service 'web' stopped.\nService 'web' started.\n"
+    second = dinit.pid("web")
+    assert second != first and alive(second)
+    wait_for(lambda: not alive(first), "the old process to end")
+    stopped = dinit.ctl("stop", "web")
+    assert stopped.stdout == "Service 'web' stopped.\n"
+    assert dinit.status("web")["State"] == "STOPPED"
+    wait_for(lambda: not alive(second), "the process to end")
+
+
+def test_dinitctl_restart_of_a_stopped_service_fails_as_dinitctl_does(dinit):
+    dinit.service("boot", "type = internal\n")
+    dinit.service("web", SLEEPER)
+    dinit.start()
+    refused = dinit.ctl("restart", "web", check=False)
+    assert refused.returncode == 1
+    assert refused.stderr == "dinitctl: cannot restart service; service not started.\n"
+
+
+def test_env_file_and_logfile_are_honoured(dinit, tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    dinit.service("boot", "type = internal\n")
+    dinit.service("web", "type = process\n"
+                  f"command = {sys.executable} -c \"import os, sys, time; "
+                  "print('out', os.environ['GREETING'], flush=True); "
+                  "print('err', file=sys.stderr, flush=True); time.sleep(600)\"\n"
+                  "env-file = web.env\n"  # relative: to the service's folder
+                  f"logfile = {logs}/web.log\n")
+    (dinit.dir / "web.env").write_text("# settings\nGREETING=hello there\n")
+    dinit.start()
+    dinit.ctl("start", "web")
+    wait_for(lambda: "err" in (logs / "web.log").read_text(), "the service's output")
+    assert (logs / "web.log").read_text().splitlines() == ["out hello there", "err"]
+    assert oct((logs / "web.log").stat().st_mode & 0o777) == "0o600"
+
+
+def test_missing_env_file_or_log_folder_fails_the_start(dinit, tmp_path):
+    dinit.service("boot", "type = internal\n")
+    dinit.service("noenv", SLEEPER + "env-file = /nonexistent/web.env\n")
+    dinit.service("nolog", SLEEPER + f"logfile = {tmp_path}/missing/web.log\n")
+    dinit.start()
+    noenv = dinit.ctl("start", "noenv", check=False)
+    assert noenv.returncode == 1
+    assert "could not load environment file: /nonexistent/web.env" in noenv.stderr
+    nolog = dinit.ctl("start", "nolog", check=False)
+    assert nolog.returncode == 1
+    assert "Service 'nolog' failed to start." in nolog.stdout
+    assert "Stage: opening log file" in nolog.stdout
+    assert dinit.status("nolog")["State"].startswith("STOPPED")
+
+
+def test_smooth_recovery_restarts_a_killed_process(dinit):
+    dinit.service("boot", "type = internal\n")
+    dinit.service("web", SLEEPER + "smooth-recovery = true\n")
+    dinit.service("front", SLEEPER + "depends-on: web\n")
+    dinit.start()
+    dinit.ctl("start", "front")
+    first, front = dinit.pid("web"), dinit.pid("front")
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(lambda: (dinit.pid("web") or first) != first and dinit.pid("web"),
+                      "a new web process")
+    assert alive(second)
+    assert dinit.pid("front") == front  # its dependent was not stopped
+
+
+def test_a_killed_process_without_smooth_recovery_restarts_with_its_dependents_stopped(dinit):
+    dinit.service("boot", "type = internal\n")
+    dinit.service("web", SLEEPER)  # restart defaults to yes, as in dinit's Linux build
+    dinit.service("front", SLEEPER + "depends-on: web\nrestart = no\n")
+    dinit.start()
+    dinit.ctl("start", "front")
+    first, front = dinit.pid("web"), dinit.pid("front")
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: (dinit.pid("web") or first) != first, "web to come back")
+    wait_for(lambda: not alive(front), "front to be stopped")
+    assert dinit.status("front")["State"].startswith("STOPPED")
+
+
+@pytest.mark.parametrize("line, message", [
+    ("stop-timeout = 5\n", "setting 'stop-timeout' (file {path}, line 3): not supported by the "
+                           "dinit stand-in"),
+    ("bogus = 1\n", "(file {path}, line 3): unknown setting: 'bogus'."),
+    ("type = scripted\n", "setting 'type' (file {path}, line 3): service type 'scripted' is not "
+                          "supported by the dinit stand-in"),
+])
+def test_a_setting_the_stand_in_does_not_honour_is_an_error_naming_it(dinit, line, message):
+    dinit.service("boot", "type = internal\n")
+    dinit.service("web", SLEEPER + line)
+    dinit.start()
+    refused = dinit.ctl("start", "web", check=False)
+    assert refused.returncode == 1
+    assert "dinitctl: error in service description." in refused.stderr
+    assert message.format(path=dinit.dir / "web") in refused.stderr
+
+
+def test_unknown_service_is_an_error(dinit):
+    dinit.service("boot", "type = internal\n")
+    dinit.start()
+    refused = dinit.ctl("start", "nope", check=False)
+    assert refused.returncode == 1
+    assert "dinitctl: failed to find service description." in refused.stderr
+
+
+def test_sigterm_stops_every_service_and_dinit_exits(dinit):
+    dinit.service("boot", "type = internal\ndepends-on: web\n")
+    dinit.service("web", SLEEPER)
+    dinit.start()
+    pid = wait_for(lambda: dinit.pid("web"), "web to start")
+    dinit.proc.send_signal(signal.SIGTERM)
+    assert dinit.proc.wait(timeout=30) == 0
+    assert not alive(pid)
+    assert not dinit.socket.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="run-as needs root")
+def test_run_as_runs_the_process_as_that_user(dinit, tmp_path):
+    nobody = pwd.getpwnam("nobody")
+    dinit.service("boot", "type = internal\n")
+    # nobody can't enter pytest's private tmp folders (the default working-dir) or the venv
+    dinit.service("web", "type = process\ncommand = /bin/sleep 600\nrun-as = nobody\n"
+                  "working-dir = /\n")
+    dinit.start()
+    dinit.ctl("start", "web")
+    pid = dinit.pid("web")
+    assert os.readlink(f"/proc/{pid}/cwd") == "/"
+    status = Path(f"/proc/{pid}/status").read_text()
+    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    gid_line = next(line for line in status.splitlines() if line.startswith("Gid:"))
+    assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
+    assert gid_line.split()[1:] == [str(nobody.pw_gid)] * 4
