@@ -53,6 +53,8 @@ SSHD_CONFIG = PurePosixPath("/etc/ssh/sshd_config_outpost")
 SSHD_LOG = PurePosixPath("/var/log/sshd.log")
 REPOSITORY_LIST = PurePosixPath("/etc/apk/repositories.d/outpost.list")
 APK_KEYS = PurePosixPath("/etc/apk/keys")
+# The copy of this package on each host, for the stand-ins.
+HOST_PACKAGE = PurePosixPath("/usr/local/lib/outpost/outpost")
 # How long a host may take from launch to its sshd greeting.
 READY_TIMEOUT = 15.0
 
@@ -62,6 +64,8 @@ REQUIRED_PROGRAMS = {
     "unshare": "util-linux", "nsenter": "util-linux", "mount": "mount", "doas": "doas",
 }
 PROGRAM_DIRS = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# A host starts with a clean environment, as after a boot; nothing of the caller's leaks in.
+HOST_ENVIRONMENT = {"PATH": PROGRAM_DIRS, "LANG": "C.UTF-8"}
 
 
 @dataclass(frozen=True)
@@ -125,14 +129,21 @@ def address_clashes(hosts: list[FleetHost], network: ipaddress.IPv4Network, brid
                                 f"this machine's {device}; remove it (ip addr del {cidr} dev "
                                 f"{device}) or give {host.name} another address")
         if device != bridge and interface.network.overlaps(network):
-            problems.append(f"fleet network {network} overlaps {cidr} on this machine's {device}; "
-                            "pick another /24 of 198.18.0.0/15 for the fleet hosts")
+            names = ", ".join(host.name for host in hosts)
+            problems.append(f"fleet hosts {names}: network {network} overlaps {cidr} on this "
+                            f"machine's {device}; give them another /24 of {FLEET_RANGE}")
     return problems
 
 
 def veth_name(bridge: str, host: str) -> str:
     """This machine's end of a host's veth pair. Interface names have at most 15 bytes."""
     return f"vo{zlib.crc32(f'{bridge}/{host}'.encode()):08x}"
+
+
+def host_mac(address: str) -> str:
+    """A fixed MAC for a host's eth0 (locally administered, from its address), so that
+    this machine's ARP entry stays right when the host restarts."""
+    return "02:00:" + ":".join(f"{octet:02x}" for octet in ipaddress.IPv4Address(address).packed)
 
 
 def sshd_config(address: str, user: str) -> str:
@@ -348,7 +359,7 @@ class Fleet:
             _disable_ipv6(self.bridge)
         # Another fleet may share the bridge with another /24: add ours if it's missing.
         gateway = f"{self.network[1]}/{self.network.prefixlen}"
-        if gateway not in _run(["ip", "-o", "addr", "show", "dev", self.bridge]).stdout:
+        if f" {gateway} " not in _run(["ip", "-o", "addr", "show", "dev", self.bridge]).stdout:
             _ip_batch([f"addr add {gateway} dev {self.bridge}"])
         _ip_batch([f"link set {self.bridge} up"])
 
@@ -366,13 +377,14 @@ class Fleet:
                 ["unshare", "--fork", "--pid", "--mount", "--net", "--uts", "--ipc",
                  "--propagation", "private", "--", "sh", "-c", script],
                 stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                start_new_session=True, env=HOST_ENVIRONMENT)
         pid = self._init_pid(host, process)
         (state / "pid").write_text(f"{pid} {_start_time(pid)}\n")
         veth = veth_name(self.bridge, host.name)
         if Path(f"/sys/class/net/{veth}").exists():
             _ip_batch([f"link del {veth}"])
-        _ip_batch([f"link add {veth} type veth peer name eth0 netns {pid}"])
+        _ip_batch([f"link add {veth} type veth peer name eth0 address {host_mac(host.address)} "
+                   f"netns {pid}"])
         _disable_ipv6(veth)
         _ip_batch([f"link set {veth} master {self.bridge}", f"link set {veth} up"])
         process.stdin.write(b"ready\n")
@@ -461,17 +473,17 @@ class Fleet:
         self._install_standins(upper)
 
     def _install_standins(self, upper: Path):
-        """Link the stand-ins for the tools this machine lacks. The project may be hidden on
-        the host, so the stand-ins are copied into its layer."""
+        """Link the stand-ins for the tools this machine lacks. They import `outpost`, and the
+        project is hidden on the host, so the package is copied into the host's layer."""
+        package = _upper_dir(upper, str(HOST_PACKAGE.parent)) / "outpost"
+        shutil.rmtree(package, ignore_errors=True)
+        shutil.copytree(STANDINS.parent, package, ignore=shutil.ignore_patterns("__pycache__"))
         bin_dir = _upper_dir(upper, "/usr/local/bin")
-        lib = _upper_dir(upper, "/usr/local/lib") / "outpost-standins"
-        shutil.rmtree(lib, ignore_errors=True)
-        shutil.copytree(STANDINS, lib, ignore=shutil.ignore_patterns("__pycache__"))
         for tool in ("apk", "dinitctl"):
             link = bin_dir / tool
             link.unlink(missing_ok=True)
             if not shutil.which(tool, path=PROGRAM_DIRS):
-                link.symlink_to(f"/usr/local/lib/outpost-standins/{tool}")
+                link.symlink_to(HOST_PACKAGE / "standins" / tool)
 
     def _pin_host_keys(self):
         entries = {}
@@ -545,7 +557,7 @@ def _init_command() -> list[str] | None:
     if shutil.which("dinit", path=PROGRAM_DIRS):
         return ["dinit", "--container"]
     if (STANDINS / "dinit").exists():
-        return ["/usr/local/lib/outpost-standins/dinit", "--container"]
+        return [str(HOST_PACKAGE / "standins" / "dinit"), "--container"]
     return None
 
 
@@ -607,6 +619,14 @@ def from_inventory(inventory) -> Fleet:
     """The fleet an inventory describes (it must have a [fleet] table)."""
     if inventory.fleet is None:
         raise OutpostError(f"{inventory.path}: no [fleet] table: its hosts are not a local fleet")
+    for host in inventory.hosts:
+        if host.port != SSH_PORT:
+            raise OutpostError(f"{inventory.path}: [[hosts]] {host.name}: fleet hosts listen on "
+                               f"port {SSH_PORT}, not {host.port}")
+    users = {host.user for host in inventory.hosts}
+    if len(users) > 1:
+        raise OutpostError(f"{inventory.path}: fleet hosts must share one ssh user, found "
+                           + ", ".join(sorted(users)))
     return Fleet(
         state_dir=inventory.fleet.state,
         hosts=[FleetHost(h.name, h.address, h.arch) for h in inventory.hosts],
@@ -616,7 +636,7 @@ def from_inventory(inventory) -> Fleet:
             repository=inventory.repository.path,
             key_name=inventory.repository.key_name,
             content_dirs=tuple(p.content_dir for p in inventory.packages if p.content_dir)),
-        user=inventory.hosts[0].user if inventory.hosts else "deploy",
+        user=users.pop() if users else "deploy",
         # The project folder holds the signing key: no host may see it.
         private=(inventory.root, inventory.repository.signing_key.parent))
 

@@ -1,0 +1,316 @@
+"""The local fleet: real sshd hosts in their own network, mount and PID namespaces.
+
+The fleet tests start a two-host fleet once per module on a private bridge and /24 (so they
+can run beside the default fleet) and talk to it with the real `ssh` client, as the pipeline
+does. They need root and openssh; without them they fail, never skip.
+"""
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fleet_helpers import accepted_connections, require_fleet_machine, ssh
+from outpost.errors import OutpostError
+from outpost.fleet import (Fleet, FleetHost, Provision, address_clashes, doas_conf, fleet_network,
+                           known_hosts_text, veth_name, with_user)
+
+REPO = Path(__file__).resolve().parents[1]
+# One /24 and one bridge per test session, so parallel sessions don't meet.
+SUBNET = f"198.19.{1 + os.getpid() % 250}"
+BRIDGE = f"otest{os.getpid()}"[:15]
+PROVISION = Provision(repository="/var/lib/outpost/repo", key_name="outpost.rsa.pub",
+                      content_dirs=("/var/lib/linkedlist/content",))
+
+
+def make_fleet(tmp: Path, hosts: list[tuple[str, str]], bridge: str = BRIDGE) -> Fleet:
+    return Fleet(state_dir=tmp / "state", hosts=[FleetHost(n, a, "x86_64") for n, a in hosts],
+                 known_hosts=tmp / "state" / "known_hosts", identity=tmp / "keys" / "deploy_key",
+                 provision=PROVISION, bridge=bridge, private=(tmp / "keys",))
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    require_fleet_machine()
+    fleet = make_fleet(tmp_path_factory.mktemp("fleet"),
+                       [("alpha", f"{SUBNET}.11"), ("beta", f"{SUBNET}.12")])
+    try:
+        assert fleet.up() == ["alpha", "beta"]
+        yield fleet
+    finally:
+        fleet.down()
+
+
+def namespace(pid: int, kind: str) -> int | None:
+    """The inode of a process's namespace of `kind`; None if gone or not ours to see."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+    except (FileNotFoundError, PermissionError):
+        return None
+
+
+def pids_in(kind: str, inode: int) -> set[int]:
+    """Every process on this machine in that namespace."""
+    return {int(entry.name) for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and namespace(int(entry.name), kind) == inode}
+
+
+def host_pid1(fleet, name) -> int:
+    return int((fleet.state_dir / "hosts" / name / "pid").read_text().split()[0])
+
+
+# --- On a running fleet ----------------------------------------------------------------------
+
+def test_ssh_with_the_deploy_key_and_pinned_host_keys_reaches_each_host(fleet):
+    for name in ("alpha", "beta"):
+        result = ssh(fleet, name, "hostname; id -un")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == [name, "deploy"]
+
+
+def test_known_hosts_holds_each_hosts_own_key(fleet):
+    pinned = dict(line.split(" ", 1) for line in fleet.known_hosts.read_text().splitlines())
+    keys = {}
+    for name, host in fleet.hosts.items():
+        served = fleet.run_on(name, ["cat", "/etc/ssh/ssh_host_outpost_ed25519_key.pub"])
+        keys[host.address] = " ".join(served.stdout.split()[:2])
+    assert pinned == keys
+    assert len(set(keys.values())) == 2
+
+
+def test_a_file_written_on_one_host_is_on_no_other_host_nor_on_this_machine(fleet):
+    path = f"/var/lib/outpost/repo/only-on-alpha-{uuid.uuid4().hex}"
+    assert ssh(fleet, "alpha", f"echo hello > {path}").returncode == 0
+    assert ssh(fleet, "alpha", f"cat {path}").stdout == "hello\n"
+    assert ssh(fleet, "beta", f"test -e {path}").returncode == 1
+    assert not Path(path).exists()
+
+
+def test_hosts_do_not_see_the_deploy_key_or_the_fleet_state(fleet):
+    assert fleet.identity.exists()
+    result = fleet.run_on("alpha", ["sh", "-c", f"test -e {fleet.identity}; echo $?; "
+                                                f"ls -A {fleet.state_dir} | wc -l"])
+    assert result.stdout.split() == ["1", "0"]
+
+
+def test_hosts_have_no_route_off_their_own_network(fleet):
+    routes = fleet.run_on("alpha", ["ip", "-4", "route"]).stdout.splitlines()
+    assert routes == [f"{SUBNET}.0/24 dev eth0 proto kernel scope link src {SUBNET}.11 "]
+
+
+def test_pid_1_is_the_service_manager_and_it_runs_sshd(fleet):
+    result = fleet.run_on("alpha", ["ps", "-o", "pid=,args=", "-e"])
+    lines = [line.split(None, 1) for line in result.stdout.splitlines()]
+    assert lines[0][0] == "1" and "dinit" in lines[0][1]
+    assert any("sshd_config_outpost" in args for pid, args in lines)
+
+
+def test_sshd_log_counts_each_connection(fleet):
+    before = accepted_connections(fleet, "beta")
+    for _ in range(3):
+        assert ssh(fleet, "beta", "true").returncode == 0
+    assert accepted_connections(fleet, "beta") == before + 3
+
+
+def test_root_login_is_refused_even_with_an_authorised_key(fleet):
+    fleet.run_on("alpha", ["sh", "-c", "mkdir -p /root/.ssh && "
+                          "cp /home/deploy/.ssh/authorized_keys /root/.ssh/"], check=True)
+    before = accepted_connections(fleet, "alpha")
+    result = ssh(fleet, "alpha", "true", user="root")
+    assert result.returncode == 255
+    assert "Permission denied" in result.stderr
+    assert accepted_connections(fleet, "alpha") == before
+    assert "User root from" in fleet.ssh_log("alpha").read_text()
+
+
+def test_doas_allows_the_deploy_user_only_what_the_pipeline_needs(fleet):
+    allowed = ssh(fleet, "alpha", "echo key | doas -n tee /etc/apk/keys/outpost.rsa.pub")
+    assert allowed.returncode == 0, allowed.stderr
+    assert fleet.run_on("alpha", ["cat", "/etc/apk/keys/outpost.rsa.pub"]).stdout == "key\n"
+    for command in ("doas -n true", "echo x | doas -n tee /etc/passwd",
+                    "echo x | doas -n tee /etc/apk/keys/other.rsa.pub"):
+        refused = ssh(fleet, "alpha", command)
+        assert refused.returncode != 0 and "not permitted" in refused.stderr, command
+
+
+def test_the_pipeline_folders_belong_to_the_deploy_user(fleet):
+    for folder in ("/var/lib/outpost/repo", "/var/lib/linkedlist/content"):
+        assert ssh(fleet, "beta", f"touch {folder}/x && rm {folder}/x").returncode == 0
+    assert fleet.run_on("beta", ["cat", "/etc/apk/arch"]).stdout == "x86_64\n"
+
+
+def test_up_leaves_running_hosts_alone(fleet):
+    pid = host_pid1(fleet, "alpha")
+    assert fleet.up() == []
+    assert host_pid1(fleet, "alpha") == pid
+
+
+def test_stop_host_ends_everything_on_it_and_start_brings_back_its_files(fleet):
+    marker = f"/var/lib/outpost/repo/kept-{uuid.uuid4().hex}"
+    seconds = random.randint(10_000, 99_999)  # tells our sleep from any other
+    started = ssh(fleet, "beta", f"touch {marker}; nohup sleep {seconds} >/dev/null 2>&1 </dev/null &")
+    assert started.returncode == 0, started.stderr
+    on_host = pids_in("pid", namespace(host_pid1(fleet, "beta"), "pid"))
+    sleeps = [pid for pid in on_host
+              if Path(f"/proc/{pid}/cmdline").read_bytes() == f"sleep\0{seconds}\0".encode()]
+    assert len(sleeps) == 1
+
+    assert fleet.stop_host("beta") is True
+    assert not fleet.is_up("beta")
+    assert not any(Path(f"/proc/{pid}").exists() for pid in on_host)  # sshd and the sleep too
+    assert ssh(fleet, "alpha", "true").returncode == 0
+
+    assert fleet.start_host("beta") is True
+    assert ssh(fleet, "beta", f"test -e {marker}").returncode == 0
+
+
+def test_up_restarts_a_host_whose_pid_1_died(fleet):
+    pid1 = host_pid1(fleet, "alpha")
+    os.kill(pid1, 9)
+    while namespace(pid1, "pid") is not None:  # the kill takes effect asynchronously
+        time.sleep(0.01)
+    assert fleet.up() == ["alpha"]
+    assert ssh(fleet, "alpha", "true").returncode == 0
+
+
+def test_a_changed_host_key_is_refused_until_its_pin_is_removed(fleet):
+    fleet.rotate_host_key("beta")
+    refused = ssh(fleet, "beta", "true")
+    assert refused.returncode == 255
+    assert "Host key verification failed" in refused.stderr
+    assert fleet.up() == []  # up() never re-pins a changed key by itself
+    assert ssh(fleet, "beta", "true").returncode == 255
+
+    address = fleet.hosts["beta"].address
+    lines = fleet.known_hosts.read_text().splitlines()
+    fleet.known_hosts.write_text("".join(f"{line}\n" for line in lines
+                                         if not line.startswith(f"{address} ")))
+    fleet.up()
+    assert ssh(fleet, "beta", "true").returncode == 0
+
+
+# --- Start and stop a fleet of its own --------------------------------------------------------
+
+def test_down_leaves_no_process_namespace_link_or_mount(tmp_path):
+    require_fleet_machine()
+    bridge = f"odown{os.getpid()}"[:15]
+    subnet = f"198.19.{1 + (os.getpid() + 1) % 250}"
+    fleet = make_fleet(tmp_path, [("gamma", f"{subnet}.21")], bridge=bridge)
+    try:
+        fleet.up()
+        pid1 = host_pid1(fleet, "gamma")
+        namespaces = {kind: namespace(pid1, kind) for kind in ("net", "mnt", "pid")}
+        veth = Path(f"/sys/class/net/{veth_name(bridge, 'gamma')}")
+        assert veth.exists() and Path(f"/sys/class/net/{bridge}").exists()
+    finally:
+        assert fleet.down() == ["gamma"]
+    assert not veth.exists()
+    assert not Path(f"/sys/class/net/{bridge}").exists()
+    for kind, inode in namespaces.items():
+        assert pids_in(kind, inode) == set(), f"processes left in the host's {kind} namespace"
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
+    assert not fleet.is_up("gamma")
+
+
+def test_an_address_already_on_this_machine_is_refused_with_the_host_named(fleet, tmp_path):
+    # The module's fleet holds SUBNET.0/24 on its bridge; another bridge may not take it.
+    other = make_fleet(tmp_path, [("delta", f"{SUBNET}.31")], bridge=f"oclash{os.getpid()}"[:15])
+    with pytest.raises(OutpostError, match=f"delta.*{SUBNET}.0/24 .*{BRIDGE}"):
+        other.up()
+    assert not Path(f"/sys/class/net/{other.bridge}").exists()
+
+
+def test_cli_status_reads_the_inventory(tmp_path):
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(f"""\
+[repository]
+signing_key = "keys/outpost.rsa"
+path = "/var/lib/outpost/repo"
+[ssh]
+user = "deploy"
+known_hosts = "build/fleet/known_hosts"
+identity = "build/fleet/deploy_key"
+[fleet]
+state = "build/fleet"
+[[packages]]
+name = "linkedlist"
+[[hosts]]
+name = "epsilon"
+address = "{SUBNET}.41"
+arch = "x86_64"
+region = "test"
+""")
+    result = subprocess.run([sys.executable, "-m", "outpost.fleet", "status", "--inventory",
+                             str(inventory)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"epsilon\t{SUBNET}.41\tdown\n"
+
+
+# --- Pure parts --------------------------------------------------------------------------------
+
+def hosts(*pairs):
+    return [FleetHost(name, address, "x86_64") for name, address in pairs]
+
+
+@pytest.mark.parametrize("pairs, message", [
+    ([("au", "10.0.0.5")], "fleet host au: 10.0.0.5 is outside 198.18.0.0/15"),
+    ([("au", "198.18.0.1")], "fleet host au: 198.18.0.1 is reserved"),
+    ([("au", "198.18.0.255")], "fleet host au: 198.18.0.255 is reserved"),
+    ([("au", "198.18.0.11"), ("ny", "198.18.1.12")], "must share one /24"),
+    ([("au", "198.18.0.11"), ("ny", "198.18.0.11")], "fleet hosts au and ny both have"),
+    ([("au", "fleet.example")], "fleet host au: 'fleet.example' is not an IPv4 address"),
+])
+def test_fleet_network_names_the_host_at_fault(pairs, message):
+    with pytest.raises(OutpostError, match=message):
+        fleet_network(hosts(*pairs))
+
+
+def test_fleet_network_is_the_hosts_slash_24():
+    assert str(fleet_network(hosts(("au", "198.18.0.11"), ("ny", "198.18.0.12")))) == "198.18.0.0/24"
+
+
+def test_address_clashes():
+    fleet_hosts = hosts(("au", "198.18.0.11"))
+    net = fleet_network(fleet_hosts)
+    assert address_clashes(fleet_hosts, net, "outpost0",
+                           [("outpost0", "198.18.0.1/24"), ("eth0", "10.0.0.2/8"),
+                            ("eth0", "fe80::1/64")]) == []
+    [taken] = address_clashes(fleet_hosts, net, "outpost0", [("outpost0", "198.18.0.11/32")])
+    assert taken.startswith("fleet host au: 198.18.0.11 is already on this machine's outpost0")
+    [overlap] = address_clashes(fleet_hosts, net, "outpost0", [("docker0", "198.18.0.0/16")])
+    assert overlap.startswith("fleet hosts au: network 198.18.0.0/24 overlaps 198.18.0.0/16 on")
+
+
+def test_with_user_adds_the_user_once_with_a_free_id_and_a_usable_shadow_entry():
+    passwd = "root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n"
+    group = "root:x:0:\nalice:x:1000:\nstaff:x:1001:\n"
+    new_passwd, new_group, shadow, uid = with_user(passwd, group, "root:*::::::\n", "deploy",
+                                                   "/home/deploy")
+    assert uid == 1002
+    assert new_passwd.endswith("deploy:x:1002:1002:Outpost deploy:/home/deploy:/bin/sh\n")
+    assert new_group.endswith("deploy:x:1002:\n")
+    assert shadow.endswith("deploy:*:19000:0:99999:7:::\n")  # "*", not the locked "!"
+    assert with_user(new_passwd, new_group, shadow, "deploy", "/home/deploy") == (
+        new_passwd, new_group, shadow, 1002)
+
+
+def test_doas_rules_name_each_allowed_command():
+    rules = [line for line in doas_conf("deploy", "outpost.rsa.pub").splitlines()
+             if not line.startswith("#")]
+    assert rules == [
+        "permit nopass deploy as root cmd apk",
+        "permit nopass deploy as root cmd dinitctl",
+        "permit nopass deploy as root cmd tee args /etc/apk/keys/outpost.rsa.pub",
+        "permit nopass deploy as root cmd tee args /etc/apk/repositories.d/outpost.list",
+    ]
+
+
+def test_known_hosts_text_adds_missing_pins_and_keeps_existing_ones():
+    current = "198.18.0.11 ssh-ed25519 OLD\n"
+    text = known_hosts_text(current, {"198.18.0.11": "ssh-ed25519 NEW",
+                                      "198.18.0.12": "ssh-ed25519 B"})
+    assert text == "198.18.0.11 ssh-ed25519 OLD\n198.18.0.12 ssh-ed25519 B\n"
