@@ -158,7 +158,7 @@ class _TopLevelSelf:
 
 def load_template(template_dir: str | Path) -> Template:
     """Execute <template_dir>/template.py and check its mandatory fields."""
-    path = Path(template_dir) / "template.py"
+    path = Path(template_dir).absolute() / "template.py"
     try:
         source = path.read_text(encoding="utf-8")
     except OSError as err:
