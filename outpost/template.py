@@ -119,9 +119,9 @@ class Template:
             return "it has a source, and the local builder fetches no sources"
         if self.declares_subpackages:
             return "it declares subpackages, which the local builder does not split"
-        for key in self.data_keys:
-            return (f"self.get_data({key!r}) reads cbuild's config [data] section, which the "
-                    "local builder does not have")
+        if self.data_keys:
+            return (f"self.get_data({self.data_keys[0]!r}) reads cbuild's config [data] "
+                    "section, which the local builder does not have")
         runs = {name for names in LOCAL_HOOKS for name in names}
         for name in sorted(self.hooks):
             if name not in runs:
