@@ -209,6 +209,29 @@ def test_apk_applies_sysusers_and_tmpfiles_after_install(repo):
     assert content.stat().st_uid == uid
 
 
+def test_apk_refuses_to_overwrite_another_packages_file(repo):
+    repo.package("one", "1.0-r0", {"usr/bin/shared": "one\n"})
+    repo.package("two", "1.0-r0", {"usr/bin/shared": "two\n"})
+    repo.index()
+    repo.apk("add", "one")
+    refused = repo.apk("add", "two", check=False)
+    assert refused.returncode != 0
+    assert "trying to overwrite usr/bin/shared owned by one." in refused.stderr
+    assert (repo.root / "usr/bin/shared").read_text() == "one\n"
+
+
+def test_apk_del_refuses_a_package_others_depend_on(repo):
+    repo.package("lib", "1.0-r0", {"usr/lib/libx": "l\n"})
+    repo.package("app", "1.0-r0", {"usr/bin/app": "a\n"}, depends=["lib"])
+    repo.index()
+    repo.apk("add", "app")
+    refused = repo.apk("del", "lib", check=False)
+    assert refused.returncode != 0 and "needed by app" in refused.stderr
+    assert (repo.root / "usr/lib/libx").exists()
+    missing = repo.apk("del", "nope", check=False)
+    assert missing.returncode != 0 and "No such package: nope" in missing.stderr
+
+
 def test_apk_versions_compare_as_apk_orders_them():
     from outpost.standins import _apk
     ordered = ["1.0_rc1-r0", "1.0-r0", "1.0-r1", "1.0-r10", "1.0_p1-r0", "1.0.1-r0", "1.2-r0",
@@ -430,3 +453,60 @@ def test_run_as_runs_the_process_as_that_user(dinit, tmp_path):
     gid_line = next(line for line in status.splitlines() if line.startswith("Gid:"))
     assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
     assert gid_line.split()[1:] == [str(nobody.pw_gid)] * 4
+
+
+def test_stop_refuses_a_service_with_started_dependents_unless_forced(dinit):
+    dinit.service("boot", "type = internal\n")
+    dinit.service("web", SLEEPER)
+    dinit.service("front", SLEEPER + "depends-on = web\n")
+    dinit.start()
+    dinit.ctl("start", "front")
+    refused = dinit.ctl("stop", "web", check=False)
+    assert refused.returncode == 1
+    assert "cannot stop service 'web' due to the following dependents:" in refused.stderr
+    assert "front" in refused.stderr
+    dinit.ctl("stop", "--force", "web")
+    assert dinit.status("front")["State"] == "STOPPED"
+
+
+def test_waits_for_a_failing_service_still_starts_the_dependent(dinit, tmp_path):
+    dinit.service("boot", "type = internal\n")
+    dinit.service("broken", SLEEPER + f"logfile = {tmp_path}/missing/log\n")
+    dinit.service("web", SLEEPER + "waits-for: broken\n")
+    dinit.service("front", SLEEPER + "depends-on: broken\n")
+    dinit.start()
+    assert dinit.ctl("start", "web").returncode == 0
+    failed = dinit.ctl("start", "front", check=False)
+    assert failed.returncode == 1
+    assert "a dependency of the service failed to start" in failed.stdout
+
+
+def test_a_dependency_cycle_is_a_load_error(dinit):
+    dinit.service("boot", "type = internal\n")
+    dinit.service("a", "type = internal\ndepends-on: b\n")
+    dinit.service("b", "type = internal\ndepends-on: a\n")
+    dinit.start()
+    refused = dinit.ctl("start", "a", check=False)
+    assert refused.returncode == 1 and "dependency cycle" in refused.stderr
+
+
+def test_a_changed_service_file_takes_effect_on_reload(dinit, tmp_path):
+    dinit.service("boot", "type = internal\n")
+    dinit.service("web", SLEEPER)
+    dinit.start()
+    dinit.ctl("start", "web")
+    dinit.service("web", SLEEPER + f"logfile = {tmp_path}/web.log\n")
+    dinit.ctl("restart", "web")
+    assert not (tmp_path / "web.log").exists()  # still the description loaded first
+    assert dinit.ctl("reload", "web").stdout == "Service 'web' reloaded.\n"
+    dinit.ctl("restart", "web")
+    assert (tmp_path / "web.log").exists()
+
+
+def test_restart_on_failure_spares_deliberate_signals():
+    from outpost.standins import _dinit
+    assert _dinit.restart_wanted("on-failure", 1)
+    assert _dinit.restart_wanted("on-failure", -signal.SIGKILL)
+    assert not _dinit.restart_wanted("on-failure", -signal.SIGTERM)
+    assert not _dinit.restart_wanted("on-failure", 0)
+    assert _dinit.restart_wanted("yes", 0) and not _dinit.restart_wanted("no", 1)
