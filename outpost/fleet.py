@@ -41,6 +41,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from outpost import commands
+from outpost.inventory import Inventory, load as load_inventory
 from outpost.errors import OutpostError
 
 # The range the fleet takes its addresses from: reserved for benchmarks (RFC 2544), never routed.
@@ -51,8 +53,11 @@ STANDINS = Path(__file__).resolve().parent / "standins"
 HOST_KEY = PurePosixPath("/etc/ssh/ssh_host_outpost_ed25519_key")
 SSHD_CONFIG = PurePosixPath("/etc/ssh/sshd_config_outpost")
 SSHD_LOG = PurePosixPath("/var/log/sshd.log")
-REPOSITORY_LIST = PurePosixPath("/etc/apk/repositories.d/outpost.list")
-APK_KEYS = PurePosixPath("/etc/apk/keys")
+# The apk stand-in's list of what the host has without apk (see outpost/standins/_apk.py):
+# Debian's python3 stands in for Chimera's `python`, and the fleet's own local.target service
+# for `dinit-chimera`'s.
+APK_PROVIDED = PurePosixPath("/etc/apk/provided")
+PROVIDED_PACKAGES = ("python", "dinit-chimera")
 # The copy of this package on each host, for the stand-ins.
 HOST_PACKAGE = PurePosixPath("/usr/local/lib/outpost/outpost")
 # How long a host may take from launch to its sshd greeting.
@@ -78,9 +83,8 @@ class FleetHost:
 @dataclass(frozen=True)
 class Provision:
     """What the pipeline needs on every host, from the inventory."""
-    repository: str                  # folder the repository is synced to; owned by the user
-    key_name: str                    # file name of the repository's public key in /etc/apk/keys
-    content_dirs: tuple[str, ...]    # folders content is pushed to; owned by the user
+    doas_rules: str           # /etc/doas.conf: outpost.commands.doas_rules, the steps' root commands
+    folders: tuple[str, ...]  # the repository path and content dirs: the user's, world-readable
 
 
 # --- Pure builders: file contents, scripts and command lines --------------------------------
@@ -167,26 +171,14 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 def dinit_services() -> dict[PurePosixPath, str]:
     return {
         PurePosixPath("/etc/dinit.d/boot"): "type = internal\ndepends-on: sshd\n",
+        # Chimera's dinit-chimera ships local.target (packaged services depend on it); the
+        # host's early boot is the fleet's job, so here it is an empty milestone.
+        PurePosixPath("/etc/dinit.d/local.target"): "type = internal\n",
         PurePosixPath("/etc/dinit.d/sshd"): (
             "type = process\n"
             f"command = /usr/sbin/sshd -D -e -f {SSHD_CONFIG}\n"
             f"logfile = {SSHD_LOG}\n"),
     }
-
-
-def doas_conf(user: str, key_name: str) -> str:
-    # Installing the repository key and list: each is one fixed `tee` command (doas `args`
-    # must match exactly), which works the same on a real Chimera host. The alternative,
-    # making /etc/apk/keys writable by the user, would let it drop or replace the distro's
-    # keys too. Either way `apk` as root is as good as root (it installs any package), so these
-    # rules limit mistakes, not a hostile deploy user.
-    return f"""\
-# The deploy user may run only what the pipeline needs (outpost/fleet.py).
-permit nopass {user} as root cmd apk
-permit nopass {user} as root cmd dinitctl
-permit nopass {user} as root cmd tee args {APK_KEYS / key_name}
-permit nopass {user} as root cmd tee args {REPOSITORY_LIST}
-"""
 
 
 def with_user(passwd: str, group: str, shadow: str, user: str, home: str) -> tuple[str, str, str, int]:
@@ -303,14 +295,7 @@ class Fleet:
     def up(self) -> list[str]:
         """Start the hosts that are down; running hosts are left alone. Returns those started."""
         down = [host for host in self.hosts.values() if not self.is_up(host.name)]
-        if down:
-            self._check_machine(down)
-            self._ensure_deploy_key()
-            self._ensure_bridge()
-            launched = [(host, self._launch(host)) for host in down]
-            for host, process in launched:
-                self._wait_ready(host, process)
-        self._pin_host_keys()
+        self._start(down)
         return [host.name for host in down]
 
     def start_host(self, name: str) -> bool:
@@ -318,12 +303,19 @@ class Fleet:
         host = self._host(name)
         if self.is_up(name):
             return False
-        self._check_machine([host])
-        self._ensure_deploy_key()
-        self._ensure_bridge()
-        self._wait_ready(host, self._launch(host))
-        self._pin_host_keys()
+        self._start([host])
         return True
+
+    def _start(self, hosts: list[FleetHost]):
+        if hosts:
+            self._check_machine(hosts)
+            self._ensure_deploy_key()
+            self._ensure_bridge()
+            # All boot at once; then wait for each.
+            launched = [(host, self._launch(host)) for host in hosts]
+            for host, process in launched:
+                self._wait_ready(host, process)
+        self._pin_host_keys()
 
     def _check_machine(self, hosts: list[FleetHost]):
         names = ", ".join(host.name for host in hosts)
@@ -378,17 +370,24 @@ class Fleet:
                  "--propagation", "private", "--", "sh", "-c", script],
                 stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, env=HOST_ENVIRONMENT)
-        pid = self._init_pid(host, process)
-        (state / "pid").write_text(f"{pid} {_start_time(pid)}\n")
-        veth = veth_name(self.bridge, host.name)
-        if Path(f"/sys/class/net/{veth}").exists():
-            _ip_batch([f"link del {veth}"])
-        _ip_batch([f"link add {veth} type veth peer name eth0 address {host_mac(host.address)} "
-                   f"netns {pid}"])
-        _disable_ipv6(veth)
-        _ip_batch([f"link set {veth} master {self.bridge}", f"link set {veth} up"])
-        process.stdin.write(b"ready\n")
-        process.stdin.close()
+        try:
+            pid = self._init_pid(host, process)
+            (state / "pid").write_text(f"{pid} {_start_time(pid)}\n")
+            veth = veth_name(self.bridge, host.name)
+            if Path(f"/sys/class/net/{veth}").exists():
+                _ip_batch([f"link del {veth}"])
+            _ip_batch([f"link add {veth} type veth peer name eth0 "
+                       f"address {host_mac(host.address)} netns {pid}"])
+            _disable_ipv6(veth)
+            _ip_batch([f"link set {veth} master {self.bridge}", f"link set {veth} up"])
+            process.stdin.write(b"ready\n")
+            process.stdin.close()
+        except BaseException:
+            # A half-started host would pass for a running one: end it.
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            (state / "pid").unlink(missing_ok=True)
+            raise
         return process
 
     def _init_pid(self, host: FleetHost, process: subprocess.Popen) -> int:
@@ -445,17 +444,18 @@ class Fleet:
             "/etc/passwd": (passwd, 0o644, 0, 0),
             "/etc/group": (group, 0o644, 0, 0),
             "/etc/shadow": (shadow, 0o640, 0, shadow_gid),
-            "/etc/doas.conf": (doas_conf(self.user, self.provision.key_name), 0o400, 0, 0),
+            "/etc/doas.conf": (self.provision.doas_rules, 0o400, 0, 0),
             str(SSHD_CONFIG): (sshd_config(host.address, self.user), 0o644, 0, 0),
             "/etc/apk/arch": (host.arch + "\n", 0o644, 0, 0),
+            str(APK_PROVIDED): ("".join(f"{name}\n" for name in PROVIDED_PACKAGES), 0o644, 0, 0),
             f"{home}/.ssh/authorized_keys": (
                 Path(f"{self.identity}.pub").read_text(), 0o600, uid, uid),
             **{str(path): (text, 0o644, 0, 0) for path, text in dinit_services().items()},
         }
         dirs = {home: (0o755, uid), f"{home}/.ssh": (0o700, uid),
-                str(APK_KEYS): (0o755, 0), str(REPOSITORY_LIST.parent): (0o755, 0),
-                self.provision.repository: (0o755, uid),
-                **{d: (0o755, uid) for d in self.provision.content_dirs}}
+                # Folders the sync step writes into with `doas tee`.
+                commands.KEYS_DIR: (0o755, 0), commands.LISTS_DIR: (0o755, 0),
+                **{folder: (0o755, uid) for folder in self.provision.folders}}
         for path, (mode, owner) in dirs.items():
             target = _upper_dir(upper, path)
             os.chown(target, owner, owner)
@@ -615,7 +615,7 @@ def _run(argv: list[str], input: str | None = None) -> subprocess.CompletedProce
 
 # --- From the inventory, and the CLI ---------------------------------------------------------
 
-def from_inventory(inventory) -> Fleet:
+def from_inventory(inventory: Inventory) -> Fleet:
     """The fleet an inventory describes (it must have a [fleet] table)."""
     if inventory.fleet is None:
         raise OutpostError(f"{inventory.path}: no [fleet] table: its hosts are not a local fleet")
@@ -627,16 +627,17 @@ def from_inventory(inventory) -> Fleet:
     if len(users) > 1:
         raise OutpostError(f"{inventory.path}: fleet hosts must share one ssh user, found "
                            + ", ".join(sorted(users)))
+    user = users.pop() if users else "deploy"
     return Fleet(
         state_dir=inventory.fleet.state,
         hosts=[FleetHost(h.name, h.address, h.arch) for h in inventory.hosts],
         known_hosts=inventory.ssh.known_hosts,
         identity=inventory.ssh.identity,
         provision=Provision(
-            repository=inventory.repository.path,
-            key_name=inventory.repository.key_name,
-            content_dirs=tuple(p.content_dir for p in inventory.packages if p.content_dir)),
-        user=users.pop() if users else "deploy",
+            doas_rules=commands.doas_rules(user, inventory.repository, inventory.packages),
+            folders=(inventory.repository.path,
+                     *(p.content_dir for p in inventory.packages if p.content_dir))),
+        user=user,
         # The project folder holds the signing key: no host may see it.
         private=(inventory.root, inventory.repository.signing_key.parent))
 
@@ -648,9 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inventory", type=Path,
                         default=Path(os.environ.get("OUTPOST_INVENTORY", "inventory.toml")))
     args = parser.parse_args(argv)
-    from outpost import inventory
     try:
-        fleet = from_inventory(inventory.load(args.inventory))
+        fleet = from_inventory(load_inventory(args.inventory))
         if args.command == "up":
             started = fleet.up()
             print(f"started: {', '.join(started) or 'none (all up)'}")

@@ -11,20 +11,25 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from fleet_helpers import accepted_connections, require_fleet_machine, ssh
+from outpost import commands
 from outpost.errors import OutpostError
-from outpost.fleet import (Fleet, FleetHost, Provision, address_clashes, doas_conf, fleet_network,
+from outpost.fleet import (Fleet, FleetHost, Provision, address_clashes, fleet_network,
                            known_hosts_text, veth_name, with_user)
 
 REPO = Path(__file__).resolve().parents[1]
 # One /24 and one bridge per test session, so parallel sessions don't meet.
 SUBNET = f"198.19.{1 + os.getpid() % 250}"
 BRIDGE = f"otest{os.getpid()}"[:15]
-PROVISION = Provision(repository="/var/lib/outpost/repo", key_name="outpost.rsa.pub",
-                      content_dirs=("/var/lib/linkedlist/content",))
+REPOSITORY = SimpleNamespace(path="/var/lib/outpost/repo", key_name="outpost.rsa.pub")
+PACKAGES = [SimpleNamespace(name="linkedlist", service="linkedlist",
+                            content_dir="/var/lib/linkedlist/content")]
+PROVISION = Provision(doas_rules=commands.doas_rules("deploy", REPOSITORY, PACKAGES),
+                      folders=(REPOSITORY.path, PACKAGES[0].content_dir))
 
 
 def make_fleet(tmp: Path, hosts: list[tuple[str, str]], bridge: str = BRIDGE) -> Fleet:
@@ -128,13 +133,24 @@ def test_root_login_is_refused_even_with_an_authorised_key(fleet):
 
 
 def test_doas_allows_the_deploy_user_only_what_the_pipeline_needs(fleet):
-    allowed = ssh(fleet, "alpha", "echo key | doas -n tee /etc/apk/keys/outpost.rsa.pub")
+    assert fleet.run_on("alpha", ["cat", "/etc/doas.conf"]).stdout == PROVISION.doas_rules
+    key = commands.key_path(REPOSITORY.key_name)
+    allowed = ssh(fleet, "alpha", f"echo key | doas -n tee {key} && doas -n apk update")
     assert allowed.returncode == 0, allowed.stderr
-    assert fleet.run_on("alpha", ["cat", "/etc/apk/keys/outpost.rsa.pub"]).stdout == "key\n"
+    assert fleet.run_on("alpha", ["cat", key]).stdout == "key\n"
     for command in ("doas -n true", "echo x | doas -n tee /etc/passwd",
-                    "echo x | doas -n tee /etc/apk/keys/other.rsa.pub"):
+                    "echo x | doas -n tee /etc/apk/keys/other.rsa.pub",
+                    "doas -n apk add -u other", "doas -n dinitctl stop sshd"):
         refused = ssh(fleet, "alpha", command)
         assert refused.returncode != 0 and "not permitted" in refused.stderr, command
+
+
+def test_the_dinit_stand_in_finds_local_target_and_apk_knows_the_base_system(fleet):
+    # linkedlist's service depends on local.target and its package on python.
+    started = fleet.run_on("alpha", ["dinitctl", "start", "local.target"])
+    assert started.returncode == 0, started.stderr
+    assert fleet.run_on("alpha", ["cat", "/etc/apk/provided"]).stdout.split() == [
+        "python", "dinit-chimera"]
 
 
 def test_the_pipeline_folders_belong_to_the_deploy_user(fleet):
@@ -296,17 +312,6 @@ def test_with_user_adds_the_user_once_with_a_free_id_and_a_usable_shadow_entry()
     assert shadow.endswith("deploy:*:19000:0:99999:7:::\n")  # "*", not the locked "!"
     assert with_user(new_passwd, new_group, shadow, "deploy", "/home/deploy") == (
         new_passwd, new_group, shadow, 1002)
-
-
-def test_doas_rules_name_each_allowed_command():
-    rules = [line for line in doas_conf("deploy", "outpost.rsa.pub").splitlines()
-             if not line.startswith("#")]
-    assert rules == [
-        "permit nopass deploy as root cmd apk",
-        "permit nopass deploy as root cmd dinitctl",
-        "permit nopass deploy as root cmd tee args /etc/apk/keys/outpost.rsa.pub",
-        "permit nopass deploy as root cmd tee args /etc/apk/repositories.d/outpost.list",
-    ]
 
 
 def test_known_hosts_text_adds_missing_pins_and_keeps_existing_ones():
