@@ -510,3 +510,11 @@ def test_restart_on_failure_spares_deliberate_signals():
     assert not _dinit.restart_wanted("on-failure", -signal.SIGTERM)
     assert not _dinit.restart_wanted("on-failure", 0)
     assert _dinit.restart_wanted("yes", 0) and not _dinit.restart_wanted("no", 1)
+
+
+def test_dinit_exits_non_zero_when_boot_cannot_start(dinit):
+    dinit.service("boot", "type = internal\ndepends-on: missing\n")
+    proc = subprocess.run([sys.executable, str(STANDINS / "dinit"), "-d", dinit.dir,
+                           "-p", dinit.socket], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "could not start 'boot'" in proc.stderr and "'missing'" in proc.stderr

@@ -13,7 +13,6 @@ import os
 import platform
 import re
 import shlex
-import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass, field

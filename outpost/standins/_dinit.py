@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 # dinit(8): the system instance's service directories, searched in this order. On merged-/usr
 # systems (Chimera, Debian 12) /lib/dinit.d is /usr/lib/dinit.d, where packages put services.
@@ -743,7 +742,8 @@ def _describe_exit(exitcode):
 
 def serve(supervisor, socket_path, initial_services):
     """Run as dinit: listen on `socket_path`, start `initial_services`, reap every child,
-    and on SIGTERM/SIGINT stop all services and return. Returns the exit status."""
+    and on SIGTERM/SIGINT stop all services and return. Returns the exit status: 1 when an
+    initial service failed to start."""
     wake_read, wake_write = socket.socketpair()
     wake_read.setblocking(False)
     wake_write.setblocking(False)
@@ -752,10 +752,13 @@ def serve(supervisor, socket_path, initial_services):
         signal.signal(sig, lambda *_: None)  # the wakeup fd carries the signal to the loop
     listener = _listen(socket_path)
 
+    failed = []
+
     def start_initial():
         for name in initial_services:
             reply = supervisor.handle({"cmd": "start", "service": name})
             if not reply["ok"]:
+                failed.append(name)
                 log(f"could not start '{name}': {reply.get('detail') or reply.get('error')}")
         with supervisor.cond:
             supervisor._exit_if_idle()
@@ -764,7 +767,6 @@ def serve(supervisor, socket_path, initial_services):
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, "accept")
     selector.register(wake_read, selectors.EVENT_READ, "signal")
-    status = 0
     try:
         while not supervisor.finished.is_set():
             for key, _ in selector.select(timeout=0.5):
@@ -792,7 +794,7 @@ def serve(supervisor, socket_path, initial_services):
             os.unlink(socket_path)
         except OSError:
             pass
-    return status
+    return 1 if failed else 0
 
 
 def _listen(socket_path):
