@@ -1,27 +1,42 @@
 """Outpost's pipeline, as doit tasks.
 
-    cbuild/local build -> apk index + sign -> repo sync -> upgrade + restart -> content push
+    build:<arch> -> index:<arch> -> sync:<host> -> upgrade:<host> -> content:<host> -> check:<host>
 
-`doit deploy` runs it all; `doit list --status` shows what would run; `doit info TASK` says why.
-The inventory is inventory.toml, or the file named by OUTPOST_INVENTORY.
+`doit deploy` runs it all (it is the default); `doit list --status` shows what would run;
+`doit info TASK` says why. The inventory is inventory.toml, or the file OUTPOST_INVENTORY names.
 """
 import os
 import sys
 
 from outpost import inventory as inventory_file
 from outpost.errors import OutpostError
-from tasks import build
-
-DOIT_CONFIG = {
-    "default_tasks": ["deploy"],
-    "verbosity": 2,
-}
+from tasks import build, hosts
 
 try:
     INVENTORY = inventory_file.load(os.environ.get("OUTPOST_INVENTORY", "inventory.toml"))
 except OutpostError as err:
     # One clear line instead of doit's "error loading dodo" traceback.
     sys.exit(f"outpost: {err}")
+
+DOIT_CONFIG = {
+    "default_tasks": ["deploy"],
+    "verbosity": 2,
+    # Hosts run side by side (threads: a Fabric connection can't cross processes), and one
+    # failing host doesn't stop the others.
+    "num_process": max(2, len(INVENTORY.hosts)),
+    "par_type": "thread",
+    "continue": True,
+    # A plain `doit clean` cleans what deploy depends on: packages, indexes, staging.
+    "cleandep": True,
+}
+
+
+def _tasks(make):
+    """Run a task generator from tasks/; a user error (a broken template, say) is one line."""
+    try:
+        yield from make(INVENTORY)
+    except OutpostError as err:
+        sys.exit(f"outpost: {err}")
 
 
 def task_keygen():
@@ -31,9 +46,39 @@ def task_keygen():
 
 def task_build():
     """Build the packages, once per target arch."""
-    yield from build.packages(INVENTORY)
+    yield from _tasks(build.packages)
 
 
 def task_index():
     """Put the packages in the repository and sign its index, per arch."""
-    yield from build.index(INVENTORY)
+    yield from _tasks(build.index)
+
+
+def task_fleet():
+    """The built-in local fleet: fleet:up starts its hosts, fleet:down stops them."""
+    yield from _tasks(hosts.fleet)
+
+
+def task_sync():
+    """Copy the repository and its public key to each host."""
+    yield from _tasks(hosts.sync)
+
+
+def task_upgrade():
+    """Upgrade the packages on each host and restart their services."""
+    yield from _tasks(hosts.upgrade)
+
+
+def task_content():
+    """Push the content to each host."""
+    yield from _tasks(hosts.content)
+
+
+def task_check():
+    """Check that each host serves the app and the content just pushed."""
+    yield from _tasks(hosts.check)
+
+
+def task_deploy():
+    """The whole pipeline for every host (deploy:<host> for one)."""
+    yield from _tasks(hosts.deploy)

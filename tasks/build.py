@@ -1,4 +1,6 @@
 """The first half of the pipeline: signing key -> packages per arch -> signed index per arch."""
+import os
+
 from doit.tools import config_changed
 
 from outpost import apk, builders, repo
@@ -12,7 +14,7 @@ def keygen(inventory):
         "targets": [str(key), str(inventory.repository.public_key)],
         # Never made again once it exists, and `doit clean` keeps it (no "clean" here).
         "uptodate": [True],
-        "doc": f"Make the signing key {key} (never overwrites one)",
+        "doc": f"Make the signing key {os.path.relpath(key, inventory.root)} (never overwrites one)",
     }
 
 

@@ -1,0 +1,94 @@
+"""The second half of the pipeline, one subtask per host:
+fleet:up -> sync:<host> -> upgrade:<host> -> content:<host> -> check:<host> -> deploy:<host>."""
+from doit.tools import config_changed
+
+from outpost import steps
+from outpost.taskutil import action, files_under
+
+
+def fleet(inventory):
+    if inventory.fleet is None:
+        return
+    yield {
+        "name": "up",
+        "doc": "Start the local fleet's hosts that are down",
+        "actions": [action(steps.fleet_up, inventory)],
+        # Checked without SSH, so a no-op deploy touches no host.
+        "uptodate": [lambda: steps.fleet_is_up(inventory)],
+    }
+    yield {
+        "name": "down",
+        "doc": "Stop every host of the local fleet",
+        "actions": [action(steps.fleet_down, inventory)],
+        "uptodate": [lambda: not steps.fleet_any_up(inventory)],
+    }
+
+
+def _after_fleet(inventory):
+    return ["fleet:up"] if inventory.fleet is not None else []
+
+
+def sync(inventory):
+    for host in inventory.hosts:
+        index = steps.repo_index(inventory, host.arch)
+        yield {
+            "name": host.name,
+            "doc": f"Copy the {host.arch} repository and its public key to {host.name}",
+            "actions": [action(steps.sync, inventory, host)],
+            "file_dep": [str(index), str(inventory.repository.public_key)]
+            + steps.host_marker(inventory, host),
+            "uptodate": [config_changed(steps.sync_settings(inventory, host))],
+            "task_dep": _after_fleet(inventory),
+        }
+
+
+def upgrade(inventory):
+    for host in inventory.hosts:
+        yield {
+            "name": host.name,
+            "doc": f"Upgrade the packages on {host.name} and restart their services",
+            "actions": [action(steps.upgrade, inventory, host)],
+            "file_dep": steps.host_marker(inventory, host),
+            # Runs when the version the host should have changed, not on every sync.
+            "uptodate": [config_changed(steps.wanted_versions(inventory))],
+            "task_dep": [f"sync:{host.name}"],
+        }
+
+
+def content(inventory):
+    packages = [p for p in inventory.packages if p.content is not None]
+    if not packages:
+        return
+    sources = [f for p in packages for f in files_under(p.content)]
+    for host in inventory.hosts:
+        yield {
+            "name": host.name,
+            "doc": f"Push the content to {host.name} (rsync --delete)",
+            "actions": [action(steps.push_content, inventory, host)],
+            "file_dep": sources + steps.host_marker(inventory, host),
+            "uptodate": [config_changed({"address": host.address,
+                                         "dest": [p.content_dir for p in packages]})],
+            "task_dep": [f"upgrade:{host.name}"],
+        }
+
+
+def check(inventory):
+    for host in inventory.hosts:
+        yield {
+            "name": host.name,
+            "doc": f"Ask the app on {host.name} over HTTP whether it serves the pushed content",
+            # No inputs: it always runs. It only reads, so a no-op deploy stays a no-op.
+            "actions": [action(steps.check, inventory, host)],
+            "task_dep": [f"content:{host.name}"],
+            "verbosity": 2,
+        }
+
+
+def deploy(inventory):
+    for host in inventory.hosts:
+        yield {
+            "name": host.name,
+            "doc": f"Run the whole pipeline for {host.name}",
+            "actions": None,
+            "task_dep": [f"check:{host.name}"],
+        }
