@@ -53,11 +53,8 @@ STANDINS = Path(__file__).resolve().parent / "standins"
 HOST_KEY = PurePosixPath("/etc/ssh/ssh_host_outpost_ed25519_key")
 SSHD_CONFIG = PurePosixPath("/etc/ssh/sshd_config_outpost")
 SSHD_LOG = PurePosixPath("/var/log/sshd.log")
-# The apk stand-in's list of what the host has without apk (see outpost/standins/_apk.py):
-# Debian's python3 stands in for Chimera's `python`, and the fleet's own local.target service
-# for `dinit-chimera`'s.
+# The apk stand-in's list of what a host has without apk (outpost/standins/README.md).
 APK_PROVIDED = PurePosixPath("/etc/apk/provided")
-PROVIDED_PACKAGES = ("python", "dinit-chimera")
 # The copy of this package on each host, for the stand-ins.
 HOST_PACKAGE = PurePosixPath("/usr/local/lib/outpost/outpost")
 # How long a host may take from launch to its sshd greeting.
@@ -166,6 +163,12 @@ AuthorizedKeysFile .ssh/authorized_keys
 UsePAM no
 Subsystem sftp /usr/lib/openssh/sftp-server
 """
+
+
+def provided_packages(python_version: str) -> str:
+    """The Chimera packages the Debian base provides: its python3 for `python`, its sshd for
+    `openssh`, and the fleet's own local.target for `dinit-chimera`'s."""
+    return f"python={python_version}\nopenssh\ndinit-chimera\n"
 
 
 def dinit_services() -> dict[PurePosixPath, str]:
@@ -329,6 +332,16 @@ class Fleet:
         if "overlay" not in Path("/proc/filesystems").read_text():
             raise OutpostError(f"fleet hosts {names}: this kernel has no overlay filesystem; "
                                "load it: modprobe overlay")
+        # The stand-ins run on the hosts' python3, which must check signatures by itself: the
+        # project's venv is hidden from the hosts with the rest of the project.
+        probe = subprocess.run(["python3", "-c", "import cryptography, platform; "
+                                "print(platform.python_version())"],
+                               capture_output=True, text=True, env=HOST_ENVIRONMENT)
+        if probe.returncode != 0:
+            raise OutpostError(f"fleet hosts {names}: the hosts' python3 can't import "
+                               "cryptography (the apk stand-in checks signatures with it); "
+                               "install it: apt-get install python3-cryptography")
+        self._python_version = probe.stdout.strip()
         if not _init_command():
             raise OutpostError(f"fleet hosts {names}: no service manager: neither `dinit` on "
                                f"PATH nor the stand-in {STANDINS / 'dinit'}")
@@ -447,7 +460,7 @@ class Fleet:
             "/etc/doas.conf": (self.provision.doas_rules, 0o400, 0, 0),
             str(SSHD_CONFIG): (sshd_config(host.address, self.user), 0o644, 0, 0),
             "/etc/apk/arch": (host.arch + "\n", 0o644, 0, 0),
-            str(APK_PROVIDED): ("".join(f"{name}\n" for name in PROVIDED_PACKAGES), 0o644, 0, 0),
+            str(APK_PROVIDED): (provided_packages(self._python_version), 0o644, 0, 0),
             f"{home}/.ssh/authorized_keys": (
                 Path(f"{self.identity}.pub").read_text(), 0o600, uid, uid),
             **{str(path): (text, 0o644, 0, 0) for path, text in dinit_services().items()},
@@ -547,6 +560,7 @@ class Fleet:
         pid = self._pid(self._host(name).name)
         if pid is None:
             raise OutpostError(f"fleet host {name} is down; start it with `doit fleet:up`")
+        kwargs.setdefault("env", HOST_ENVIRONMENT)
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)
         return subprocess.run(["nsenter", "-t", str(pid), "-a", "--", *argv], **kwargs)

@@ -149,8 +149,15 @@ def test_the_dinit_stand_in_finds_local_target_and_apk_knows_the_base_system(fle
     # linkedlist's service depends on local.target and its package on python.
     started = fleet.run_on("alpha", ["dinitctl", "start", "local.target"])
     assert started.returncode == 0, started.stderr
-    assert fleet.run_on("alpha", ["cat", "/etc/apk/provided"]).stdout.split() == [
-        "python", "dinit-chimera"]
+    provided = fleet.run_on("alpha", ["cat", "/etc/apk/provided"]).stdout.split()
+    python = fleet.run_on("alpha", ["python3", "-c", "import platform; print(platform.python_version())"])
+    assert provided == [f"python={python.stdout.strip()}", "openssh", "dinit-chimera"]
+
+
+def test_the_apk_stand_in_runs_on_the_hosts_own_python(fleet):
+    # The project (and its venv) is hidden from hosts: apk must work without it.
+    result = ssh(fleet, "beta", "apk info -v")
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 def test_the_pipeline_folders_belong_to_the_deploy_user(fleet):
