@@ -233,10 +233,12 @@ exec {shlex.join(init)} </dev/null
 """
 
 
-def known_hosts_text(current: str, entries: dict[str, str]) -> str:
-    """`current` plus a line for each address (port 22) that has none; existing pins are kept."""
-    pinned = {line.split()[0] for line in current.splitlines() if line.strip()}
-    lines = [line for line in current.splitlines() if line.strip()]
+def known_hosts_text(current: str, entries: dict[str, str], renew: set[str]) -> str:
+    """`current` plus a line for each address (port 22) that has none. Existing pins are kept,
+    except those of the addresses in `renew` (hosts the fleet has just made afresh)."""
+    lines = [line for line in current.splitlines()
+             if line.strip() and line.split()[0] not in renew]
+    pinned = {line.split()[0] for line in lines}
     lines += [f"{address} {key}" for address, key in entries.items() if address not in pinned]
     return "".join(line + "\n" for line in lines)
 
@@ -310,15 +312,31 @@ class Fleet:
         return True
 
     def _start(self, hosts: list[FleetHost]):
+        made_afresh = set()
         if hosts:
             self._check_machine(hosts)
             self._ensure_deploy_key()
             self._ensure_bridge()
+            for host in hosts:
+                if not self._host_key(host.name).exists():
+                    self._make_host_key(host.name)
+                    made_afresh.add(host.address)
             # All boot at once; then wait for each.
             launched = [(host, self._launch(host)) for host in hosts]
             for host, process in launched:
                 self._wait_ready(host, process)
-        self._pin_host_keys()
+        self._pin_host_keys(made_afresh)
+
+    def _host_key(self, name: str) -> Path:
+        return self._on_host(name, HOST_KEY)
+
+    def _make_host_key(self, name: str):
+        key = self._host_key(name)
+        key.unlink(missing_ok=True)
+        Path(f"{key}.pub").unlink(missing_ok=True)
+        _upper_dir(self._upper(name), str(HOST_KEY.parent))
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"outpost fleet host {name}",
+              "-f", str(key)])
 
     def _check_machine(self, hosts: list[FleetHost]):
         names = ", ".join(host.name for host in hosts)
@@ -479,10 +497,6 @@ class Fleet:
             target.write_text(text)
             os.chown(target, owner, gid)
             target.chmod(mode)
-        key = _upper_dir(upper, str(HOST_KEY.parent)) / HOST_KEY.name
-        if not key.exists():
-            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"outpost fleet host {host.name}",
-                  "-f", str(key)])
         self._install_standins(upper)
 
     def _install_standins(self, upper: Path):
@@ -498,15 +512,15 @@ class Fleet:
             if not shutil.which(tool, path=PROGRAM_DIRS):
                 link.symlink_to(HOST_PACKAGE / "standins" / tool)
 
-    def _pin_host_keys(self):
+    def _pin_host_keys(self, made_afresh: set[str]):
         entries = {}
         for host in self.hosts.values():
-            public = Path(f"{self._on_host(host.name, HOST_KEY)}.pub")
+            public = Path(f"{self._host_key(host.name)}.pub")
             if public.exists():
                 key_type, key = public.read_text().split()[:2]
                 entries[host.address] = f"{key_type} {key}"
         current = self.known_hosts.read_text() if self.known_hosts.exists() else ""
-        text = known_hosts_text(current, entries)
+        text = known_hosts_text(current, entries, made_afresh)
         if text != current:
             self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
             self.known_hosts.write_text(text)
@@ -545,11 +559,7 @@ class Fleet:
     def rotate_host_key(self, name: str):
         """Give a host a new host key (not pinned). A running host restarts to serve it."""
         was_up = self.stop_host(name)
-        key = self._on_host(name, HOST_KEY)
-        key.unlink(missing_ok=True)
-        Path(f"{key}.pub").unlink(missing_ok=True)
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"outpost fleet host {name}",
-              "-f", str(key)])
+        self._make_host_key(name)
         if was_up:
             self.start_host(name)
 
@@ -578,6 +588,7 @@ def _init_command() -> list[str] | None:
 def _upper_dir(upper: Path, path: str) -> Path:
     """Make folder `path` in an upper layer. New parents copy the owner and mode of the same
     folder on this machine, since an upper folder's attributes hide the lower one's."""
+    upper.mkdir(parents=True, exist_ok=True)
     target = upper
     for part in PurePosixPath(path).relative_to("/").parts:
         target = target / part

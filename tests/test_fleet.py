@@ -6,6 +6,7 @@ does. They need root and openssh; without them they fail, never skip.
 """
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -200,6 +201,19 @@ def test_up_restarts_a_host_whose_pid_1_died(fleet):
     assert ssh(fleet, "alpha", "true").returncode == 0
 
 
+def test_a_host_made_afresh_gets_a_new_key_and_pin(fleet):
+    address = fleet.hosts["beta"].address
+    old_pin = [line for line in fleet.known_hosts.read_text().splitlines()
+               if line.startswith(f"{address} ")]
+    fleet.stop_host("beta")
+    shutil.rmtree(fleet.state_dir / "hosts" / "beta")
+    assert fleet.up() == ["beta"]
+    new_pin = [line for line in fleet.known_hosts.read_text().splitlines()
+               if line.startswith(f"{address} ")]
+    assert len(new_pin) == 1 and new_pin != old_pin
+    assert ssh(fleet, "beta", "true").returncode == 0
+
+
 def test_a_changed_host_key_is_refused_until_its_pin_is_removed(fleet):
     fleet.rotate_host_key("beta")
     refused = ssh(fleet, "beta", "true")
@@ -321,8 +335,11 @@ def test_with_user_adds_the_user_once_with_a_free_id_and_a_usable_shadow_entry()
         new_passwd, new_group, shadow, 1002)
 
 
-def test_known_hosts_text_adds_missing_pins_and_keeps_existing_ones():
-    current = "198.18.0.11 ssh-ed25519 OLD\n"
-    text = known_hosts_text(current, {"198.18.0.11": "ssh-ed25519 NEW",
-                                      "198.18.0.12": "ssh-ed25519 B"})
-    assert text == "198.18.0.11 ssh-ed25519 OLD\n198.18.0.12 ssh-ed25519 B\n"
+def test_known_hosts_text_adds_missing_pins_and_keeps_existing_ones_unless_renewed():
+    current = "198.18.0.11 ssh-ed25519 OLD\n198.18.0.13 ssh-ed25519 C\n"
+    entries = {"198.18.0.11": "ssh-ed25519 NEW", "198.18.0.12": "ssh-ed25519 B",
+               "198.18.0.13": "ssh-ed25519 C"}
+    assert known_hosts_text(current, entries, set()) == (
+        "198.18.0.11 ssh-ed25519 OLD\n198.18.0.13 ssh-ed25519 C\n198.18.0.12 ssh-ed25519 B\n")
+    assert known_hosts_text(current, entries, {"198.18.0.11"}) == (
+        "198.18.0.13 ssh-ed25519 C\n198.18.0.11 ssh-ed25519 NEW\n198.18.0.12 ssh-ed25519 B\n")
