@@ -91,8 +91,10 @@ def test_apk_installs_and_records_the_package(repo):
     added = repo.apk("add", "app")
     assert "(1/1) Installing app (1.0-r0)" in added.stdout
     assert (repo.root / "usr/bin/app").read_text() == "one\n"
-    assert repo.apk("info", "-v", "app").stdout == "app-1.0-r0\n"
-    assert repo.apk("info", "-e", "app").returncode == 0
+    assert repo.apk("info", "-e", "-v", "app").stdout == "app-1.0-r0\n"
+    assert repo.apk("info", "-e", "app").stdout == "app\n"
+    assert repo.apk("info", "-v", "app").stdout.splitlines() == [
+        "app: app for tests", "app: https://example.org", "app: 6 B"]  # 4 + 2 bytes
     assert (repo.root / "etc/apk/world").read_text() == "app\n"
     db = (repo.root / "lib/apk/db/installed").read_text()
     assert "P:app\nV:1.0-r0\n" in db and "F:usr/bin\nR:app\n" in db
@@ -112,7 +114,7 @@ def test_apk_upgrade_replaces_files_and_removes_stale_ones(repo):
     assert (repo.root / "usr/bin/app").read_text() == "two\n"
     assert not (repo.root / "usr/share/app/old").exists()
     assert not (repo.root / "usr/share/app").exists()
-    assert repo.apk("info", "-v", "app").stdout == "app-1.0-r1\n"
+    assert repo.apk("info", "-e", "-v", "app").stdout == "app-1.0-r1\n"
 
 
 def test_apk_del_removes_files_and_the_record(repo):
@@ -339,6 +341,9 @@ def test_dinitctl_restart_of_a_stopped_service_fails_as_dinitctl_does(dinit):
     refused = dinit.ctl("restart", "web", check=False)
     assert refused.returncode == 1
     assert refused.stderr == "dinitctl: cannot restart service; service not started.\n"
+    ignored = dinit.ctl("restart", "--ignore-unstarted", "web")
+    assert ignored.stdout == "Service 'web' is not currently started.\n"
+    assert dinit.status("web")["State"] == "STOPPED"
 
 
 def test_env_file_and_logfile_are_honoured(dinit, tmp_path):

@@ -718,14 +718,16 @@ def cmd_info(db, names, verbosity, exists):
     for name in names:
         package = db.installed.get(name)
         if package is None:
-            continue  # apk info prints nothing for a name that isn't installed
-        if verbosity > 1:
-            db.out.write(f"{package.name}-{package.version}\n")
+            continue  # the stand-in shows installed packages only
+        size = human_size(int(package.fields.get("I", 0)))
+        if verbosity > 1:  # apk's -v form: one "name: value" line per field (app_info.c)
+            db.out.write(f"{name}: {package.fields.get('T', '')}\n{name}: "
+                         f"{package.fields.get('U', '')}\n{name}: {size}\n")
             continue
         pv = f"{package.name}-{package.version}"
         db.out.write(f"{pv} description:\n{package.fields.get('T', '')}\n\n"
                      f"{pv} webpage:\n{package.fields.get('U', '')}\n\n"
-                     f"{pv} installed size:\n{human_size(int(package.fields.get('I', 0)))}\n\n")
+                     f"{pv} installed size:\n{size}\n\n")
     return 0
 
 

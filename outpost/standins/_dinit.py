@@ -944,9 +944,12 @@ def format_list_line(s):
     return text
 
 
-def format_reply(command, name, reply):
-    """(exit status, stdout, stderr) that dinitctl gives for `reply` to `command name`."""
+def format_reply(command, name, reply, ignore_unstarted=False):
+    """(exit status, stdout, stderr) that dinitctl gives for `reply` to `command name`.
+    --ignore-unstarted: a service that isn't started or doesn't exist is not an error."""
     error = reply.get("error")
+    if ignore_unstarted and error in ("not-started", "missing"):
+        return 0, f"Service '{name}' is not currently started.\n", ""
     if error in ("missing", "description", "load"):
         return 1, "", load_error_text(reply)
     if error == "dependents":
