@@ -17,9 +17,13 @@ namespaces:
   everything in its PID namespace; the network and mount namespaces (veth, overlay) go with it,
   so a host that died leaves nothing to clean up but its pid file.
 
-Host keys are pinned in a known_hosts file when they are made. A key that changes later is NOT
-re-pinned (`up()` only adds missing hosts), so clients refuse it as they would a real server's;
-remove the host's line to accept the new key at the next `up()`.
+The stand-ins run on the hosts' own python3 from a copy of this package in each host's layer
+(the project is hidden), so that python3 needs `cryptography` (apt: python3-cryptography).
+
+Host keys are pinned in a known_hosts file when the fleet makes them: at a host's first start,
+or after its folder was deleted. A key that changes otherwise (`rotate_host_key`) is NOT
+re-pinned, so clients refuse it as they would a real server's; remove the host's line from
+known_hosts to accept the new key at the next `up()`.
 
 CLI: python -m outpost.fleet up|down|status [--inventory inventory.toml]
 """
