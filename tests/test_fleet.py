@@ -20,7 +20,8 @@ from fleet_helpers import accepted_connections, require_fleet_machine, ssh
 from outpost import commands
 from outpost.errors import OutpostError
 from outpost.fleet import (Fleet, FleetHost, Provision, address_clashes, fleet_network,
-                           known_hosts_text, veth_name, with_user)
+                           from_inventory, known_hosts_text, veth_name, with_user)
+from outpost.inventory import load as load_inventory
 
 REPO = Path(__file__).resolve().parents[1]
 # One /24 and one bridge per test session, so parallel sessions don't meet.
@@ -285,6 +286,25 @@ region = "test"
                              str(inventory)], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"epsilon\t{SUBNET}.41\tdown\n"
+
+
+def test_from_inventory_hides_the_project_and_takes_the_pipelines_doas_rules():
+    inventory = load_inventory(REPO / "inventory.toml")
+    fleet = from_inventory(inventory)
+    assert [(h.name, h.address) for h in fleet.hosts.values()] == [
+        ("au", "198.18.0.11"), ("ny", "198.18.0.12"), ("fr", "198.18.0.13")]
+    assert REPO in fleet.private and inventory.repository.signing_key.parent in fleet.private
+    assert fleet.provision.doas_rules == commands.doas_rules(
+        "deploy", inventory.repository, inventory.packages)
+    assert fleet.provision.folders == ("/var/lib/outpost/repo", "/var/lib/linkedlist/content")
+
+
+def test_from_inventory_refuses_a_fleet_host_on_another_port(tmp_path):
+    text = (REPO / "inventory.toml").read_text().replace(
+        'address = "198.18.0.12"', 'address = "198.18.0.12"\nport = 2222')
+    (tmp_path / "inventory.toml").write_text(text)
+    with pytest.raises(OutpostError, match=r"\[\[hosts\]\] ny: fleet hosts listen on port 22, not 2222"):
+        from_inventory(load_inventory(tmp_path / "inventory.toml"))
 
 
 # --- Pure parts --------------------------------------------------------------------------------
