@@ -22,10 +22,9 @@ PROJECT_FILES = ["dodo.py", "tasks", "outpost", "cports-overlay", "templates", "
                  "inventory.toml"]
 
 
-@pytest.fixture
-def project(tmp_path):
-    """A fresh copy of the project in tmp_path, as a user's checkout would be."""
-    dest = tmp_path / "project"
+def copy_project(parent):
+    """A fresh copy of the project in parent/project, as a user's checkout would be."""
+    dest = parent / "project"
     dest.mkdir()
     for name in PROJECT_FILES:
         src = REPO / name
@@ -34,3 +33,8 @@ def project(tmp_path):
         elif src.exists():
             shutil.copy2(src, dest / name)
     return dest
+
+
+@pytest.fixture
+def project(tmp_path):
+    return copy_project(tmp_path)
