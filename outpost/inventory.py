@@ -90,6 +90,7 @@ class Ssh:
 @dataclass(frozen=True)
 class Fleet:
     state: Path
+    bridge: str
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,14 @@ def _arch(value: str) -> str | None:
             + " ".join(CHIMERA_ARCHES))
 
 
+def _bridge(value: str) -> str | None:
+    # Linux interface names are at most 15 bytes; the fleet adds a host's name to it for
+    # each veth, so keep it short.
+    if re.fullmatch(r"[a-z][a-z0-9-]{0,9}", value):
+        return None
+    return f"{value!r} is not a usable bridge name; use up to 10 lowercase letters, digits and -"
+
+
 def _builder_kind(value: str) -> str | None:
     if value in BUILDER_KINDS:
         return None
@@ -252,6 +261,7 @@ SCHEMA: dict[str, Table] = {
     )),
     "fleet": Table((
         Key("state", LOCAL_PATH),
+        Key("bridge", STRING, "outpost0", _bridge),
     ), required=False),
     "packages": Table((
         Key("name", STRING, check=_package_name),

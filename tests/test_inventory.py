@@ -177,6 +177,18 @@ def test_missing_key_in_a_single_table(error):
         "[repository]: missing key 'path' (a string)")
 
 
+def test_fleet_bridge_name_must_fit_an_interface_name(write, tmp_path):
+    text = (REPO / "inventory.toml").read_text().replace(
+        'state = "build/fleet"', 'state = "build/fleet"\nbridge = "outpost-bridge-0"')
+    path = tmp_path / "inventory.toml"
+    path.write_text(text)
+    with pytest.raises(InventoryError) as raised:
+        load(path)
+    assert str(raised.value) == (
+        f"{path}: [fleet]: key 'bridge': 'outpost-bridge-0' is not a usable bridge name; "
+        "use up to 10 lowercase letters, digits and -")
+
+
 def test_missing_table(error):
     assert error(variant('[repository]\nsigning_key = "keys/outpost.rsa"\n'
                          'path = "/var/lib/outpost/repo"\n', "")) == "missing table [repository]"
@@ -375,6 +387,7 @@ def test_repo_inventory_is_the_local_fleet():
                for h in inventory.hosts)
     assert inventory.builder.kind == "local"
     assert inventory.fleet.state == REPO / "build" / "fleet"
+    assert inventory.fleet.bridge == "outpost0"
     assert inventory.ssh.known_hosts == REPO / "build" / "fleet" / "known_hosts"
     assert inventory.ssh.identity == REPO / "build" / "fleet" / "deploy_key"
     assert (inventory.ssh.connect_timeout, inventory.ssh.command_timeout) == (5.0, 120.0)
