@@ -37,7 +37,7 @@ PROVISION = Provision(doas_rules=commands.doas_rules("deploy", REPOSITORY, PACKA
 def make_fleet(tmp: Path, hosts: list[tuple[str, str]], bridge: str = BRIDGE) -> Fleet:
     return Fleet(state_dir=tmp / "state", hosts=[FleetHost(n, a, "x86_64") for n, a in hosts],
                  known_hosts=tmp / "state" / "known_hosts", identity=tmp / "keys" / "deploy_key",
-                 provision=PROVISION, bridge=bridge, private=(tmp / "keys",))
+                 provision=PROVISION, bridge=bridge, private=(tmp / "keys", REPO))
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +97,12 @@ def test_a_file_written_on_one_host_is_on_no_other_host_nor_on_this_machine(flee
     assert not Path(path).exists()
 
 
-def test_hosts_do_not_see_the_deploy_key_or_the_fleet_state(fleet):
-    assert fleet.identity.exists()
-    result = fleet.run_on("alpha", ["sh", "-c", f"test -e {fleet.identity}; echo $?; "
-                                                f"ls -A {fleet.state_dir} | wc -l"])
-    assert result.stdout.split() == ["1", "0"]
+def test_hosts_do_not_see_private_paths_the_deploy_key_or_the_fleet_state(fleet):
+    # The project (REPO, outside /tmp) is private here, as from_inventory makes it.
+    assert (REPO / "inventory.toml").exists() and fleet.identity.exists()
+    result = fleet.run_on("alpha", ["sh", "-c", f"ls -A {REPO} | wc -l; test -e {fleet.identity}; "
+                                                f"echo $?; ls -A {fleet.state_dir} | wc -l"])
+    assert result.stdout.split() == ["0", "1", "0"]
 
 
 def test_hosts_have_no_route_off_their_own_network(fleet):
