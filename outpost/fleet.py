@@ -667,6 +667,7 @@ def from_inventory(inventory: Inventory) -> Fleet:
             folders=(inventory.repository.path,
                      *(p.content_dir for p in inventory.packages if p.content_dir))),
         user=user,
+        bridge=inventory.fleet.bridge,
         # The project folder holds the signing key: no host may see it.
         private=(inventory.root, inventory.repository.signing_key.parent))
 

@@ -294,6 +294,7 @@ def test_from_inventory_hides_the_project_and_takes_the_pipelines_doas_rules():
     fleet = from_inventory(inventory)
     assert [(h.name, h.address) for h in fleet.hosts.values()] == [
         ("au", "198.18.0.11"), ("ny", "198.18.0.12"), ("fr", "198.18.0.13")]
+    assert fleet.bridge == inventory.fleet.bridge == "outpost0"
     assert REPO in fleet.private and inventory.repository.signing_key.parent in fleet.private
     assert fleet.provision.doas_rules == commands.doas_rules(
         "deploy", inventory.repository, inventory.packages)
