@@ -75,9 +75,9 @@ def sync(inventory, host):
         inventory.repository, inventory.repository.public_key.read_text(),
         _list_line(inventory, host), user=host.user,
         content_dirs=[p.content_dir for p in inventory.packages if p.content_dir])
-    changed = remote.run_script(host, script, inventory.ssh, step="sync").stdout.strip()
-    if changed:
-        print(f"{host.name}: {changed}")
+    output = remote.run_script(host, script, inventory.ssh, step="sync").stdout
+    for line in output.splitlines():
+        print(f"{host.name}: {line}")
     remote.run_local(commands.repo_rsync_argv(repo.repo_dir(inventory, host.arch).parent, host,
                                               inventory.repository, inventory.ssh),
                      host, inventory.ssh, step="sync")
