@@ -1,4 +1,5 @@
-"""Load and validate inventory.toml: the hosts, the packages, the repository and the builder.
+"""Load and validate inventory.toml: the hosts, the packages, the repository, the builder and
+the site.
 
 The schema is data (SCHEMA below). One validator walks it, so every table gets the same checks
 and the same error shapes. A bad inventory raises one InventoryError whose message names the
@@ -94,8 +95,16 @@ class Fleet:
 
 
 @dataclass(frozen=True)
+class Site:
+    name: str          # the site's DNS name: nginx server_name, the certificate's name, SNI
+    ca: Path           # the local CA's folder (its key never leaves this machine)
+    certificates: Path  # where the site's certificate and key are made before going to hosts
+
+
+@dataclass(frozen=True)
 class Inventory:
     path: Path
+    site: Site
     repository: Repository
     builder: Builder
     ssh: Ssh
@@ -219,6 +228,17 @@ def _address(value: str) -> str | None:
     return f"{value!r} is neither an IP address nor a DNS name"
 
 
+def _site_name(value: str) -> str | None:
+    # Lowercase only: the same string is nginx's server_name, the certificate's DNS name and
+    # the Host a health check sends, and a case difference between them is a needless puzzle.
+    labels = value.split(".")
+    if (len(value) <= 253 and all(DNS_LABEL.fullmatch(label) for label in labels)
+            and value == value.lower() and not labels[-1].isdigit()):
+        return None
+    return (f"{value!r} is not a DNS name; use lowercase letters, digits, '-' and '.',"
+            " e.g. \"linkedlist.org\"")
+
+
 def _arch(value: str) -> str | None:
     if value in CHIMERA_ARCHES:
         return None
@@ -241,6 +261,13 @@ def _builder_kind(value: str) -> str | None:
 
 
 SCHEMA: dict[str, Table] = {
+    "site": Table((
+        Key("name", STRING, check=_site_name),
+        # Under keys/ (gitignored, never cleaned): losing the CA means every host's
+        # certificate and every client's trust must be made again.
+        Key("ca", LOCAL_PATH, "keys/ca"),
+        Key("certificates", LOCAL_PATH, "build/tls"),
+    )),
     "repository": Table((
         Key("signing_key", LOCAL_PATH),
         Key("path", STRING, check=_remote_path),
@@ -320,7 +347,9 @@ def _check_table(data: dict, table: Table, where: str, root: Path) -> dict[str, 
         if key.name not in data:
             if key.default is REQUIRED:
                 raise InventoryError(f"{where}: missing key {key.name!r} ({key.type.name})")
-            values[key.name] = key.default
+            # A default is written as the TOML value would be (e.g. a relative path).
+            values[key.name] = (key.default if key.default is None
+                                else key.type.convert(key.default, root))
             continue
         value = data[key.name]
         if not key.type.accepts(value):
@@ -428,6 +457,7 @@ def load(path: str | Path) -> Inventory:
     ssh = checked["ssh"]
     return Inventory(
         path=inventory_path,
+        site=Site(**checked["site"]),
         repository=Repository(**checked["repository"]),
         builder=Builder(**builder),
         ssh=Ssh(known_hosts=ssh["known_hosts"], identity=ssh["identity"],

@@ -9,6 +9,9 @@ from outpost.inventory import InventoryError, load
 REPO = Path(__file__).resolve().parent.parent
 
 VALID = """\
+[site]
+name = "linkedlist.test"
+
 [repository]
 signing_key = "keys/outpost.rsa"
 path = "/var/lib/outpost/repo"
@@ -114,6 +117,20 @@ def test_relative_paths_resolve_against_the_inventory_folder_not_the_cwd(
     assert inventory.packages[0].content == tmp_path / "content"
 
 
+def test_site_defaults_are_paths_under_the_inventory_folder(write, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path.parent)
+    site = load(write(VALID)).site
+    assert (site.name, site.ca, site.certificates) == (
+        "linkedlist.test", tmp_path / "keys" / "ca", tmp_path / "build" / "tls")
+
+
+def test_site_paths_can_be_set(write, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    site = load(write(variant('name = "linkedlist.test"\n',
+                              'name = "linkedlist.test"\nca = "~/ca"\ncertificates = "tls"\n'))).site
+    assert (site.ca, site.certificates) == (tmp_path / "home" / "ca", tmp_path / "tls")
+
+
 def test_tilde_means_the_home_folder(write, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     inventory = load(write(variant('identity = "state/deploy_key"',
@@ -139,7 +156,7 @@ def test_arches_are_sorted_and_unique(write):
 def test_toml_syntax_error_gives_line_and_column(error):
     message = error(variant('region = "oceania"', 'region = oceania'))
     assert message.startswith("not valid TOML: ")
-    assert "(at line 25, column 10)" in message
+    assert "(at line 28, column 10)" in message
 
 
 def test_error_names_the_file_as_given(write, monkeypatch, tmp_path):
@@ -189,6 +206,36 @@ def test_fleet_bridge_name_must_fit_an_interface_name(write, tmp_path):
         "use up to 10 lowercase letters, digits and -")
 
 
+def test_site_table_is_required(error):
+    assert error(variant('[site]\nname = "linkedlist.test"\n', "")) == "missing table [site]"
+
+
+def test_site_needs_a_name(error):
+    assert error(variant('name = "linkedlist.test"\n', "")) == (
+        "[site]: missing key 'name' (a string)")
+
+
+@pytest.mark.parametrize("name", [
+    "LinkedList.org",    # the certificate, server_name and Host must agree exactly
+    "https://linkedlist.org",
+    "linkedlist.org.",   # a trailing dot would not match the Host header
+    "linked_list.org",
+    "linkedlist..org",
+    "-linkedlist.org",
+    "192.0.2.10",        # an address, not a name
+    "",
+])
+def test_site_name_must_be_a_dns_name(error, name):
+    assert error(variant('name = "linkedlist.test"', f'name = "{name}"')) == (
+        f"[site]: key 'name': {name!r} is not a DNS name; use lowercase letters, digits, "
+        "'-' and '.', e.g. \"linkedlist.org\"")
+
+
+@pytest.mark.parametrize("name", ["linkedlist.org", "localhost", "a-1.b2.example"])
+def test_good_site_names(write, name):
+    assert load(write(variant('name = "linkedlist.test"', f'name = "{name}"'))).site.name == name
+
+
 def test_missing_table(error):
     assert error(variant('[repository]\nsigning_key = "keys/outpost.rsa"\n'
                          'path = "/var/lib/outpost/repo"\n', "")) == "missing table [repository]"
@@ -207,7 +254,8 @@ def test_unknown_key_in_ssh(error):
 
 def test_unknown_table(error):
     assert error(VALID + "[hostz]\nname = 'x'\n") == (
-        "unknown table 'hostz'; allowed: builder, fleet, hosts, packages, repository, ssh")
+        "unknown table 'hostz'; allowed: builder, fleet, hosts, packages, repository, site, "
+        "ssh")
 
 
 def test_wrong_type_says_expected_and_found(error):
@@ -399,6 +447,9 @@ def test_repo_inventory_is_the_local_fleet():
     assert package.content_dir == "/var/lib/linkedlist/content"
     assert package.template_dir == REPO / "cports-overlay" / "user" / "linkedlist"
     assert inventory.arches == ("x86_64",)
+    assert inventory.site.name == "linkedlist.test"
+    assert inventory.site.ca == REPO / "keys" / "ca"
+    assert inventory.site.certificates == REPO / "build" / "tls"
 
 
 def test_example_inventory_is_real_servers_built_by_cbuild(monkeypatch, tmp_path):
@@ -419,3 +470,5 @@ def test_example_inventory_is_real_servers_built_by_cbuild(monkeypatch, tmp_path
     ]
     assert inventory.arches == ("aarch64", "x86_64")
     assert inventory.ssh.identity == tmp_path / ".ssh" / "id_ed25519"
+    assert inventory.site.name == "linkedlist.org"
+    assert inventory.site.ca == REPO / "keys" / "ca"
