@@ -3,8 +3,8 @@
 outpost.remote does. (content_digest and index_format read local files, nothing else.)
 
 Root on the hosts: the SSH user (`deploy`) is not root. The scripts run a short, fixed list of
-commands through doas, each with fixed arguments, and `doas_rules` writes the doas.conf rules
-that allow exactly those and nothing more:
+commands through doas, each with fixed arguments; `doas_permits` lists them and `doas_rules`
+writes the doas.conf rules (templates/doas.conf.j2) that allow exactly those and nothing more:
 
     doas tee /etc/apk/keys/<key_name>              the repository's public key (sync)
     doas tee /etc/apk/repositories.d/outpost.list  the repository list line (sync)
@@ -215,31 +215,28 @@ def parse_installed_version(output: str, package_name: str) -> str:
 
 # --- doas.conf for the hosts ------------------------------------------------------------------
 
-def _doas_word(word: str) -> str:
-    if re.fullmatch(r"[A-Za-z0-9_./:+=@-]+", word):
-        return word
-    escaped = word.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
-def doas_rules(user: str, repository, packages) -> str:
-    """doas.conf text allowing `user` exactly the root commands the scripts above run (see the
-    module docstring), for this repository and these packages."""
+def doas_permits(user: str, repository, packages) -> list[tuple[str, list[str]]]:
+    """(user, argv without doas) for each root command the scripts above run (see the module
+    docstring), for this repository and these packages, in order and each once."""
     commands = [_owned_dir_command(user, repository.path)]
     commands += [_owned_dir_command(user, p.content_dir) for p in packages if p.content_dir]
     commands += [_write_file_command(key_path(repository.key_name)),
                  _write_file_command(list_path())]
     for package in packages:
         commands += _upgrade_commands(package.name, package.service)
-    lines = ["# Written by Outpost (outpost.commands.doas_rules): the root commands its steps run."]
-    seen = set()
-    for doas, cmd, *args in commands:
-        rule = (f"permit nopass {_doas_word(user)} as root cmd {_doas_word(cmd)} args "
-                + " ".join(_doas_word(arg) for arg in args))
-        if rule not in seen:  # `apk update` is the same for every package
-            seen.add(rule)
-            lines.append(rule)
-    return "\n".join(lines) + "\n"  # doas refuses a config whose last line has no newline
+    permits = []
+    for doas, *argv in commands:
+        if (user, argv) not in permits:  # `apk update` is the same for every package
+            permits.append((user, argv))
+    return permits
+
+
+def doas_rules(user: str, repository, packages) -> str:
+    """doas.conf text (templates/doas.conf.j2) allowing `user` exactly doas_permits."""
+    from outpost import render  # render imports this module
+    return render.render("doas.conf.j2", {"doas_rules": [
+        {"user": permit_user, "argv": argv}
+        for permit_user, argv in doas_permits(user, repository, packages)]})
 
 
 # --- check: the app's health endpoint ---------------------------------------------------------

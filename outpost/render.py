@@ -1,0 +1,275 @@
+"""The files a host needs, rendered from templates/ (jinja2) with values from the inventory.
+
+    host_context(inventory, host)   everything the templates read, as plain JSON-able data
+                                    (so it can also be a doit config_changed value)
+    host_files(inventory, host)     which template becomes which file on the host, and which
+                                    service must reload or restart when that file changes
+    render(template_name, context)  one template's text
+    render_host(inventory, host, out_dir)
+                                    every file of a host under out_dir/<path on the host>
+
+Rendering is strict: an undefined variable, a None value or a syntax error raises a
+RenderError naming the template file, the line and the variable, e.g.
+
+    templates/nginx/site.conf.j2:31: undefined variable 'site.nmae'
+
+The templates belong to the project (they know what the pipeline's steps need, as
+outpost.commands does), so they are read from the project's templates/ folder; the inventory
+only gives the values.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import traceback
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import jinja2
+
+from outpost import commands
+from outpost.errors import OutpostError
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+
+# Paths on the hosts.
+NGINX_CONF = "/etc/nginx/nginx.conf"  # what both Chimera's and Debian's nginx read by default
+NGINX_SITES = "outpost"               # the site files' folder, relative to NGINX_CONF's folder
+TLS_DIR = "/etc/ssl/outpost"          # the site's certificate and key, shared by every host
+ENV_DIR = "/etc/default"              # <package>.env.j2 becomes /etc/default/<package>
+DOAS_CONF = "/etc/doas.conf"
+
+# Which index the repository has, by builder: the local builder writes a v2 APKINDEX.tar.gz,
+# cbuild a v3 Packages.adb (FACTS.md). Known from the inventory, so the list line is known
+# before anything is built.
+INDEX_FORMATS = {"local": "v2", "cbuild": "v3"}
+
+
+class RenderError(OutpostError):
+    """A template can't be rendered: syntax error, undefined variable, missing template."""
+
+
+@dataclass(frozen=True)
+class HostFile:
+    template: str        # under templates/
+    remote_path: str     # absolute path on the host
+    mode: int
+    service: str | None  # the service that must act when the file changes
+    action: str | None   # "reload" (re-read config, keep serving) or "restart"
+
+    def local_path(self, out_dir: Path) -> Path:
+        """Where render_host writes it: out_dir/<remote_path without its leading />."""
+        return Path(out_dir) / self.remote_path.lstrip("/")
+
+
+# --- the context ------------------------------------------------------------------------------
+
+def _served_package(inventory):
+    """The package nginx proxies the site to: the one with a port."""
+    with_port = [p for p in inventory.packages if p.port is not None]
+    if len(with_port) != 1:
+        found = ", ".join(p.name for p in with_port) or "none"
+        raise OutpostError(f"{inventory.path}: [[packages]]: nginx serves [site] "
+                           f"{inventory.site.name} from the one package with a `port`; "
+                           f"packages with a port: {found}")
+    return with_port[0]
+
+
+def _package(package) -> dict:
+    return {"name": package.name, "service": package.service, "port": package.port,
+            "content_dir": package.content_dir}
+
+
+def tls_paths(site_name: str) -> dict:
+    """The site's certificate (PEM, the chain nginx sends) and key on every host."""
+    return {"certificate": f"{TLS_DIR}/{site_name}.pem", "key": f"{TLS_DIR}/{site_name}.key"}
+
+
+def host_context(inventory, host) -> dict:
+    """Everything a host's templates use, as dicts, lists, strings and numbers in a fixed
+    order: a doit config_changed value that changes exactly when a rendered file may."""
+    site = inventory.site
+    return {
+        "host": {"name": host.name, "address": host.address, "region": host.region,
+                 "arch": host.arch, "user": host.user},
+        "site": {"name": site.name, "url": f"https://{site.name}"},
+        "packages": {p.name: _package(p) for p in inventory.packages},
+        "app": _package(_served_package(inventory)),
+        "tls": tls_paths(site.name),
+        "nginx": {
+            "conf": NGINX_CONF,
+            "site": f"{NGINX_SITES}/{site.name}.conf",
+            "pid": "/run/nginx.pid",
+            "error_log": "/var/log/nginx/error.log",
+            "access_log": "/var/log/nginx/access.log",
+        },
+        "apk": {"list_line": commands.repo_list_line(INDEX_FORMATS[inventory.builder.kind],
+                                                     inventory.repository.path)},
+        "doas_rules": [{"user": user, "argv": list(argv)} for user, argv in
+                       commands.doas_permits(host.user, inventory.repository,
+                                             inventory.packages)],
+    }
+
+
+def host_files(inventory, host) -> list[HostFile]:
+    """The files a host gets from templates/: nginx's pair (reload nginx when either changes),
+    an env-file for each package that has a templates/<package>.env.j2 (restart its service),
+    the apk list and doas.conf (read when used: nothing to reload)."""
+    nginx = host_context(inventory, host)["nginx"]
+    nginx_dir = PurePosixPath(nginx["conf"]).parent
+    files = [
+        HostFile("nginx/nginx.conf.j2", nginx["conf"], 0o644, "nginx", "reload"),
+        HostFile("nginx/site.conf.j2", str(nginx_dir / nginx["site"]), 0o644, "nginx", "reload"),
+    ]
+    for package in inventory.packages:
+        if (TEMPLATES / f"{package.name}.env.j2").is_file():
+            files.append(HostFile(f"{package.name}.env.j2", f"{ENV_DIR}/{package.name}", 0o644,
+                                  package.service, "restart" if package.service else None))
+    files += [
+        HostFile("apk/outpost.list.j2", commands.list_path(), 0o644, None, None),
+        # doas refuses a doas.conf that others can write; nobody else needs to read it.
+        HostFile("doas.conf.j2", DOAS_CONF, 0o400, None, None),
+    ]
+    return files
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+class _Namespace(dict):
+    """A context dict that knows its own name ("site", "packages.linkedlist"), so an undefined
+    attribute is reported as 'site.nmae' rather than "'dict object' has no attribute"."""
+
+    def __init__(self, name: str, items):
+        super().__init__(items)
+        self.outpost_name = name
+
+
+def _named(value, name: str):
+    if isinstance(value, dict):
+        return _Namespace(name, {k: _named(v, f"{name}.{k}") for k, v in value.items()})
+    if isinstance(value, list):
+        return [_named(item, f"{name}[{i}]") for i, item in enumerate(value)]
+    return value
+
+
+class _Undefined(jinja2.StrictUndefined):
+    """StrictUndefined whose message is the full name of the missing variable."""
+
+    @property
+    def _undefined_message(self) -> str:
+        owner = getattr(self._undefined_obj, "outpost_name", None)
+        if self._undefined_obj is jinja2.utils.missing:
+            name = self._undefined_name
+        elif owner is not None:
+            name = (f"{owner}.{self._undefined_name}" if isinstance(self._undefined_name, str)
+                    else f"{owner}[{self._undefined_name!r}]")
+        else:
+            return super()._undefined_message
+        return f"undefined variable {name!r}"
+
+
+class _NoneValue(Exception):
+    """A {{ expression }} whose value is None: jinja2 would print "None"."""
+
+
+def _finalize(value):
+    if value is None:
+        raise _NoneValue()
+    return value
+
+
+def nginx_quote(value) -> str:
+    """A string as one nginx token: double-quoted, with " and \\ escaped."""
+    text = str(value)
+    if "$" in text or any(ord(c) < 32 for c in text):
+        # nginx expands $name inside strings and has no escape for it.
+        raise RenderError(f"{text!r} can't be an nginx string ($ and control characters)")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def doas_word(value) -> str:
+    """A word of a doas.conf rule, quoted when it holds anything but plain characters."""
+    word = str(value)
+    if re.fullmatch(r"[A-Za-z0-9_./:+=@-]+", word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@functools.cache  # one per process: it caches the parsed templates
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=_Undefined,
+        finalize=_finalize,
+        keep_trailing_newline=True,  # doas refuses a last line without its newline
+        # A {% tag %} or {# comment #} on a line of its own leaves no blank line behind.
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # config files, not HTML
+    )
+    env.filters["nginx_quote"] = nginx_quote
+    env.filters["doas_word"] = doas_word
+    return env
+
+
+def _template_line(error: BaseException, filename: str) -> int | None:
+    """The template line that was running: jinja2 rewrites tracebacks so that template code
+    appears as frames of the template file."""
+    lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+             if frame.filename == filename]
+    return lines[-1] if lines else None
+
+
+def render(template_name: str, context: dict) -> str:
+    """The text of templates/<template_name> rendered with context."""
+    shown = f"{TEMPLATES.name}/{template_name}"
+    try:
+        template = _environment().get_template(template_name)
+    except jinja2.TemplateNotFound:
+        raise RenderError(f"{shown}: no such template in {TEMPLATES}") from None
+    except jinja2.TemplateSyntaxError as error:
+        raise RenderError(f"{shown}:{error.lineno}: template syntax error: {error.message}") \
+            from None
+    named = {key: _named(value, key) for key, value in context.items()}
+    try:
+        return template.render(named)
+    except (jinja2.UndefinedError, _NoneValue, RenderError) as error:
+        line = _template_line(error, template.filename)
+        where = f"{shown}:{line}" if line else shown
+        if isinstance(error, _NoneValue):
+            message = "a value is not set (None) for this host"
+        elif isinstance(error, RenderError):
+            message = str(error)
+        else:
+            message = error.message
+        raise RenderError(f"{where}: {message}") from None
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    """Write atomically, and only when the content differs, so an unchanged file keeps its
+    mtime (doit and rsync see no change). True when it wrote."""
+    data = text.encode()
+    try:
+        if path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return True
+
+
+def render_host(inventory, host, out_dir: Path) -> list[Path]:
+    """Render every file of host_files into out_dir (e.g. build/hosts/<host>) at its path on
+    the host. Renders all before writing any, so a template error leaves the old set whole.
+    Returns the local paths, in host_files order."""
+    context = host_context(inventory, host)
+    files = host_files(inventory, host)
+    texts = [render(f.template, context) for f in files]
+    paths = [f.local_path(out_dir) for f in files]
+    for path, text in zip(paths, texts):
+        _write_if_changed(path, text)
+    return paths
