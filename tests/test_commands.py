@@ -144,8 +144,10 @@ def test_doas_rules_text():
 
 
 def test_doas_permits_are_the_commands_without_doas_each_once():
-    permits = commands.doas_permits("deploy", REPOSITORY, [make_package(), make_package("other")])
-    assert permits[4:6] == [("deploy", ["apk", "update"]), ("deploy", ["apk", "add", "-u", "linkedlist"])]
+    permits = commands.doas_permits("deploy", REPOSITORY, [make_package(),
+                                                            make_package("other", "other")])
+    assert permits[4:6] == [("deploy", ["apk", "update"]),
+                            ("deploy", ["apk", "add", "-u", "linkedlist"])]
     assert permits.count(("deploy", ["apk", "update"])) == 1
     assert ("deploy", ["dinitctl", "start", "other"]) in permits
     assert all(argv[0] != "doas" for _, argv in permits)
