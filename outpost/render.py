@@ -145,37 +145,30 @@ class _Namespace(dict):
         self.outpost_name = name
 
 
-def _named(value, name: str):
-    if isinstance(value, dict):
-        return _Namespace(name, {k: _named(v, f"{name}.{k}") for k, v in value.items()})
-    if isinstance(value, list):
-        return [_named(item, f"{name}[{i}]") for i, item in enumerate(value)]
-    return value
-
-
 class _Undefined(jinja2.StrictUndefined):
     """StrictUndefined whose message is the full name of the missing variable."""
 
     @property
     def _undefined_message(self) -> str:
         owner = getattr(self._undefined_obj, "outpost_name", None)
-        if self._undefined_obj is jinja2.utils.missing:
-            name = self._undefined_name
-        elif owner is not None:
-            name = (f"{owner}.{self._undefined_name}" if isinstance(self._undefined_name, str)
-                    else f"{owner}[{self._undefined_name!r}]")
-        else:
+        if self._undefined_hint is not None or owner is None and \
+                self._undefined_obj is not jinja2.utils.missing:
             return super()._undefined_message
+        name = self._undefined_name
+        if owner is not None:
+            name = f"{owner}.{name}" if isinstance(name, str) else f"{owner}[{name!r}]"
         return f"undefined variable {name!r}"
 
 
-class _NoneValue(Exception):
-    """A {{ expression }} whose value is None: jinja2 would print "None"."""
-
-
-def _finalize(value):
+def _named(value, name: str):
+    """The context with every dict a _Namespace, and every None an error when used: jinja2
+    would print None as "None", a value nobody meant."""
     if value is None:
-        raise _NoneValue()
+        return _Undefined(hint=f"variable {name!r} is not set (None) for this host")
+    if isinstance(value, dict):
+        return _Namespace(name, {k: _named(v, f"{name}.{k}") for k, v in value.items()})
+    if isinstance(value, list):
+        return [_named(item, f"{name}[{i}]") for i, item in enumerate(value)]
     return value
 
 
@@ -201,7 +194,6 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         undefined=_Undefined,
-        finalize=_finalize,
         keep_trailing_newline=True,  # doas refuses a last line without its newline
         # A {% tag %} or {# comment #} on a line of its own leaves no blank line behind.
         trim_blocks=True,
@@ -234,15 +226,10 @@ def render(template_name: str, context: dict) -> str:
     named = {key: _named(value, key) for key, value in context.items()}
     try:
         return template.render(named)
-    except (jinja2.UndefinedError, _NoneValue, RenderError) as error:
+    except (jinja2.UndefinedError, RenderError) as error:
         line = _template_line(error, template.filename)
         where = f"{shown}:{line}" if line else shown
-        if isinstance(error, _NoneValue):
-            message = "a value is not set (None) for this host"
-        elif isinstance(error, RenderError):
-            message = str(error)
-        else:
-            message = error.message
+        message = error.message if isinstance(error, jinja2.UndefinedError) else str(error)
         raise RenderError(f"{where}: {message}") from None
 
 
