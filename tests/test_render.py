@@ -1,0 +1,372 @@
+"""outpost.render and templates/: what each host's files say, that rendering is strict, and
+that the nginx pair is a configuration real nginx accepts and serves as meant.
+
+The nginx tests need Debian's nginx (apt: nginx-light) and, for the one that serves requests,
+root, unshare (util-linux) and ip (iproute2): nginx runs in a private network namespace so
+ports 80 and 443 are its own.
+"""
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from outpost import commands, render, tls
+from outpost.errors import OutpostError
+from outpost.inventory import load
+
+REPO = Path(__file__).resolve().parents[1]
+SITE = "linkedlist.test"
+
+
+@pytest.fixture
+def inventory():
+    return load(REPO / "inventory.toml")
+
+
+def inventory_variant(tmp_path, old, new, name="inventory.toml"):
+    """The default inventory with one piece of text replaced, in tmp_path."""
+    text = (REPO / "inventory.toml").read_text()
+    assert text.count(old) == 1, old
+    path = tmp_path / name
+    path.write_text(text.replace(old, new))
+    return load(path)
+
+
+@pytest.fixture
+def templates_copy(tmp_path, monkeypatch):
+    """A copy of templates/ that render reads instead; tests break it on purpose."""
+    copy = tmp_path / "templates"
+    shutil.copytree(render.TEMPLATES, copy)
+    monkeypatch.setattr(render, "TEMPLATES", copy)
+    render._environment.cache_clear()
+    yield copy
+    render._environment.cache_clear()
+
+
+def line_of(path, text):
+    lines = path.read_text().splitlines()
+    return [number for number, line in enumerate(lines, start=1) if text in line] [0]
+
+
+# --- what the files say -------------------------------------------------------------------------
+
+def test_host_files_map_templates_to_paths_and_services(inventory):
+    files = render.host_files(inventory, inventory.host("au"))
+    assert [(f.template, f.remote_path, oct(f.mode), f.service, f.action) for f in files] == [
+        ("nginx/nginx.conf.j2", "/etc/nginx/nginx.conf", "0o644", "nginx", "reload"),
+        ("nginx/site.conf.j2", f"/etc/nginx/outpost/{SITE}.conf", "0o644", "nginx", "reload"),
+        ("linkedlist.env.j2", "/etc/default/linkedlist", "0o644", "linkedlist", "restart"),
+        ("apk/outpost.list.j2", "/etc/apk/repositories.d/outpost.list", "0o644", None, None),
+        ("doas.conf.j2", "/etc/doas.conf", "0o400", None, None),
+    ]
+    assert files[1].local_path(Path("/b/hosts/au")) == Path(f"/b/hosts/au/etc/nginx/outpost/{SITE}.conf")
+
+
+@pytest.mark.parametrize("name, served_by", [
+    ("au", "au (oceania)"), ("ny", "ny (north-america)"), ("fr", "fr (europe)")])
+def test_nginx_site_for_each_default_host(inventory, name, served_by):
+    context = render.host_context(inventory, inventory.host(name))
+    site = render.render("nginx/site.conf.j2", context)
+    assert f'add_header X-Served-By "{served_by}" always;' in site
+    assert site.count(f"server_name {SITE};") == 2
+    assert f"return 301 https://{SITE}$request_uri;" in site
+    assert "proxy_pass http://127.0.0.1:8080;" in site
+    assert f'ssl_certificate "/etc/ssl/outpost/{SITE}.pem";' in site
+    assert f'ssl_certificate_key "/etc/ssl/outpost/{SITE}.key";' in site
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in site
+    assert "{{" not in site and "{#" not in site
+    main = render.render("nginx/nginx.conf.j2", context)
+    assert f'include "outpost/{SITE}.conf";' in main
+    assert "daemon" not in main  # the service passes -g "daemon off;"; twice is an error
+
+
+def test_env_file_sends_the_app_behind_nginx(inventory):
+    context = render.host_context(inventory, inventory.host("au"))
+    text = render.render("linkedlist.env.j2", context)
+    settings = [line for line in text.splitlines() if not line.startswith("#")]
+    assert settings == [
+        "LINKEDLIST_CONTENT=/var/lib/linkedlist/content",
+        "LINKEDLIST_LISTEN=127.0.0.1:8080",
+        f"LINKEDLIST_SITE_URL=https://{SITE}",
+    ]
+    # The same keys the package's default env-file sets, so none is left at its default.
+    shipped = (REPO / "cports-overlay/user/linkedlist/files/linkedlist.env").read_text()
+    assert ({line.split("=")[0] for line in settings}
+            == {line.split("=")[0] for line in shipped.splitlines() if "=" in line})
+
+
+def test_apk_list_is_the_sync_steps_line(inventory, tmp_path):
+    context = render.host_context(inventory, inventory.host("au"))
+    assert (render.render("apk/outpost.list.j2", context)
+            == commands.repo_list_line("v2", "/var/lib/outpost/repo") + "\n")
+    cbuild = inventory_variant(tmp_path, 'kind = "local"', 'kind = "cbuild"\ncports = "cports"')
+    assert (render.render("apk/outpost.list.j2", render.host_context(cbuild, cbuild.host("au")))
+            == "v3 /var/lib/outpost/repo\n")
+
+
+def test_doas_conf_is_commands_doas_rules(inventory):
+    context = render.host_context(inventory, inventory.host("au"))
+    assert render.render("doas.conf.j2", context) == commands.doas_rules(
+        "deploy", inventory.repository, inventory.packages)
+
+
+def test_doas_words_with_spaces_or_quotes_are_quoted():
+    text = render.render("doas.conf.j2", {"doas_rules": [
+        {"user": "lego", "argv": ["dinitctl", "restart", "nginx"]},
+        {"user": "deploy", "argv": ["tee", '/srv/a "b"']},
+        {"user": "deploy", "argv": ["apk"]}]})
+    assert text.splitlines()[1:] == [
+        "permit nopass lego as root cmd dinitctl args restart nginx",  # the seed's rule
+        'permit nopass deploy as root cmd tee args "/srv/a \\"b\\""',
+        "permit nopass deploy as root cmd apk args",  # no arguments at all
+    ]
+    assert text.endswith("\n")
+
+
+def test_host_context_is_json_and_stable(inventory):
+    context = render.host_context(inventory, inventory.host("au"))
+    again = render.host_context(load(REPO / "inventory.toml"), inventory.host("au"))
+    assert json.dumps(context) == json.dumps(again)
+    assert json.loads(json.dumps(context)) == context  # nothing JSON can't carry
+
+
+def test_nginx_serves_the_one_package_with_a_port(tmp_path):
+    two = inventory_variant(tmp_path, "port = 8080\n", "port = 8080\n\n[[packages]]\n"
+                                                      'name = "other"\nport = 8081\n')
+    with pytest.raises(OutpostError, match="packages with a port: linkedlist, other"):
+        render.host_context(two, two.host("au"))
+
+
+# --- one host's change stays on that host -------------------------------------------------------
+
+def test_changing_one_hosts_region_changes_only_that_hosts_site_file(inventory, tmp_path):
+    changed = inventory_variant(tmp_path, 'region = "north-america"', 'region = "americas"')
+    for host in inventory.hosts:
+        same = render.host_context(inventory, host) == render.host_context(
+            changed, changed.host(host.name))
+        assert same == (host.name != "ny"), host.name
+
+    before = {h.name: render.render_host(inventory, h, tmp_path / "build" / h.name)
+              for h in inventory.hosts}
+    stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
+              for paths in before.values() for p in paths}
+    after = {h.name: render.render_host(changed, h, tmp_path / "build" / h.name)
+             for h in changed.hosts}
+    assert after == before  # the same paths
+    rewritten = [p for p in stamps
+                 if (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) != stamps[p]]
+    assert rewritten == [tmp_path / f"build/ny/etc/nginx/outpost/{SITE}.conf"]
+    assert 'X-Served-By "ny (americas)"' in rewritten[0].read_text()
+
+
+def test_render_host_writes_each_file_at_its_host_path(inventory, tmp_path):
+    host = inventory.host("fr")
+    paths = render.render_host(inventory, host, tmp_path / "fr")
+    context = render.host_context(inventory, host)
+    for f, path in zip(render.host_files(inventory, host), paths):
+        assert path == tmp_path / "fr" / f.remote_path.lstrip("/")
+        assert path.read_text() == render.render(f.template, context)
+    assert not list((tmp_path / "fr").rglob(".*.tmp"))
+
+
+def test_a_failing_template_leaves_the_rendered_files_as_they_were(inventory, tmp_path,
+                                                                    templates_copy):
+    host = inventory.host("au")
+    paths = render.render_host(inventory, host, tmp_path / "au")
+    before = [p.read_bytes() for p in paths]
+    (templates_copy / "doas.conf.j2").write_text("{{ nothing_here }}\n")
+    site = templates_copy / "nginx" / "site.conf.j2"
+    site.write_text(site.read_text().replace("TLSv1.2 TLSv1.3", "TLSv1.3"))
+    with pytest.raises(OutpostError, match="doas.conf.j2"):
+        render.render_host(inventory, host, tmp_path / "au")
+    assert [p.read_bytes() for p in paths] == before  # site.conf not half-updated
+
+
+# --- strictness ---------------------------------------------------------------------------------
+
+def test_undefined_variable_names_template_line_and_variable(inventory, templates_copy):
+    site = templates_copy / "nginx" / "site.conf.j2"
+    site.write_text(site.read_text().replace("return 301 https://{{ site.name }}",
+                                             "return 301 https://{{ site.nmae }}"))
+    context = render.host_context(inventory, inventory.host("au"))
+    with pytest.raises(OutpostError) as raised:
+        render.render("nginx/site.conf.j2", context)
+    assert str(raised.value) == (f"templates/nginx/site.conf.j2:{line_of(site, 'site.nmae')}: "
+                                 "undefined variable 'site.nmae'")
+
+
+def test_missing_context_names_the_variable(inventory):
+    context = render.host_context(inventory, inventory.host("au"))
+    del context["tls"]
+    with pytest.raises(render.RenderError,
+                       match=r"^templates/nginx/site.conf.j2:\d+: undefined variable 'tls'$"):
+        render.render("nginx/site.conf.j2", context)
+    del context["packages"]["linkedlist"]["port"]
+    with pytest.raises(render.RenderError, match=r"^templates/linkedlist.env.j2:\d+: "
+                                                 r"undefined variable 'packages.linkedlist.port'$"):
+        render.render("linkedlist.env.j2", context)
+
+
+def test_a_value_that_is_none_is_an_error_not_the_word_none(inventory):
+    context = render.host_context(inventory, inventory.host("au"))
+    context["packages"]["linkedlist"]["content_dir"] = None
+    with pytest.raises(render.RenderError, match=r"^templates/linkedlist.env.j2:\d+: variable "
+                                                 r"'packages.linkedlist.content_dir' is not set"):
+        render.render("linkedlist.env.j2", context)
+
+
+def test_syntax_error_names_template_and_line(templates_copy):
+    env = templates_copy / "linkedlist.env.j2"
+    env.write_text(env.read_text().replace("{{ site.url }}", "{{ site.url ) }}"))
+    with pytest.raises(render.RenderError) as raised:
+        render.render("linkedlist.env.j2", {})
+    assert str(raised.value) == (f"templates/linkedlist.env.j2:{line_of(env, 'site.url )')}: "
+                                 "template syntax error: unexpected ')'")
+
+
+def test_unknown_template():
+    with pytest.raises(render.RenderError, match=r"^templates/nginx/nope.j2: no such template"):
+        render.render("nginx/nope.j2", {})
+
+
+def test_a_region_nginx_would_expand_is_refused(tmp_path):
+    odd = inventory_variant(tmp_path, 'region = "europe"', 'region = "$europe"')
+    with pytest.raises(render.RenderError, match=r"^templates/nginx/site.conf.j2:\d+: "
+                                                 r"'fr \(\$europe\)' can't be an nginx string"):
+        render.render("nginx/site.conf.j2", render.host_context(odd, odd.host("fr")))
+
+
+def test_regions_with_quotes_are_quoted_for_nginx(tmp_path):
+    odd = inventory_variant(tmp_path, 'region = "europe"', "region = 'the \"old\" world'")
+    site = render.render("nginx/site.conf.j2", render.host_context(odd, odd.host("fr")))
+    assert 'add_header X-Served-By "fr (the \\"old\\" world)" always;' in site
+
+
+# --- real nginx ---------------------------------------------------------------------------------
+
+def nginx_tree(tmp_path, inventory, host, certificate=None):
+    """The host's nginx pair in tmp_path/etc-nginx, as on the host but with the pid, logs and
+    TLS files in tmp_path: nginx.conf next to outpost/<site>.conf."""
+    assert shutil.which("nginx"), "these tests need nginx (apt-get install nginx-light)"
+    cert, key = certificate or tls.ensure_site_certificate(tmp_path / "ca", tmp_path / "tls",
+                                                           inventory.site.name)
+    context = render.host_context(inventory, host)
+    context["nginx"].update(pid=str(tmp_path / "nginx.pid"),
+                            error_log=str(tmp_path / "error.log"),
+                            access_log=str(tmp_path / "access.log"))
+    context["tls"] = {"certificate": str(cert), "key": str(key)}
+    conf = tmp_path / "etc-nginx" / "nginx.conf"
+    site = conf.parent / context["nginx"]["site"]
+    site.parent.mkdir(parents=True)
+    conf.write_text(render.render("nginx/nginx.conf.j2", context))
+    site.write_text(render.render("nginx/site.conf.j2", context))
+    return conf
+
+
+def nginx_argv(conf, *extra):
+    # -g "daemon off;" as the service passes it: the pair must not set it a second time.
+    return ["nginx", "-c", str(conf), "-e", str(conf.parent / "startup.log"),
+            "-g", "daemon off;", *extra]
+
+
+def test_nginx_accepts_the_rendered_pair(inventory, tmp_path):
+    conf = nginx_tree(tmp_path, inventory, inventory.host("au"))
+    result = subprocess.run(nginx_argv(conf, "-t"), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"configuration file {conf} test is successful" in result.stderr
+
+
+def test_nginx_test_catches_a_certificate_without_its_key(inventory, tmp_path):
+    cert, _ = tls.ensure_site_certificate(tmp_path / "ca", tmp_path / "tls", SITE)
+    _, ca_key = tls.ca_paths(tmp_path / "ca")
+    conf = nginx_tree(tmp_path, inventory, inventory.host("au"), certificate=(cert, ca_key))
+    result = subprocess.run(nginx_argv(conf, "-t"), capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "key values mismatch" in result.stderr
+
+
+# Runs inside the network namespace: an app stand-in that echoes the headers it got, nginx,
+# then the requests; prints what it saw as JSON.
+SERVE_SCRIPT = textwrap.dedent("""\
+    import http.client, http.server, json, socket, ssl, subprocess, sys, threading, time
+    conf, ca, site, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+
+    app = http.server.ThreadingHTTPServer(("127.0.0.1", port), Echo)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    nginx = subprocess.Popen(["nginx", "-c", conf, "-e", conf + ".log", "-g", "daemon off;"])
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", 443), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        context = ssl.create_default_context(cafile=ca)  # verifies the chain and the name
+
+        class ToLoopback(http.client.HTTPSConnection):
+            # The site's name as SNI and Host, the connection to this namespace's nginx.
+            def connect(self):
+                sock = socket.create_connection(("127.0.0.1", 443), timeout=5)
+                self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+        seen = {}
+        for path in ("/", "/static/style.css", "/_health"):
+            https = ToLoopback(site, 443, context=context, timeout=5)
+            https.request("GET", path)
+            response = https.getresponse()
+            seen[path] = {"status": response.status, "headers": dict(response.getheaders()),
+                          "body": json.loads(response.read()), "tls": https.sock.version()}
+        plain = http.client.HTTPConnection("127.0.0.1", 80, timeout=5)
+        plain.request("GET", "/entries/x/?a=1", headers={"Host": site})
+        response = plain.getresponse()
+        seen["http"] = {"status": response.status, "location": response.getheader("Location")}
+        print(json.dumps(seen))
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+""")
+
+
+def test_nginx_serves_the_site_over_tls_in_front_of_the_app(inventory, tmp_path):
+    missing = [tool for tool in ("unshare", "ip", "nginx") if not shutil.which(tool)]
+    assert not missing, f"this test needs {', '.join(missing)}"
+    assert os.geteuid() == 0, "this test needs root (a network namespace for ports 80 and 443)"
+    conf = nginx_tree(tmp_path, inventory, inventory.host("ny"))
+    script = tmp_path / "serve.py"
+    script.write_text(SERVE_SCRIPT)
+    result = subprocess.run(
+        ["unshare", "--net", sys.executable, str(script), str(conf),
+         str(tls.ca_paths(tmp_path / "ca")[0]), SITE, str(inventory.packages[0].port)],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+
+    for path, cache in (("/", "public, max-age=60"), ("/static/style.css", "public, max-age=86400"),
+                        ("/_health", "no-store")):
+        assert seen[path]["status"] == 200, path
+        assert seen[path]["headers"]["X-Served-By"] == "ny (north-america)"
+        assert seen[path]["headers"]["Cache-Control"] == cache, path
+        assert seen[path]["tls"] in ("TLSv1.2", "TLSv1.3")
+    app_saw = seen["/"]["body"]
+    assert app_saw["host"] == SITE
+    assert app_saw["x-forwarded-proto"] == "https"
+    assert app_saw["x-forwarded-for"] == "127.0.0.1"
+    assert seen["http"] == {"status": 301, "location": f"https://{SITE}/entries/x/?a=1"}
