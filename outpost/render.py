@@ -150,13 +150,14 @@ class _Undefined(jinja2.StrictUndefined):
 
     @property
     def _undefined_message(self) -> str:
-        owner = getattr(self._undefined_obj, "outpost_name", None)
-        if self._undefined_hint is not None or owner is None and \
-                self._undefined_obj is not jinja2.utils.missing:
+        if self._undefined_hint is not None:
             return super()._undefined_message
+        owner = getattr(self._undefined_obj, "outpost_name", None)
         name = self._undefined_name
         if owner is not None:
             name = f"{owner}.{name}" if isinstance(name, str) else f"{owner}[{name!r}]"
+        elif self._undefined_obj is not jinja2.utils.missing:
+            return super()._undefined_message  # e.g. an attribute of a string
         return f"undefined variable {name!r}"
 
 
