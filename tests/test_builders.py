@@ -26,6 +26,9 @@ path = "/var/lib/outpost/repo"
 [builder]
 {builder}
 
+[site]
+name = "linkedlist.test"
+
 [ssh]
 user = "deploy"
 known_hosts = "known_hosts"

@@ -269,6 +269,9 @@ def test_cli_status_reads_the_inventory(tmp_path):
 [repository]
 signing_key = "keys/outpost.rsa"
 path = "/var/lib/outpost/repo"
+[site]
+name = "linkedlist.test"
+
 [ssh]
 user = "deploy"
 known_hosts = "build/fleet/known_hosts"
