@@ -166,21 +166,33 @@ def sync_script(repository, public_key_pem: str, list_line: str, *, user: str,
 
 # --- upgrade: package and service -------------------------------------------------------------
 
-def _upgrade_commands(package_name: str, service: str | None) -> list[list[str]]:
-    commands = [
+# Where `dinitctl enable` links a service on Chimera (the boot service's waits-for.d).
+BOOT_D = "/etc/dinit.d/boot.d"
+
+
+def _upgrade_steps(package_name: str, service: str | None) -> list[tuple[str | None, list[str]]]:
+    """(shell condition or None, argv) for each command of the upgrade, in order."""
+    steps = [
         # Remote indexes are cached; a local-path repository is not, but update is cheap and
         # makes the step right for either.
-        ["doas", "apk", "update"],
-        ["doas", "apk", "add", "-u", package_name],
+        (None, ["doas", "apk", "update"]),
+        (None, ["doas", "apk", "add", "-u", package_name]),
     ]
     if service:
         # restart alone fails on a first install (the service isn't started yet), and start
         # alone leaves the old process running: restart if started, then start if not.
-        commands += [
-            ["doas", "dinitctl", "restart", "--ignore-unstarted", service],
-            ["doas", "dinitctl", "start", service],
+        # Enabled once, so the service comes back when the host reboots.
+        steps += [
+            (None, ["doas", "dinitctl", "restart", "--ignore-unstarted", service]),
+            (f"[ ! -e {shlex.quote(f'{BOOT_D}/{service}')} ]",
+             ["doas", "dinitctl", "enable", service]),
+            (None, ["doas", "dinitctl", "start", service]),
         ]
-    return commands
+    return steps
+
+
+def _upgrade_commands(package_name: str, service: str | None) -> list[list[str]]:
+    return [argv for _, argv in _upgrade_steps(package_name, service)]
 
 
 def installed_version_command(package_name: str) -> list[str]:
@@ -194,7 +206,9 @@ def upgrade_script(package_name: str, service: str | None) -> str:
     """apk update + add -u + service restart, then print the installed version (last line,
     see parse_installed_version)."""
     lines = ["set -eu"]
-    lines += [shlex.join(argv) for argv in _upgrade_commands(package_name, service)]
+    for condition, argv in _upgrade_steps(package_name, service):
+        lines.append(f"if {condition}; then {shlex.join(argv)}; fi" if condition
+                     else shlex.join(argv))
     lines.append(shlex.join(installed_version_command(package_name)))
     return "\n".join(lines) + "\n"
 

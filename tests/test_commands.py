@@ -138,6 +138,7 @@ def test_doas_rules_text():
         "permit nopass deploy as root cmd apk args update",
         "permit nopass deploy as root cmd apk args add -u linkedlist",
         "permit nopass deploy as root cmd dinitctl args restart --ignore-unstarted linkedlist",
+        "permit nopass deploy as root cmd dinitctl args enable linkedlist",
         "permit nopass deploy as root cmd dinitctl args start linkedlist",
         "permit nopass deploy as root cmd apk args add -u other",
     ]
@@ -286,10 +287,18 @@ def test_upgrade_script_runs_in_order_and_reports_the_version(fake_host):
         "doas apk add -u linkedlist", "apk add -u linkedlist",
         "doas dinitctl restart --ignore-unstarted linkedlist",
         "dinitctl restart --ignore-unstarted linkedlist",
+        # Not enabled yet (this machine has no /etc/dinit.d/boot.d/linkedlist): enable it.
+        "doas dinitctl enable linkedlist", "dinitctl enable linkedlist",
         "doas dinitctl start linkedlist", "dinitctl start linkedlist",
         "apk info -e -v linkedlist",  # reading needs no root
     ]
     assert commands.parse_installed_version(result.stdout, "linkedlist") == "1.2.3-r4"
+
+
+def test_upgrade_script_enables_the_service_only_when_not_yet_enabled():
+    script = commands.upgrade_script("linkedlist", "linkedlist")
+    assert ("if [ ! -e /etc/dinit.d/boot.d/linkedlist ]; then doas dinitctl enable linkedlist; fi"
+            in script.splitlines())
 
 
 def test_upgrade_script_stops_at_the_first_failure(fake_host):
