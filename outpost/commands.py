@@ -22,12 +22,13 @@ user is as good as root on the package side. That is the deploy user's job; keep
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import os
 import re
 import shlex
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from outpost.errors import OutpostError
 
@@ -157,7 +158,7 @@ def sync_script(repository, public_key_pem: str, list_line: str, *, user: str,
     is /etc/apk/keys/<key_name>, and the list file holds list_line. Each file is written only
     when its content differs. Prints `changed: <path>` for what it changed."""
     parts = ["set -eu\n", "umask 022\n"]
-    for path in (repository.path, *content_dirs):
+    for path in (repository.path, CONFIG_DIR, *content_dirs):
         parts.append(_ensure_owned_dir(user, path))
     parts.append(_ensure_file(key_path(repository.key_name), public_key_pem))
     parts.append(_ensure_file(list_path(), list_line + "\n"))
@@ -227,17 +228,140 @@ def parse_installed_version(output: str, package_name: str) -> str:
                        f"its output was:\n{output.strip()}")
 
 
+# --- bootstrap: what a fresh host needs before the first sync --------------------------------
+
+# What the pipeline itself runs on a host: nginx in front of the app, rsync for the pushes.
+BASE_PACKAGES = ("nginx", "rsync")
+
+
+def _bootstrap_steps() -> list[tuple[str | None, list[str]]]:
+    return [(None, ["doas", "apk", "add", *BASE_PACKAGES]),
+            # Enabled once: started now and at every boot.
+            (f"[ ! -e {BOOT_D}/nginx ]", ["doas", "dinitctl", "enable", "nginx"])]
+
+
+def _bootstrap_commands() -> list[list[str]]:
+    return [argv for _, argv in _bootstrap_steps()]
+
+
+def bootstrap_script(repository, public_key_pem: str, list_line: str, *, user: str,
+                     content_dirs=()) -> str:
+    """Make a fresh host ready, idempotently: base packages, nginx enabled, and what sync_script
+    sets up (folders, repository key and list). Prints `changed: ...` for what it changed."""
+    lines = [f"if {condition}; then {shlex.join(argv)}; echo changed: {argv[-1]}; fi"
+             if condition else f"{shlex.join(argv)} >/dev/null"
+             for condition, argv in _bootstrap_steps()]
+    return (sync_script(repository, public_key_pem, list_line, user=user,
+                        content_dirs=content_dirs) + "\n".join(lines) + "\n")
+
+
+# --- config: files from templates/, checked before they are switched in ------------------------
+
+# The user's own folder on the host: the staged files, and a record of what config installed.
+CONFIG_DIR = "/var/lib/outpost/config"
+STAGE = f"{CONFIG_DIR}/stage"
+INSTALLED = f"{CONFIG_DIR}/installed.sha256"
+NGINX_CONF = "/etc/nginx/nginx.conf"
+DOAS_CONF = "/etc/doas.conf"
+# Exit status of a config script whose nginx -t (or doas -C) refused the new files.
+NGINX_REFUSED = 65
+
+
+def _folders(host_files) -> list[str]:
+    return sorted({str(PurePosixPath(f.remote_path).parent) for f in host_files})
+
+
+def _install_file(f) -> list[str]:
+    return ["doas", "install", "-m", f"{f.mode:o}", STAGE + f.remote_path, f.remote_path]
+
+
+def _nginx_check() -> list[str]:
+    return ["doas", "nginx", "-t", "-q", "-c", STAGE + NGINX_CONF]
+
+
+def _service_actions(host_files) -> list[tuple[str, list[list[str]]]]:
+    """(service, the commands that apply its changed files): HUP for a reload (nginx re-reads
+    its files and keeps serving; start it instead if it isn't running), else a restart."""
+    actions = {}
+    for f in host_files:
+        if f.service and f.action == "reload":
+            actions[f.service] = [["doas", "dinitctl", "signal", "HUP", f.service],
+                                  ["doas", "dinitctl", "start", f.service]]
+        elif f.service:
+            actions[f.service] = [["doas", "dinitctl", "restart", "--ignore-unstarted",
+                                   f.service]]
+    return sorted(actions.items())
+
+
+def _config_commands(host_files) -> list[list[str]]:
+    commands = [["doas", "install", "-d", "-m", "755", folder] for folder in _folders(host_files)]
+    if any(f.remote_path == NGINX_CONF for f in host_files):
+        commands.append(_nginx_check())
+    commands += [_install_file(f) for f in host_files]
+    commands += [argv for _, argvs in _service_actions(host_files) for argv in argvs]
+    return commands
+
+
+def _changed_flag(service: str) -> str:
+    return "changed_" + re.sub(r"[^A-Za-z0-9]", "_", service)
+
+
+def config_script(files) -> str:
+    """One round trip that puts config files in place. Every file is staged first; nginx -t
+    checks the staged nginx folder (with its own certificate), and a refusal stops here with
+    nginx's message, the old files still serving. Then each file whose sha256 differs from what
+    config last installed is installed; a service whose files changed is reloaded (nginx: HUP)
+    or restarted (an env-file). `files` have .remote_path, .mode, .service, .action and
+    .content (bytes). Prints `changed: <path>`, `reloaded: <svc>`, `restarted: <svc>`."""
+    q = shlex.quote
+    lines = ["set -eu", "umask 077", f"rm -rf {q(STAGE)}"]
+    lines += [f"mkdir -p {q(STAGE + folder)}" for folder in _folders(files)]
+    for f in files:
+        lines.append(f"base64 -d > {q(STAGE + f.remote_path)} <<'OUTPOST_FILE'\n"
+                     f"{base64.encodebytes(f.content).decode()}OUTPOST_FILE")
+    if any(f.remote_path == NGINX_CONF for f in files):
+        lines.append(f"if ! out=$({shlex.join(_nginx_check())} 2>&1); then\n"
+                     f"  printf '%s\\n' \"$out\" >&2\n"
+                     f"  echo 'nginx -t refused the new configuration; the old one keeps serving'"
+                     f" >&2\n  exit {NGINX_REFUSED}\nfi")
+    if any(f.remote_path == DOAS_CONF for f in files):
+        # A doas.conf that doas can't parse would lock the user out of every later step.
+        lines.append(f"doas -C {q(STAGE + DOAS_CONF)} || {{ echo 'doas -C refused the new "
+                     f"doas.conf' >&2; exit {NGINX_REFUSED}; }}")
+    lines += [f"[ -d {q(folder)} ] || doas install -d -m 755 {q(folder)}"
+              for folder in _folders(files)]
+    records = [f"{hashlib.sha256(f.content).hexdigest()}  {f.remote_path}" for f in files]
+    for f, record in zip(files, records):
+        flag = f"; {_changed_flag(f.service)}=1" if f.service else ""
+        lines.append(f"if ! grep -qxF {q(record)} {q(INSTALLED)} 2>/dev/null; then\n"
+                     f"  {shlex.join(_install_file(f))}\n"
+                     f"  echo changed: {q(f.remote_path)}{flag}\nfi")
+    lines.append(f"printf '%s\\n' {' '.join(q(r) for r in records)} > {q(INSTALLED)}")
+    for service, argvs in _service_actions(files):
+        verb = "reloaded" if len(argvs) == 2 else "restarted"
+        run = " || ".join(f"{shlex.join(argv)} >/dev/null" for argv in argvs)
+        lines.append(f"if [ -n \"${{{_changed_flag(service)}:-}}\" ]; then\n"
+                     f"  {run}\n  echo {verb}: {q(service)}\nfi")
+    lines.append(f"rm -rf {q(STAGE)}")
+    return "\n".join(lines) + "\n"
+
+
 # --- doas.conf for the hosts ------------------------------------------------------------------
 
-def doas_permits(user: str, repository, packages) -> list[tuple[str, list[str]]]:
-    """(user, argv without doas) for each root command the scripts above run (see the module
-    docstring), for this repository and these packages, in order and each once."""
-    commands = [_owned_dir_command(user, repository.path)]
-    commands += [_owned_dir_command(user, p.content_dir) for p in packages if p.content_dir]
+def doas_permits(user: str, repository, packages, host_files=()) -> list[tuple[str, list[str]]]:
+    """(user, argv without doas) for each root command the scripts above and below run (see the
+    module docstring), for this repository, these packages and these config files (objects
+    with .remote_path, .mode, .service, .action, such as outpost.render.HostFile), in order and
+    each once."""
+    commands = [_owned_dir_command(user, path)
+                for path in (repository.path, CONFIG_DIR, *(p.content_dir for p in packages
+                                                             if p.content_dir))]
     commands += [_write_file_command(key_path(repository.key_name)),
                  _write_file_command(list_path())]
+    commands += _bootstrap_commands()
     for package in packages:
         commands += _upgrade_commands(package.name, package.service)
+    commands += _config_commands(host_files)
     permits = []
     for doas, *argv in commands:
         if (user, argv) not in permits:  # `apk update` is the same for every package
@@ -245,12 +369,12 @@ def doas_permits(user: str, repository, packages) -> list[tuple[str, list[str]]]
     return permits
 
 
-def doas_rules(user: str, repository, packages) -> str:
+def doas_rules(user: str, repository, packages, host_files=()) -> str:
     """doas.conf text (templates/doas.conf.j2) allowing `user` exactly doas_permits."""
     from outpost import render  # render imports this module
     return render.render("doas.conf.j2", {"doas_rules": [
         {"user": permit_user, "argv": argv}
-        for permit_user, argv in doas_permits(user, repository, packages)]})
+        for permit_user, argv in doas_permits(user, repository, packages, host_files)]})
 
 
 # --- check: the app's health endpoint ---------------------------------------------------------

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 
 import jinja2
 
-from outpost import commands
+from outpost import commands, tls
 from outpost.errors import OutpostError
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
@@ -36,7 +36,6 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 # Paths on the hosts.
 NGINX_CONF = "/etc/nginx/nginx.conf"  # what both Chimera's and Debian's nginx read by default
 NGINX_SITES = "outpost"               # the site files' folder, relative to NGINX_CONF's folder
-TLS_DIR = "/etc/ssl/outpost"          # the site's certificate and key, shared by every host
 ENV_DIR = "/etc/default"              # <package>.env.j2 becomes /etc/default/<package>
 DOAS_CONF = "/etc/doas.conf"
 
@@ -52,14 +51,18 @@ class RenderError(OutpostError):
 
 @dataclass(frozen=True)
 class HostFile:
-    template: str        # under templates/
-    remote_path: str     # absolute path on the host
+    template: str | None  # under templates/; None for a file copied as it is (source)
+    remote_path: str      # absolute path on the host
     mode: int
-    service: str | None  # the service that must act when the file changes
-    action: str | None   # "reload" (re-read config, keep serving) or "restart"
+    service: str | None   # the service that must act when the file changes
+    action: str | None    # "reload" (re-read config, keep serving) or "restart"
+    source: Path | None = None  # the local file to copy, when template is None
 
     def local_path(self, out_dir: Path) -> Path:
-        """Where render_host writes it: out_dir/<remote_path without its leading />."""
+        """Where the host's copy is here: its source, or where render_host writes it
+        (out_dir/<remote_path without its leading />)."""
+        if self.source is not None:
+            return self.source
         return Path(out_dir) / self.remote_path.lstrip("/")
 
 
@@ -82,8 +85,22 @@ def _package(package) -> dict:
 
 
 def tls_paths(site_name: str) -> dict:
-    """The site's certificate (PEM, the chain nginx sends) and key on every host."""
-    return {"certificate": f"{TLS_DIR}/{site_name}.pem", "key": f"{TLS_DIR}/{site_name}.key"}
+    """The site's certificate (PEM, the chain nginx sends) and key, as nginx.conf names them:
+    relative, so beside the site file. nginx resolves them against the folder of the nginx.conf
+    it runs with, so a staged copy of the whole folder is checked (nginx -t -c) with its own
+    certificate, before anything is switched."""
+    return {"certificate": f"{NGINX_SITES}/{site_name}.pem",
+            "key": f"{NGINX_SITES}/{site_name}.key"}
+
+
+def _nginx(site_name: str) -> dict:
+    return {
+        "conf": NGINX_CONF,
+        "site": f"{NGINX_SITES}/{site_name}.conf",
+        "pid": "/run/nginx.pid",
+        "error_log": "/var/log/nginx/error.log",
+        "access_log": "/var/log/nginx/access.log",
+    }
 
 
 def host_context(inventory, host) -> dict:
@@ -97,30 +114,32 @@ def host_context(inventory, host) -> dict:
         "packages": {p.name: _package(p) for p in inventory.packages},
         "app": _package(_served_package(inventory)),
         "tls": tls_paths(site.name),
-        "nginx": {
-            "conf": NGINX_CONF,
-            "site": f"{NGINX_SITES}/{site.name}.conf",
-            "pid": "/run/nginx.pid",
-            "error_log": "/var/log/nginx/error.log",
-            "access_log": "/var/log/nginx/access.log",
-        },
+        "nginx": _nginx(site.name),
         "apk": {"list_line": commands.repo_list_line(INDEX_FORMATS[inventory.builder.kind],
                                                      inventory.repository.path)},
         "doas_rules": [{"user": user, "argv": list(argv)} for user, argv in
                        commands.doas_permits(host.user, inventory.repository,
-                                             inventory.packages)],
+                                             inventory.packages, host_files(inventory, host))],
     }
 
 
 def host_files(inventory, host) -> list[HostFile]:
-    """The files a host gets from templates/: nginx's pair (reload nginx when either changes),
-    an env-file for each package that has a templates/<package>.env.j2 (restart its service),
+    """The files a host gets from templates/: nginx's pair and the site certificate and key
+    (copied, not rendered; nginx reloads when any of the four changes), an env-file for each package that has a templates/<package>.env.j2 (restart its service),
     the apk list and doas.conf (read when used: nothing to reload)."""
-    nginx = host_context(inventory, host)["nginx"]
+    nginx = _nginx(inventory.site.name)
     nginx_dir = PurePosixPath(nginx["conf"]).parent
     files = [
         HostFile("nginx/nginx.conf.j2", nginx["conf"], 0o644, "nginx", "reload"),
         HostFile("nginx/site.conf.j2", str(nginx_dir / nginx["site"]), 0o644, "nginx", "reload"),
+    ]
+    # The site certificate and key (the same on every host), beside the site file.
+    certificate, key = tls.site_paths(inventory.site.certificates)
+    tls_on_host = tls_paths(inventory.site.name)
+    files += [
+        HostFile(None, str(nginx_dir / tls_on_host["certificate"]), 0o644, "nginx", "reload",
+                 certificate),
+        HostFile(None, str(nginx_dir / tls_on_host["key"]), 0o600, "nginx", "reload", key),
     ]
     for package in inventory.packages:
         if (TEMPLATES / f"{package.name}.env.j2").is_file():
@@ -255,7 +274,7 @@ def render_host(inventory, host, out_dir: Path) -> list[Path]:
     the host. Renders all before writing any, so a template error leaves the old set whole.
     Returns the local paths, in host_files order."""
     context = host_context(inventory, host)
-    files = host_files(inventory, host)
+    files = [f for f in host_files(inventory, host) if f.template is not None]
     texts = [render(f.template, context) for f in files]
     paths = [f.local_path(out_dir) for f in files]
     for path, text in zip(paths, texts):

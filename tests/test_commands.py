@@ -132,9 +132,12 @@ def test_doas_rules_text():
     assert rules.endswith("\n")
     assert lines[1:] == [
         "permit nopass deploy as root cmd install args -d -o deploy -m 755 /var/lib/outpost/repo",
+        "permit nopass deploy as root cmd install args -d -o deploy -m 755 /var/lib/outpost/config",
         "permit nopass deploy as root cmd install args -d -o deploy -m 755 /var/lib/linkedlist/content",
         "permit nopass deploy as root cmd tee args /etc/apk/keys/outpost.rsa.pub",
         "permit nopass deploy as root cmd tee args /etc/apk/repositories.d/outpost.list",
+        "permit nopass deploy as root cmd apk args add nginx rsync",
+        "permit nopass deploy as root cmd dinitctl args enable nginx",
         "permit nopass deploy as root cmd apk args update",
         "permit nopass deploy as root cmd apk args add -u linkedlist",
         "permit nopass deploy as root cmd dinitctl args restart --ignore-unstarted linkedlist",
@@ -147,7 +150,7 @@ def test_doas_rules_text():
 def test_doas_permits_are_the_commands_without_doas_each_once():
     permits = commands.doas_permits("deploy", REPOSITORY, [make_package(),
                                                             make_package("other", "other")])
-    assert permits[4:6] == [("deploy", ["apk", "update"]),
+    assert permits[7:9] == [("deploy", ["apk", "update"]),
                             ("deploy", ["apk", "add", "-u", "linkedlist"])]
     assert permits.count(("deploy", ["apk", "update"])) == 1
     assert ("deploy", ["dinitctl", "start", "other"]) in permits
@@ -243,11 +246,12 @@ def test_sync_script_installs_key_list_and_folders_once(fake_host):
     assert oct(fake_host.file("/etc/apk/keys/outpost.rsa.pub").stat().st_mode & 0o777) == "0o644"
     assert fake_host.calls() == [
         f"doas install -d -o {USER} -m 755 /var/lib/outpost/repo",
+        f"doas install -d -o {USER} -m 755 /var/lib/outpost/config",
         f"doas install -d -o {USER} -m 755 /var/lib/linkedlist/content",
         "doas tee /etc/apk/keys/outpost.rsa.pub",
         "doas tee /etc/apk/repositories.d/outpost.list",
     ]
-    assert first.stdout.count("changed: ") == 4
+    assert first.stdout.count("changed: ") == 5
     assert not Path("/etc/apk/keys/outpost.rsa.pub").exists()  # the overlay took the writes
 
     again = fake_host.run(sync(), RULES)
@@ -361,3 +365,104 @@ def test_content_digest_matches_the_app(tmp_path):
     assert commands.content_digest(tree) != expected.hexdigest()
     assert commands.content_digest(tree) == app_digest(app, str(tree))
     assert commands.content_digest(REPO / "content") == app_digest(app, str(REPO / "content"))
+
+
+# --- config: staged, checked by nginx -t, switched only when changed ---------------------------
+
+NGINX_STUB = """#!/bin/sh
+# nginx -t stand-in for these script tests: refuses a staged nginx.conf that says "broken".
+echo "nginx $*" >> "$STUB_LOG"
+if grep -q broken "$4"; then
+    echo 'nginx: [emerg] unknown directive "broken" in '"$4"':1' >&2
+    exit 1
+fi
+"""
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    remote_path: str
+    mode: int
+    content: bytes
+    service: str | None
+    action: str | None
+
+
+def config_files(nginx=b"events {}\n", env=b"LINKEDLIST_LISTEN=127.0.0.1:8080\n"):
+    return [ConfigFile("/etc/nginx/nginx.conf", 0o644, nginx, "nginx", "reload"),
+            ConfigFile("/etc/nginx/outpost/site.key", 0o600, b"KEY\n", "nginx", "reload"),
+            ConfigFile("/etc/default/linkedlist", 0o644, env, "linkedlist", "restart")]
+
+
+@pytest.fixture
+def config_host(fake_host):
+    (fake_host.dir / "bin" / "nginx").write_text(NGINX_STUB)
+    (fake_host.dir / "bin" / "nginx").chmod(0o755)
+    (fake_host.dir / "upper" / commands.CONFIG_DIR.lstrip("/")).mkdir(parents=True)
+    return fake_host
+
+
+def config_rules(files):
+    return commands.doas_rules(USER, REPOSITORY, [make_package()], files)
+
+
+def test_config_script_first_run_installs_everything_and_applies_once(config_host):
+    files = config_files()
+    result = config_host.run(commands.config_script(files), config_rules(files))
+    assert result.returncode == 0, result.stderr
+    assert config_host.file("/etc/nginx/nginx.conf").read_bytes() == b"events {}\n"
+    key = config_host.file("/etc/nginx/outpost/site.key")
+    assert key.read_bytes() == b"KEY\n" and oct(key.stat().st_mode & 0o777) == "0o600"
+    calls = config_host.calls()
+    # Checked before anything is switched in.
+    check = f"nginx -t -q -c {commands.STAGE}/etc/nginx/nginx.conf"
+    assert calls.index(f"doas {check}") < calls.index(
+        f"doas install -m 644 {commands.STAGE}/etc/nginx/nginx.conf /etc/nginx/nginx.conf")
+    assert "doas dinitctl signal HUP nginx" in calls
+    assert "doas dinitctl restart --ignore-unstarted linkedlist" in calls
+    assert "reloaded: nginx" in result.stdout and "restarted: linkedlist" in result.stdout
+    assert not config_host.file(commands.STAGE).exists()  # the stage is cleared
+
+
+def test_config_script_changes_only_what_differs(config_host):
+    files = config_files()
+    assert config_host.run(commands.config_script(files), config_rules(files)).returncode == 0
+    same = config_host.run(commands.config_script(files), config_rules(files))
+    assert same.returncode == 0, same.stderr
+    assert [c for c in config_host.calls() if "install -m" in c or "dinitctl" in c] == []
+    assert same.stdout == ""
+
+    nginx_only = config_files(nginx=b"events { worker_connections 64; }\n")
+    result = config_host.run(commands.config_script(nginx_only), config_rules(nginx_only))
+    assert result.returncode == 0, result.stderr
+    assert "reloaded: nginx" in result.stdout and "restarted" not in result.stdout
+    assert not any("linkedlist" in c for c in config_host.calls())
+
+
+def test_config_script_refused_by_nginx_keeps_the_old_files(config_host):
+    files = config_files()
+    assert config_host.run(commands.config_script(files), config_rules(files)).returncode == 0
+    broken = config_files(nginx=b"broken;\n", env=b"LINKEDLIST_LISTEN=127.0.0.1:9999\n")
+    result = config_host.run(commands.config_script(broken), config_rules(broken))
+    assert result.returncode == commands.NGINX_REFUSED
+    assert 'unknown directive "broken"' in result.stderr
+    assert "the old one keeps serving" in result.stderr
+    # Nothing was switched: not nginx's file, and not the env-file that came with it.
+    assert config_host.file("/etc/nginx/nginx.conf").read_bytes() == b"events {}\n"
+    assert config_host.file("/etc/default/linkedlist").read_bytes() == (
+        b"LINKEDLIST_LISTEN=127.0.0.1:8080\n")
+    assert not any("install -m" in c or "dinitctl" in c for c in config_host.calls())
+
+
+def test_bootstrap_script_is_idempotent(config_host):
+    script = commands.bootstrap_script(REPOSITORY, PEM, "v2 /var/lib/outpost/repo", user=USER,
+                                       content_dirs=["/var/lib/linkedlist/content"])
+    first = config_host.run(script, RULES)
+    assert first.returncode == 0, first.stderr
+    assert "doas apk add nginx rsync" in config_host.calls()
+    assert "doas dinitctl enable nginx" in config_host.calls()  # this machine has no boot.d link
+    second = config_host.run(script, RULES)
+    assert second.returncode == 0, second.stderr
+    # The folders, key and list are in place now: only the package check runs again.
+    assert [c for c in config_host.calls() if c.startswith("doas")] == [
+        "doas apk add nginx rsync", "doas dinitctl enable nginx"]

@@ -62,6 +62,9 @@ def test_host_files_map_templates_to_paths_and_services(inventory):
     assert [(f.template, f.remote_path, oct(f.mode), f.service, f.action) for f in files] == [
         ("nginx/nginx.conf.j2", "/etc/nginx/nginx.conf", "0o644", "nginx", "reload"),
         ("nginx/site.conf.j2", f"/etc/nginx/outpost/{SITE}.conf", "0o644", "nginx", "reload"),
+        # The certificate and key are copied, not rendered; the key readable by root only.
+        (None, f"/etc/nginx/outpost/{SITE}.pem", "0o644", "nginx", "reload"),
+        (None, f"/etc/nginx/outpost/{SITE}.key", "0o600", "nginx", "reload"),
         ("linkedlist.env.j2", "/etc/default/linkedlist", "0o644", "linkedlist", "restart"),
         ("apk/outpost.list.j2", "/etc/apk/repositories.d/outpost.list", "0o644", None, None),
         ("doas.conf.j2", "/etc/doas.conf", "0o400", None, None),
@@ -78,8 +81,9 @@ def test_nginx_site_for_each_default_host(inventory, name, served_by):
     assert site.count(f"server_name {SITE};") == 2
     assert f"return 301 https://{SITE}$request_uri;" in site
     assert "proxy_pass http://127.0.0.1:8080;" in site
-    assert f'ssl_certificate "/etc/ssl/outpost/{SITE}.pem";' in site
-    assert f'ssl_certificate_key "/etc/ssl/outpost/{SITE}.key";' in site
+    # Relative to nginx.conf's folder, so a staged copy of the folder is checked whole.
+    assert f'ssl_certificate "outpost/{SITE}.pem";' in site
+    assert f'ssl_certificate_key "outpost/{SITE}.key";' in site
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in site
     assert "{{" not in site and "{#" not in site
     main = render.render("nginx/nginx.conf.j2", context)
@@ -114,7 +118,8 @@ def test_apk_list_is_the_sync_steps_line(inventory, tmp_path):
 def test_doas_conf_is_commands_doas_rules(inventory):
     context = render.host_context(inventory, inventory.host("au"))
     assert render.render("doas.conf.j2", context) == commands.doas_rules(
-        "deploy", inventory.repository, inventory.packages)
+        "deploy", inventory.repository, inventory.packages,
+        render.host_files(inventory, inventory.host("au")))
 
 
 def test_doas_words_with_spaces_or_quotes_are_quoted():
@@ -170,7 +175,9 @@ def test_render_host_writes_each_file_at_its_host_path(inventory, tmp_path):
     host = inventory.host("fr")
     paths = render.render_host(inventory, host, tmp_path / "fr")
     context = render.host_context(inventory, host)
-    for f, path in zip(render.host_files(inventory, host), paths):
+    rendered = [f for f in render.host_files(inventory, host) if f.template is not None]
+    assert len(paths) == len(rendered)
+    for f, path in zip(rendered, paths):
         assert path == tmp_path / "fr" / f.remote_path.lstrip("/")
         assert path.read_text() == render.render(f.template, context)
     assert not list((tmp_path / "fr").rglob(".*.tmp"))
