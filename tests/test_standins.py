@@ -146,6 +146,19 @@ def test_apk_depends_need_an_installed_provided_or_available_package(repo):
     assert repo.apk("info", "-v").stdout == "app-1.0-r0\nlib-2.0-r0\n"
 
 
+def test_apk_add_of_a_name_the_base_system_provides_installs_nothing(repo):
+    repo.package("app", "1.0-r0", {"usr/bin/app": "x\n"})
+    repo.index()
+    refused = repo.apk("add", "nginx", check=False)
+    assert "nginx (no such package)" in refused.stderr
+    (repo.root / "etc/apk/provided").write_text("nginx\nrsync\n")
+    for args in (("add", "nginx", "rsync"), ("add", "-u", "nginx")):
+        added = repo.apk(*args)
+        assert added.stdout == "OK: 0 B in 0 packages\n"
+    assert (repo.root / "etc/apk/world").read_text() == "nginx\nrsync\n"
+    assert repo.apk("info", "-e", "nginx", check=False).returncode == 1  # not a package
+
+
 def test_apk_refuses_an_index_signed_by_an_untrusted_key(repo, tmp_path):
     other, _ = apk.generate_key(tmp_path / "other" / "other.rsa")
     repo.package("app", "1.0-r0", {"usr/bin/app": "x\n"}, key=other)
@@ -486,6 +499,19 @@ def test_waits_for_a_failing_service_still_starts_the_dependent(dinit, tmp_path)
     assert "a dependency of the service failed to start" in failed.stdout
 
 
+def test_dependency_folders_skip_entries_that_name_no_service(dinit):
+    dinit.service("boot", "type = internal\ndepends-on.d = needs.d\n")
+    (dinit.dir / "needs.d").mkdir()
+    for name in ("web", "ghost", ".hidden"):
+        (dinit.dir / "needs.d" / name).touch()  # the entries' contents don't matter
+    dinit.service("web", SLEEPER)
+    dinit.service(".hidden", SLEEPER)
+    dinit.start()
+    wait_for(lambda: dinit.pid("web"), "web to start with boot")
+    assert dinit.status("boot")["State"] == "STARTED"
+    assert ".hidden" not in dinit.ctl("list").stdout
+
+
 def test_a_dependency_cycle_is_a_load_error(dinit):
     dinit.service("boot", "type = internal\n")
     dinit.service("a", "type = internal\ndepends-on: b\n")
@@ -523,3 +549,156 @@ def test_dinit_exits_non_zero_when_boot_cannot_start(dinit):
                            "-p", dinit.socket], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "could not start 'boot'" in proc.stderr and "'missing'" in proc.stderr
+
+
+# ------------------------------------------------------------ dinitctl enable, disable, signal
+
+
+def boot_with_boot_d(dinit):
+    """Chimera's boot: it waits for whatever `dinitctl enable` links into its waits-for.d."""
+    dinit.service("boot", "type = internal\nwaits-for.d = boot.d\n")  # relative: to dinit.d
+    (dinit.dir / "boot.d").mkdir()
+
+
+def test_enable_links_the_service_into_boots_waits_for_d_and_starts_it(dinit):
+    boot_with_boot_d(dinit)
+    dinit.service("web", SLEEPER)
+    dinit.start()
+    enabled = dinit.ctl("enable", "web")
+    assert (enabled.stdout, enabled.stderr) == (
+        "Service 'web' has been enabled.\nService 'web' started.\n", "")
+    assert os.readlink(dinit.dir / "boot.d" / "web") == "../web"
+    assert dinit.status("web")["Activation"] == "start due to dependent(s)"
+    again = dinit.ctl("enable", "web", check=False)
+    assert (again.returncode, again.stdout, again.stderr) == (
+        1, "", "dinitctl: service already enabled.\n")
+
+
+def test_an_enabled_service_starts_when_dinit_starts_again(dinit):
+    boot_with_boot_d(dinit)
+    dinit.service("web", SLEEPER)
+    dinit.start()
+    dinit.ctl("enable", "web")
+    first = dinit.pid("web")
+    dinit.stop()
+    assert not alive(first)
+    dinit.start()
+    second = wait_for(lambda: dinit.pid("web"), "web to start with boot")
+    assert second != first and alive(second)
+
+
+def test_disable_removes_the_link_and_stops_a_service_only_boot_held(dinit):
+    boot_with_boot_d(dinit)
+    dinit.service("web", SLEEPER)
+    dinit.start()
+    dinit.ctl("enable", "web")
+    pid = dinit.pid("web")
+    disabled = dinit.ctl("disable", "web")
+    assert (disabled.stdout, disabled.stderr) == ("Service 'web' has been disabled.\n", "")
+    assert not os.path.lexists(dinit.dir / "boot.d" / "web")
+    assert dinit.status("web")["State"] == "STOPPED"
+    wait_for(lambda: not alive(pid), "web's process to end")
+    again = dinit.ctl("disable", "web", check=False)
+    assert (again.returncode, again.stderr) == (1, "dinitctl: service not currently enabled\n")
+
+
+def test_an_explicitly_started_service_keeps_running_when_disabled(dinit):
+    boot_with_boot_d(dinit)
+    dinit.service("web", SLEEPER)
+    dinit.start()
+    started = dinit.ctl("start", "web")
+    assert started.stdout == "Service 'web' started.\n"
+    # Already running: enable says nothing about starting it.
+    assert dinit.ctl("enable", "web").stdout == "Service 'web' has been enabled.\n"
+    disabled = dinit.ctl("disable", "web")
+    assert disabled.stderr == "dinitctl: note: disabled service may have other dependents\n"
+    assert dinit.status("web")["State"] == "STARTED"
+
+
+def test_enable_from_another_service_or_its_enable_via(dinit, tmp_path):
+    elsewhere = tmp_path / "other" / "elsewhere.d"  # another parent folder: the link is absolute
+    elsewhere.mkdir(parents=True)
+    boot_with_boot_d(dinit)
+    dinit.service("late", f"type = internal\nwaits-for.d = {elsewhere}\n")
+    dinit.service("web", SLEEPER)
+    dinit.service("api", "@meta enable-via late\n" + SLEEPER)
+    dinit.start()
+    enabled = dinit.ctl("enable", "--from", "late", "web")
+    # `late` isn't started, so neither is web: dinitctl warns, as for real.
+    assert enabled.stderr == "dinitctl: warning: enabling dependency for non-started service\n"
+    assert enabled.stdout == "Service 'web' has been enabled.\n"
+    assert os.readlink(elsewhere / "web") == str(dinit.dir / "web")
+    assert dinit.status("web")["State"] == "STOPPED"
+    dinit.ctl("enable", "api")
+    assert os.path.lexists(elsewhere / "api") and not os.path.lexists(dinit.dir / "boot.d" / "api")
+    dinit.ctl("start", "late")
+    assert dinit.status("web")["State"] == "STARTED"
+    assert dinit.status("api")["State"] == "STARTED"
+
+
+@pytest.mark.parametrize("source, message", [
+    ("plain", "dinitctl: service 'plain' has no waits-for.d directory specified\n"),
+    ("fixed", "dinitctl: there is a fixed dependency to service 'web' in the service "
+              "description of 'fixed'.\n"),
+    ("web", "dinitctl: could not enable service: possible circular dependency\n"),
+])
+def test_enable_refuses_what_dinitctl_refuses(dinit, source, message):
+    boot_with_boot_d(dinit)
+    dinit.service("plain", "type = internal\n")
+    dinit.service("fixed", "type = internal\nwaits-for: web\nwaits-for.d = boot.d\n")
+    dinit.service("web", SLEEPER + "waits-for.d = boot.d\n")
+    dinit.start()
+    refused = dinit.ctl("enable", "--from", source, "web", check=False)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr.endswith(message)
+    assert list((dinit.dir / "boot.d").iterdir()) == []
+
+
+def test_enable_of_a_service_that_cannot_start_keeps_the_link_and_fails(dinit, tmp_path):
+    boot_with_boot_d(dinit)
+    dinit.service("web", SLEEPER + f"logfile = {tmp_path}/missing/web.log\n")
+    dinit.start()
+    failed = dinit.ctl("enable", "web", check=False)
+    assert failed.returncode == 1
+    assert failed.stdout.startswith("Service 'web' has been enabled.\nService 'web' failed to start.\n")
+    assert "Stage: opening log file" in failed.stdout
+    assert os.path.lexists(dinit.dir / "boot.d" / "web")
+
+
+# A process that writes a line for each SIGHUP it gets and keeps running.
+HUP_COUNTER = (f"type = process\ncommand = {sys.executable} -c \"import signal, time; "
+               "signal.signal(signal.SIGHUP, lambda *_: print('hup', flush=True)); "
+               "[time.sleep(1) for _ in iter(int, 1)]\"\nlogfile = {log}\n")
+
+
+@pytest.mark.parametrize("name", ["HUP", "1"])
+def test_signal_sends_a_named_or_numbered_signal_to_the_process(dinit, tmp_path, name):
+    log = tmp_path / "web.log"
+    dinit.service("boot", "type = internal\n")
+    dinit.service("web", HUP_COUNTER.format(log=log))
+    dinit.start()
+    dinit.ctl("start", "web")
+    pid = dinit.pid("web")
+    sent = dinit.ctl("signal", name, "web")
+    assert (sent.stdout, sent.stderr) == ("", "")
+    wait_for(lambda: log.exists() and log.read_text() == "hup\n", "the process to see SIGHUP")
+    assert dinit.pid("web") == pid and dinit.status("web")["State"] == "STARTED"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("SIGHUP", "web"), "dinitctl: 'SIGHUP' is not a valid signal name/number\n"),
+    (("HUP",), "dinitctl: service name must be specified\n"),
+    ((), "dinitctl: signal number/name must be specified\n"),
+    (("99", "web"), "dinitctl: provided signal was invalid.\n"),
+    (("HUP", "idle"), "dinitctl: could not get valid PID of service; service is not "
+                      "process-based or is in wrong state.\n"),
+])
+def test_signal_refuses_as_dinitctl_does(dinit, args, message):
+    dinit.service("boot", "type = internal\n")
+    dinit.service("web", SLEEPER)
+    dinit.service("idle", SLEEPER)
+    dinit.start()
+    dinit.ctl("start", "web")
+    refused = dinit.ctl("signal", *args, check=False)
+    assert (refused.returncode, refused.stdout, refused.stderr) == (1, "", message)
+    assert dinit.status("web")["State"] == "STARTED"

@@ -443,8 +443,10 @@ class Database:
                 return
             best = self.best_available(dependency, tag)
             if best is None:
-                if force_best and dependency.name in self.installed:
-                    return  # nothing newer to be had: keep what is installed, as apk does
+                if force_best and (dependency.name in self.installed or any(
+                        name == dependency.name and dependency.allows(version)
+                        for name, version in self.provided)):
+                    return  # nothing newer to be had: keep what is installed or provided
                 problems.append(f"  {dependency} (no such package):\n"
                                 f"    required by: {required_by}[{dependency}]")
                 return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import json
 import os
 import pwd
@@ -229,6 +230,28 @@ def parse_description(name, path, text):
     return Description(name=name, path=path, **values)
 
 
+def enable_via(name, path, text):
+    """The service named by `@meta enable-via NAME` in a service file, or None (dinitctl.cc:
+    `enable` without --from links the service from it, else from `boot`)."""
+    for number, line in logical_lines(text):
+        words = line.split()
+        if words[:2] == ["@meta", "enable-via"]:
+            if len(words) != 3 or not SERVICE_NAME.fullmatch(words[2]):
+                raise ServiceLoadError("description", f"error loading {name}: '@meta enable-via' "
+                                       f"argument missing or malformed (file {path}, line {number})")
+            return words[2]
+    return None
+
+
+def enable_link_target(name, waits_for_dir, service_path):
+    """What `dinitctl enable` makes the waits-for.d link point to (dinitctl.cc): `../` and the
+    rest of the service's path when it shares the folder's parent, else its absolute path."""
+    cut = waits_for_dir.rfind("/")
+    if cut != -1 and service_path[:cut] == waits_for_dir[:cut]:
+        return "../" + service_path[cut + 1:]
+    return service_path if service_path.startswith("/") else "../" + name
+
+
 def parse_env_file(text):
     """dinit's environment file: NAME=VALUE lines (the value is the rest of the line), '#'
     comments, and !clear / !unset NAME... / !import NAME... Returns (assignments, warnings):
@@ -363,23 +386,27 @@ class Supervisor:
                 log(f"{desc.env_file}: {warning} (ignored, as dinit does)")
             env = apply_env(actions, env)
         user = resolve_user(desc) if desc.run_as else None
-        depends_on = list(desc.depends_on) + _dir_entries(desc.depends_on_dirs)
-        waits_for = list(desc.waits_for) + _dir_entries(desc.waits_for_dirs)
-        for dep in depends_on:
+        for dep in desc.depends_on + desc.waits_for:
             self.load(dep, loading)
-        found = []
-        for dep in waits_for:
-            if dep in desc.waits_for:
-                self.load(dep, loading)
-                found.append(dep)
-            else:  # from a waits-for.d folder: a missing service there is not fatal (dinit-service(5))
-                try:
-                    self.load(dep, loading)
-                    found.append(dep)
-                except ServiceLoadError as err:
-                    log(f"{desc.name}: waits-for.d entry skipped: {err}")
-        desc = dataclasses.replace(desc, depends_on=tuple(depends_on), waits_for=tuple(found))
+        depends_on = desc.depends_on + self._load_entries(desc.name, desc.depends_on_dirs, loading)
+        waits_for = desc.waits_for + self._load_entries(desc.name, desc.waits_for_dirs, loading)
+        desc = dataclasses.replace(desc, depends_on=depends_on, waits_for=waits_for)
         return Service(desc=desc, env=env, user=user)
+
+    def _load_entries(self, name, folders, loading):
+        """The services named in depends-on.d / waits-for.d folders, loaded. An entry that names
+        no service is skipped; any other load error is one (dinit-service(5), load-service.cc)."""
+        found = []
+        for dep in _dir_entries(folders):
+            try:
+                self.load(dep, loading)
+            except ServiceLoadError as err:
+                if err.kind != "missing":
+                    raise
+                log(f"{name}: dependency folder entry skipped: {err}")
+                continue
+            found.append(dep)
+        return tuple(found)
 
     def reload(self, name):
         with self.cond:
@@ -510,6 +537,96 @@ class Supervisor:
         name = service.desc.name
         return sorted(s.desc.name for s in self.services.values()
                       if s.state != STOPPED and name in s.desc.depends_on)
+
+    # enabling (dinitctl enable/disable) and signals
+
+    def enable(self, name, source_name, enable):
+        """`dinitctl enable|disable [--from SOURCE] NAME`: add or remove SOURCE's waits-for
+        dependency on NAME, both in the running dinit and as a link in SOURCE's one waits-for.d
+        folder. SOURCE defaults to NAME's `@meta enable-via`, else `boot` (dinitctl.cc)."""
+        with self.cond:
+            service = self.load(name)
+            if source_name is None:
+                with open(service.desc.path, encoding="utf-8") as f:
+                    source_name = enable_via(name, service.desc.path, f.read()) or "boot"
+            source = self.load(source_name)
+            # dinitctl reads the source's file afresh for its fixed dependencies and waits-for.d.
+            with open(source.desc.path, encoding="utf-8") as f:
+                written = parse_description(source_name, source.desc.path, f.read())
+            reply = {"from": source_name}
+            if name in written.depends_on or name in written.waits_for:
+                return {**reply, "ok": False, "error": "fixed-dependency"}
+            if len(written.waits_for_dirs) != 1:
+                return {**reply, "ok": False, "error": "multiple-waits-for-d"
+                        if written.waits_for_dirs else "no-waits-for-d"}
+            reply["link"] = os.path.join(written.waits_for_dirs[0], name)
+            if enable:
+                if os.path.lexists(reply["link"]):
+                    return {**reply, "ok": False, "error": "already-enabled"}
+                return self._enable(service, source, reply)
+            return self._disable(service, source, reply)
+
+    def _enable(self, service, source, reply):
+        name, link = service.desc.name, reply["link"]
+        reply["warning"] = source.state != STARTED
+        if service is source or self._needs(service, source):
+            return {**reply, "ok": False, "error": "circular"}
+        if name not in source.desc.waits_for:
+            source.desc = dataclasses.replace(source.desc, waits_for=source.desc.waits_for + (name,))
+        # Started for the source, not explicitly: it stops again if the source stops.
+        reply["waited"] = service.state != STARTED and source.state in (STARTED, STARTING) \
+            and not self.shutting_down
+        started = self._bring_up(service) if reply["waited"] else True
+        try:
+            os.symlink(enable_link_target(name, os.path.dirname(link), service.desc.path), link)
+        except OSError as err:
+            return {**reply, "ok": False, "error": "link-failed", "detail": err.strerror}
+        if not started:
+            return {**reply, "ok": False, "error": "failed-start", **self.status_of(service)}
+        return {**reply, "ok": True, **self.status_of(service)}
+
+    def _disable(self, service, source, reply):
+        name = service.desc.name
+        if name not in source.desc.waits_for:
+            return {**reply, "ok": False, "error": "not-enabled"}
+        source.desc = dataclasses.replace(
+            source.desc, waits_for=tuple(dep for dep in source.desc.waits_for if dep != name))
+        self._release_unneeded()
+        self._exit_if_idle()
+        try:
+            os.unlink(reply["link"])
+        except OSError as err:
+            return {**reply, "ok": False, "error": "unlink-failed", "detail": err.strerror}
+        return {**reply, "ok": True, **self.status_of(service)}
+
+    def _needs(self, service, target):
+        """Whether `service` depends on `target`, directly or through other services."""
+        seen, queue = set(), [service]
+        while queue:
+            desc = queue.pop().desc
+            for dep in desc.depends_on + desc.waits_for:
+                if dep == target.desc.name:
+                    return True
+                if dep not in seen:
+                    seen.add(dep)
+                    queue.append(self.services[dep])
+        return False
+
+    def signal(self, name, number):
+        """`dinitctl signal`: send signal `number` to the service's process (not its group)."""
+        with self.cond:
+            process = self.load(name).process
+            if process is None:
+                return {"ok": False, "error": "no-pid"}
+            try:
+                os.kill(process.pid, number)
+            except OSError as err:
+                if err.errno == errno.EINVAL:
+                    log("Requested signal not in valid signal range.")
+                    return {"ok": False, "error": "bad-signal"}
+                log(f"Error sending signal to process: {err.strerror}")
+                return {"ok": False, "error": "kill-failed"}
+            return {"ok": True}
 
     def _bring_down(self, service, reason, keep_explicit=False):
         """Stop the service's hard dependents, then the service (waits for its process)."""
@@ -688,6 +805,10 @@ class Supervisor:
                 with self.cond:
                     return {"ok": True, "services": [self.status_of(s)
                                                      for s in self.services.values()]}
+            if command in ("enable", "disable"):
+                return self.enable(name, request.get("from"), command == "enable")
+            if command == "signal":
+                return self.signal(name, int(request["signal"]))
             if command == "shutdown":
                 threading.Thread(target=self.shutdown, daemon=True).start()
                 return {"ok": True}
@@ -944,6 +1065,60 @@ def format_list_line(s):
     return text
 
 
+ENABLE_ERRORS = {
+    "already-enabled": "dinitctl: service already enabled.\n",
+    "not-enabled": "dinitctl: service not currently enabled\n",
+    "circular": "dinitctl: could not enable service: possible circular dependency\n",
+    "fixed-dependency": "dinitctl: there is a fixed dependency to service '{name}' in the "
+                        "service description of '{from}'.\n",
+    "no-waits-for-d": "dinitctl: service '{from}' has no waits-for.d directory specified\n",
+    "multiple-waits-for-d": "dinitctl: service '{from}' has multiple waits-for.d directories "
+                            "specified in service description\n",
+    "link-failed": "dinitctl: could not create symlink at {link}: {detail}\n"
+                   "dinitctl: note: service was enabled for now; persistent enable failed.\n",
+    "unlink-failed": "dinitctl: could not unlink dependency entry {link}: {detail}\n"
+                     "dinitctl: note: service was disabled for now; persistent disable failed.\n",
+}
+SIGNAL_ERRORS = {
+    "no-pid": "dinitctl: could not get valid PID of service; service is not process-based or "
+              "is in wrong state.\n",
+    "bad-signal": "dinitctl: provided signal was invalid.\n",
+    "kill-failed": "dinitctl: failed sending signal to service.\n",
+}
+# dinitctl signal: the names it knows (load-service.h signal_to_int_map), without "SIG".
+SIGNAL_NAMES = {"HUP": signal.SIGHUP, "INT": signal.SIGINT, "QUIT": signal.SIGQUIT,
+                "KILL": signal.SIGKILL, "USR1": signal.SIGUSR1, "USR2": signal.SIGUSR2,
+                "TERM": signal.SIGTERM, "CONT": signal.SIGCONT, "STOP": signal.SIGSTOP}
+
+
+def signal_number(text):
+    """dinitctl's reading of a signal: one of SIGNAL_NAMES or a decimal number; None if neither."""
+    if text in SIGNAL_NAMES:
+        return int(SIGNAL_NAMES[text])
+    if re.fullmatch(r"\s*\+?[0-9]+", text):  # as std::stoi reads it (a '-' is an option)
+        return int(text)
+    return None
+
+
+def format_enable(command, name, reply):
+    """(exit status, stdout, stderr) of `dinitctl enable|disable NAME` for the daemon's reply."""
+    err = "dinitctl: warning: enabling dependency for non-started service\n" \
+        if reply.get("warning") else ""
+    error = reply.get("error")
+    if error in ENABLE_ERRORS:
+        return 1, "", err + ENABLE_ERRORS[error].format(name=name, **reply)
+    out = f"Service '{name}' has been {command}d.\n"
+    if command == "disable":
+        if reply["state"] != STOPPED:
+            err += "dinitctl: note: disabled service may have other dependents\n"
+        return 0, out, err
+    if error == "failed-start":
+        return 1, out + f"Service '{name}' failed to start.\n" + failure_details(reply), err
+    if reply["waited"]:
+        out += f"Service '{name}' started.\n"
+    return 0, out, err
+
+
 def format_reply(command, name, reply, ignore_unstarted=False):
     """(exit status, stdout, stderr) that dinitctl gives for `reply` to `command name`.
     --ignore-unstarted: a service that isn't started or doesn't exist is not an error."""
@@ -952,6 +1127,10 @@ def format_reply(command, name, reply, ignore_unstarted=False):
         return 0, f"Service '{name}' is not currently started.\n", ""
     if error in ("missing", "description", "load"):
         return 1, "", load_error_text(reply)
+    if command in ("enable", "disable"):
+        return format_enable(command, name, reply)
+    if error in SIGNAL_ERRORS:
+        return 1, "", SIGNAL_ERRORS[error]
     if error == "dependents":
         intro = f"dinitctl: cannot stop service '{name}' due to the following dependents:\n"
         if command != "restart":
