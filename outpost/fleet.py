@@ -13,9 +13,15 @@ namespaces:
   /dev is this machine's. The state folder and the other `private` paths (the project with
   its signing key) are hidden under an empty read-only tmpfs.
 - PID: PID 1 is the service manager (real `dinit` if on PATH, else the stand-in in
-  outpost/standins), which starts sshd. Stopping a host kills PID 1, and the kernel then ends
-  everything in its PID namespace; the network and mount namespaces (veth, overlay) go with it,
-  so a host that died leaves nothing to clean up but its pid file.
+  outpost/standins). It starts `boot`, which, as on Chimera, waits for every service enabled
+  in /etc/dinit.d/boot.d (`dinitctl enable NAME` links it there): sshd is enabled so, and so is
+  whatever the pipeline enables, so a restarted host runs them all again. Stopping a host kills
+  PID 1, and the kernel then ends everything in its PID namespace; the network and mount
+  namespaces (veth, overlay) go with it, so a host that died leaves nothing to clean up but
+  its pid file.
+- nginx: this machine's (Debian's) nginx, with Debian's /etc/nginx, as a service in
+  /usr/lib/dinit.d/nginx like the one Chimera's nginx package ships. Not enabled: a fresh
+  Chimera host doesn't run it until it is enabled. Each host listens on its own :80.
 
 The stand-ins run on the hosts' own python3 from a copy of this package in each host's layer
 (the project is hidden), so that python3 needs `cryptography` (apt: python3-cryptography).
@@ -68,6 +74,7 @@ READY_TIMEOUT = 15.0
 REQUIRED_PROGRAMS = {
     "sshd": "openssh-server", "ssh-keygen": "openssh-client", "ip": "iproute2",
     "unshare": "util-linux", "nsenter": "util-linux", "mount": "mount", "doas": "doas",
+    "nginx": "nginx",
 }
 PROGRAM_DIRS = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # A host starts with a clean environment, as after a boot; nothing of the caller's leaks in.
@@ -171,21 +178,41 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 
 def provided_packages(python_version: str) -> str:
     """The Chimera packages the Debian base provides: its python3 for `python`, its sshd for
-    `openssh`, and the fleet's own local.target for `dinit-chimera`'s."""
-    return f"python={python_version}\nopenssh\ndinit-chimera\n"
+    `openssh`, the fleet's own boot services for `dinit-chimera`'s, and its nginx and rsync."""
+    return f"python={python_version}\nopenssh\ndinit-chimera\nnginx\nrsync\n"
+
+
+# Where `dinitctl enable NAME` links NAME: the waits-for.d folder of Chimera's boot service.
+BOOT_D = PurePosixPath("/etc/dinit.d/boot.d")
 
 
 def dinit_services() -> dict[PurePosixPath, str]:
+    """The service files of every host: what dinit-chimera's boot graph needs, sshd and nginx."""
     return {
-        PurePosixPath("/etc/dinit.d/boot"): "type = internal\ndepends-on: sshd\n",
-        # Chimera's dinit-chimera ships local.target (packaged services depend on it); the
-        # host's early boot is the fleet's job, so here it is an empty milestone.
+        # dinit-chimera's boot and system (chimera-linux/dinit-chimera services/): boot waits
+        # for what the admin enabled, system for what packages enabled. The rest of Chimera's
+        # early boot (login.target, network.target, ...) is the fleet's job, so it is left out.
+        PurePosixPath("/etc/dinit.d/boot"): (
+            f"type = internal\ndepends-on: system\nwaits-for.d: {BOOT_D}\n"),
+        PurePosixPath("/etc/dinit.d/system"): (
+            "type = internal\nwaits-for.d: /usr/lib/dinit.d/boot.d\n"),
+        # dinit-chimera's local.target (packaged services depend on it), an empty milestone here.
         PurePosixPath("/etc/dinit.d/local.target"): "type = internal\n",
         PurePosixPath("/etc/dinit.d/sshd"): (
             "type = process\n"
             f"command = /usr/sbin/sshd -D -e -f {SSHD_CONFIG}\n"
             f"logfile = {SSHD_LOG}\n"),
+        # cports main/nginx/files/nginx, with Debian's path to the binary.
+        PurePosixPath("/usr/lib/dinit.d/nginx"): (
+            "type = process\n"
+            'command = /usr/sbin/nginx -g "daemon off;"\n'
+            "smooth-recovery = true\n"
+            "depends-on: local.target\n"),
     }
+
+
+# Enabled on every host, as `dinitctl enable` links them: service -> link target.
+ENABLED_SERVICES = {"sshd": "../sshd"}
 
 
 def with_user(passwd: str, group: str, shadow: str, user: str, home: str) -> tuple[str, str, str, int]:
@@ -487,7 +514,7 @@ class Fleet:
                 Path(f"{self.identity}.pub").read_text(), 0o600, uid, uid),
             **{str(path): (text, 0o644, 0, 0) for path, text in dinit_services().items()},
         }
-        dirs = {home: (0o755, uid), f"{home}/.ssh": (0o700, uid),
+        dirs = {home: (0o755, uid), f"{home}/.ssh": (0o700, uid), str(BOOT_D): (0o755, 0),
                 # Folders the sync step writes into with `doas tee`.
                 commands.KEYS_DIR: (0o755, 0), commands.LISTS_DIR: (0o755, 0),
                 **{folder: (0o755, uid) for folder in self.provision.folders}}
@@ -501,6 +528,11 @@ class Fleet:
             target.write_text(text)
             os.chown(target, owner, gid)
             target.chmod(mode)
+        # Links only where missing: boot.d also holds what was enabled on the host since.
+        for service, link_target in ENABLED_SERVICES.items():
+            link = upper / BOOT_D.relative_to("/") / service
+            if not os.path.lexists(link):
+                link.symlink_to(link_target)
         self._install_standins(upper)
 
     def _install_standins(self, upper: Path):

@@ -4,6 +4,7 @@ The fleet tests start a two-host fleet once per module on a private bridge and /
 can run beside the default fleet) and talk to it with the real `ssh` client, as the pipeline
 does. They need root and openssh; without them they fail, never skip.
 """
+import http.client
 import os
 import random
 import shutil
@@ -115,6 +116,81 @@ def test_pid_1_is_the_service_manager_and_it_runs_sshd(fleet):
     lines = [line.split(None, 1) for line in result.stdout.splitlines()]
     assert lines[0][0] == "1" and "dinit" in lines[0][1]
     assert any("sshd_config_outpost" in args for pid, args in lines)
+    # sshd runs because it is enabled, as `dinitctl enable sshd` does it on Chimera.
+    assert fleet.run_on("alpha", ["readlink", "/etc/dinit.d/boot.d/sshd"]).stdout == "../sshd\n"
+
+
+def wait_until(condition, what, timeout=15.0):
+    """Poll until condition() is truthy; the timeout only bounds a hung test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def service_pid(fleet, name, service):
+    status = fleet.run_on(name, ["dinitctl", "status", service]).stdout
+    fields = dict(line.strip().partition(": ")[::2] for line in status.splitlines())
+    return fields.get("State") == "STARTED" and int(fields.get("Process ID", 0))
+
+
+def test_an_enabled_service_runs_again_after_its_host_restarts(fleet):
+    service = f"keepalive-{uuid.uuid4().hex[:8]}"
+    fleet.run_on("alpha", ["sh", "-c", f"printf 'type = process\\ncommand = /bin/sleep 86400\\n' "
+                                       f"> /etc/dinit.d/{service}"], check=True)
+    enabled = fleet.run_on("alpha", ["dinitctl", "enable", service])
+    assert (enabled.returncode, enabled.stdout) == (
+        0, f"Service '{service}' has been enabled.\nService '{service}' started.\n")
+    before = service_pid(fleet, "alpha", service)
+    assert before
+
+    fleet.stop_host("alpha")
+    fleet.start_host("alpha")
+    after = wait_until(lambda: service_pid(fleet, "alpha", service), f"{service} after the restart")
+    assert after != before
+    fleet.run_on("alpha", ["dinitctl", "disable", service], check=True)
+
+
+def http_get(address, port, path="/"):
+    """(status, body) of a plain HTTP request from this machine; None if nothing answers."""
+    connection = http.client.HTTPConnection(address, port, timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    except OSError:
+        return None
+    finally:
+        connection.close()
+
+
+def test_nginx_is_a_service_that_serves_on_the_hosts_port_80_and_reloads_on_hup(fleet):
+    address = fleet.hosts["beta"].address
+    # Not enabled (as on a fresh Chimera host), and nothing of this machine's leaks in.
+    assert fleet.run_on("beta", ["test", "-e", "/etc/dinit.d/boot.d/nginx"]).returncode == 1
+    assert fleet.run_on("beta", ["test", "-e", "/run/nginx.pid"]).returncode == 1
+    assert http_get(address, 80) is None
+    extra = "/etc/nginx/conf.d/outpost-fleet-test.conf"
+    try:
+        started = fleet.run_on("beta", ["dinitctl", "start", "nginx"])
+        assert (started.returncode, started.stdout) == (0, "Service 'nginx' started.\n")
+        status, body = wait_until(lambda: http_get(address, 80), "nginx on :80")
+        assert status == 200 and "Welcome to nginx" in body
+        master = service_pid(fleet, "beta", "nginx")
+
+        fleet.run_on("beta", ["sh", "-c", f"echo 'server {{ listen 8080; "
+                                          f"return 200 \"reloaded\\n\"; }}' > {extra}"], check=True)
+        signalled = fleet.run_on("beta", ["dinitctl", "signal", "HUP", "nginx"])
+        assert (signalled.returncode, signalled.stderr) == (0, "")
+        assert wait_until(lambda: http_get(address, 8080), "the reloaded config") == (
+            200, "reloaded\n")
+        assert service_pid(fleet, "beta", "nginx") == master
+    finally:
+        fleet.run_on("beta", ["rm", "-f", extra])
+        fleet.run_on("beta", ["dinitctl", "stop", "nginx"])
 
 
 def test_sshd_log_counts_each_connection(fleet):
@@ -154,7 +230,8 @@ def test_the_dinit_stand_in_finds_local_target_and_apk_knows_the_base_system(fle
     assert started.returncode == 0, started.stderr
     provided = fleet.run_on("alpha", ["cat", "/etc/apk/provided"]).stdout.split()
     python = fleet.run_on("alpha", ["python3", "-c", "import platform; print(platform.python_version())"])
-    assert provided == [f"python={python.stdout.strip()}", "openssh", "dinit-chimera"]
+    assert provided == [f"python={python.stdout.strip()}", "openssh", "dinit-chimera", "nginx",
+                        "rsync"]
 
 
 def test_the_apk_stand_in_runs_on_the_hosts_own_python(fleet):
