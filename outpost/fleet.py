@@ -51,7 +51,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from outpost import commands
+from outpost import commands, render
 from outpost.inventory import Inventory, load as load_inventory
 from outpost.errors import OutpostError
 
@@ -91,7 +91,7 @@ class FleetHost:
 @dataclass(frozen=True)
 class Provision:
     """What the pipeline needs on every host, from the inventory."""
-    doas_rules: str           # /etc/doas.conf: outpost.commands.doas_rules, the steps' root commands
+    doas_rules: dict[str, str]  # host -> /etc/doas.conf: commands.doas_rules, the steps' root commands
     folders: tuple[str, ...]  # the repository path and content dirs: the user's, world-readable
 
 
@@ -506,7 +506,7 @@ class Fleet:
             "/etc/passwd": (passwd, 0o644, 0, 0),
             "/etc/group": (group, 0o644, 0, 0),
             "/etc/shadow": (shadow, 0o640, 0, shadow_gid),
-            "/etc/doas.conf": (self.provision.doas_rules, 0o400, 0, 0),
+            "/etc/doas.conf": (self.provision.doas_rules[host.name], 0o400, 0, 0),
             str(SSHD_CONFIG): (sshd_config(host.address, self.user), 0o644, 0, 0),
             "/etc/apk/arch": (host.arch + "\n", 0o644, 0, 0),
             str(APK_PROVIDED): (provided_packages(self._python_version), 0o644, 0, 0),
@@ -695,7 +695,11 @@ def from_inventory(inventory: Inventory) -> Fleet:
         known_hosts=inventory.ssh.known_hosts,
         identity=inventory.ssh.identity,
         provision=Provision(
-            doas_rules=commands.doas_rules(user, inventory.repository, inventory.packages),
+            # What the config step would push, so the steps it and bootstrap run are allowed.
+            doas_rules={host.name: commands.doas_rules(user, inventory.repository,
+                                                       inventory.packages,
+                                                       render.host_files(inventory, host))
+                        for host in inventory.hosts},
             folders=(inventory.repository.path,
                      *(p.content_dir for p in inventory.packages if p.content_dir))),
         user=user,

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from fleet_helpers import accepted_connections, require_fleet_machine, ssh
-from outpost import commands
+from outpost import commands, render
 from outpost.errors import OutpostError
 from outpost.fleet import (Fleet, FleetHost, Provision, address_clashes, fleet_network,
                            from_inventory, known_hosts_text, veth_name, with_user)
@@ -31,7 +31,8 @@ BRIDGE = f"otest{os.getpid()}"[:15]
 REPOSITORY = SimpleNamespace(path="/var/lib/outpost/repo", key_name="outpost.rsa.pub")
 PACKAGES = [SimpleNamespace(name="linkedlist", service="linkedlist",
                             content_dir="/var/lib/linkedlist/content")]
-PROVISION = Provision(doas_rules=commands.doas_rules("deploy", REPOSITORY, PACKAGES),
+DOAS_RULES = commands.doas_rules("deploy", REPOSITORY, PACKAGES)
+PROVISION = Provision(doas_rules={name: DOAS_RULES for name in ("alpha", "beta", "gamma", "delta")},
                       folders=(REPOSITORY.path, PACKAGES[0].content_dir))
 
 
@@ -212,7 +213,7 @@ def test_root_login_is_refused_even_with_an_authorised_key(fleet):
 
 
 def test_doas_allows_the_deploy_user_only_what_the_pipeline_needs(fleet):
-    assert fleet.run_on("alpha", ["cat", "/etc/doas.conf"]).stdout == PROVISION.doas_rules
+    assert fleet.run_on("alpha", ["cat", "/etc/doas.conf"]).stdout == DOAS_RULES
     key = commands.key_path(REPOSITORY.key_name)
     allowed = ssh(fleet, "alpha", f"echo key | doas -n tee {key} && doas -n apk update")
     assert allowed.returncode == 0, allowed.stderr
@@ -376,8 +377,12 @@ def test_from_inventory_hides_the_project_and_takes_the_pipelines_doas_rules():
         ("au", "198.18.0.11"), ("ny", "198.18.0.12"), ("fr", "198.18.0.13")]
     assert fleet.bridge == inventory.fleet.bridge == "outpost0"
     assert REPO in fleet.private and inventory.repository.signing_key.parent in fleet.private
-    assert fleet.provision.doas_rules == commands.doas_rules(
-        "deploy", inventory.repository, inventory.packages)
+    # The rules the config step pushes (render.host_files), so bootstrap and config may run.
+    assert fleet.provision.doas_rules == {
+        host.name: commands.doas_rules("deploy", inventory.repository, inventory.packages,
+                                       render.host_files(inventory, host))
+        for host in inventory.hosts}
+    assert "cmd nginx args -t" in fleet.provision.doas_rules["au"]
     assert fleet.provision.folders == ("/var/lib/outpost/repo", "/var/lib/linkedlist/content")
 
 
