@@ -183,7 +183,7 @@ def provided_packages(python_version: str) -> str:
 
 
 # Where `dinitctl enable NAME` links NAME: the waits-for.d folder of Chimera's boot service.
-BOOT_D = PurePosixPath("/etc/dinit.d/boot.d")
+BOOT_D = PurePosixPath(commands.BOOT_D)
 
 
 def dinit_services() -> dict[PurePosixPath, str]:
