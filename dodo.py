@@ -1,6 +1,7 @@
 """Outpost's pipeline, as doit tasks.
 
-    build:<arch> -> index:<arch> -> sync:<host> -> upgrade:<host> -> content:<host> -> check:<host>
+    build:<arch> -> index:<arch> -> bootstrap:<host> -> sync:<host> -> upgrade:<host>
+    -> config:<host> -> content:<host> -> check:<host>
 
 `doit deploy` runs it all (it is the default); `doit list --status` shows what would run;
 `doit info TASK` says why. The inventory is inventory.toml, or the file OUTPOST_INVENTORY names.
@@ -10,7 +11,8 @@ import sys
 
 from outpost import inventory as inventory_file
 from outpost.errors import OutpostError
-from tasks import build, hosts
+from outpost.report import OutpostReporter
+from tasks import build, config, hosts
 
 try:
     INVENTORY = inventory_file.load(os.environ.get("OUTPOST_INVENTORY", "inventory.toml"))
@@ -28,6 +30,8 @@ DOIT_CONFIG = {
     "continue": True,
     # A plain `doit clean` cleans what deploy depends on: packages, indexes, staging.
     "cleandep": True,
+    # doit's console output, plus the health check's table at the end.
+    "reporter": OutpostReporter,
 }
 
 
@@ -59,6 +63,21 @@ def task_fleet():
     yield from _tasks(hosts.fleet)
 
 
+def task_certificate():
+    """Make the site's TLS certificate (local CA), or renew it."""
+    return config.certificate(INVENTORY)
+
+
+def task_bootstrap():
+    """Prepare each host: base packages, nginx enabled, repository key and list."""
+    yield from _tasks(config.bootstrap)
+
+
+def task_config():
+    """Render each host's files from templates/ and switch them in after nginx -t."""
+    yield from _tasks(config.config)
+
+
 def task_sync():
     """Copy the repository and its public key to each host."""
     yield from _tasks(hosts.sync)
@@ -75,7 +94,7 @@ def task_content():
 
 
 def task_check():
-    """Check that each host serves the app and the content just pushed."""
+    """Check over HTTPS that each host serves the app and the content just pushed."""
     yield from _tasks(hosts.check)
 
 

@@ -2,13 +2,16 @@
 (running it). tasks/hosts.py calls these; every function takes the inventory and a host."""
 from __future__ import annotations
 
+import http.client
 import json
+import socket
+import ssl
+import statistics
 import time
-import urllib.error
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
-from outpost import commands, remote, repo
+from outpost import commands, remote, render, repo, tls
 from outpost.errors import OutpostError
 from outpost.template import load_template
 
@@ -50,6 +53,66 @@ def host_marker(inventory, host) -> list[str]:
     if inventory.fleet is None:
         return []
     return [str(inventory.ssh.known_hosts)]
+
+
+# --- the site certificate (local CA until real certificates exist) ---------------------------
+
+def certificate(inventory):
+    site = inventory.site
+    tls.ensure_site_certificate(site.ca, site.certificates, site.name)
+    print(f"certificate for {site.name}: {site.certificates}")
+
+
+def certificate_is_current(inventory) -> bool:
+    site = inventory.site
+    return tls.renewal_reason(site.ca, site.certificates, site.name) is None
+
+
+# --- bootstrap --------------------------------------------------------------------------------
+
+def _report(host, output: str):
+    for line in output.splitlines():
+        print(f"{host.name}: {line}")
+
+
+def bootstrap(inventory, host):
+    """Base packages, nginx enabled, folders, repository key and list: idempotent."""
+    script = commands.bootstrap_script(
+        inventory.repository, inventory.repository.public_key.read_text(),
+        _list_line(inventory, host), user=host.user,
+        content_dirs=[p.content_dir for p in inventory.packages if p.content_dir])
+    _report(host, remote.run_script(host, script, inventory.ssh, step="bootstrap").stdout)
+
+
+def bootstrap_settings(inventory, host) -> dict:
+    return {**sync_settings(inventory, host), "packages": list(commands.BASE_PACKAGES)}
+
+
+# --- config -----------------------------------------------------------------------------------
+
+def hosts_dir(inventory, host) -> Path:
+    """Where a host's rendered files are kept here, at their paths on the host."""
+    return inventory.root / "build" / "hosts" / host.name
+
+
+@dataclass(frozen=True)
+class _Pushed:
+    remote_path: str
+    mode: int
+    content: bytes
+    service: str | None
+    action: str | None
+
+
+def config(inventory, host):
+    """Render the host's files, then stage, check (nginx -t), switch and reload in one round
+    trip; see commands.config_script."""
+    out_dir = hosts_dir(inventory, host)
+    render.render_host(inventory, host, out_dir)
+    files = [_Pushed(f.remote_path, f.mode, f.local_path(out_dir).read_bytes(), f.service,
+                     f.action) for f in render.host_files(inventory, host)]
+    _report(host, remote.run_script(host, commands.config_script(files), inventory.ssh,
+                                    step="config").stdout)
 
 
 # --- sync -------------------------------------------------------------------------------------
@@ -114,39 +177,80 @@ def push_content(inventory, host):
                              host, inventory.ssh, step="content")
 
 
-# --- check ------------------------------------------------------------------------------------
+# --- check ---------------------------------------------------------------------------------
 
-def _health(url: str) -> dict | str:
-    """The app's /_health as a dict, or why it couldn't be had."""
+# Requests per host for the response time; the median of these is reported.
+CHECK_REQUESTS = 5
+
+
+class _SiteConnection(http.client.HTTPSConnection):
+    """HTTPS to one host's address, with the site's name as SNI (and Host): what a visitor
+    sent to this host by DNS gets."""
+
+    def __init__(self, address: str, site_name: str, context: ssl.SSLContext, timeout: float):
+        super().__init__(site_name, 443, context=context, timeout=timeout)
+        self.address = address
+
+    def connect(self):
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def site_request(inventory, host, path: str, timeout: float = 5.0) -> tuple[int, dict, bytes]:
+    """GET path from host through nginx, trusting only the site's CA. (status, headers, body)."""
+    context = ssl.create_default_context(cafile=str(tls.ca_paths(inventory.site.ca)[0]))
+    connection = _SiteConnection(host.address, inventory.site.name, context, timeout)
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.load(response)
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        return str(getattr(error, "reason", error))
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def _health(inventory, host) -> dict | str:
+    """The app's /_health through nginx, as a dict, or why it couldn't be had."""
+    try:
+        status, _, body = site_request(inventory, host, "/_health")
+    except (OSError, ssl.SSLError, http.client.HTTPException) as error:
+        return str(error)
+    if status != 200:
+        return f"HTTP {status}"
+    try:
+        return json.loads(body)
+    except ValueError:
+        return "not JSON"
 
 
 def check(inventory, host):
-    """Poll the app's health endpoint until it reports the wanted version and the digest of the
-    content folder here, or fail naming the host and what it serves instead."""
+    """Wait until the host serves the wanted version and the content here (over HTTPS, through
+    nginx), then time CHECK_REQUESTS requests. Fails naming the host and what it serves."""
     wanted = wanted_versions(inventory)
-    for package in inventory.packages:
-        if package.port is None:
-            continue
-        url = commands.health_url(host, package)
-        digest = commands.content_digest(package.content) if package.content else None
-        deadline = time.monotonic() + CHECK_WAIT
-        while True:
-            health = _health(url)
-            ok = (isinstance(health, dict) and health.get("version") == wanted[package.name]
-                  and (digest is None or health.get("content") == digest))
-            if ok or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        if not ok:
-            seen = (f"version {health.get('version')}, content {health.get('content', '?')[:12]}"
-                    if isinstance(health, dict) else health)
-            raise OutpostError(f"host {host.name}, step check: {url} does not serve "
-                               f"{package.name} {wanted[package.name]} with content "
-                               f"{(digest or '-')[:12]}: it gives {seen}")
-        print(f"{host.name}: {package.name} {health['version']} serves content {digest[:12] if digest else '-'} "
-              f"({health.get('entries')} entries)")
+    package = render._served_package(inventory)
+    digest = commands.content_digest(package.content) if package.content else None
+    deadline = time.monotonic() + CHECK_WAIT
+    while True:
+        health = _health(inventory, host)
+        ok = (isinstance(health, dict) and health.get("version") == wanted[package.name]
+              and (digest is None or health.get("content") == digest))
+        if ok or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if not ok:
+        seen = (f"version {health.get('version')}, content {str(health.get('content'))[:12]}"
+                if isinstance(health, dict) else health)
+        raise OutpostError(f"host {host.name}, step check: https://{inventory.site.name}/_health "
+                           f"at {host.address} does not serve {package.name} "
+                           f"{wanted[package.name]} with content {(digest or '-')[:12]}: "
+                           f"it gives {seen}")
+    times = []
+    for _ in range(CHECK_REQUESTS):
+        start = time.perf_counter()
+        status, _, _ = site_request(inventory, host, "/")
+        times.append((time.perf_counter() - start) * 1000)
+        if status != 200:
+            raise OutpostError(f"host {host.name}, step check: https://{inventory.site.name}/ "
+                               f"at {host.address} answered HTTP {status}")
+    return {"host": host.name, "region": host.region, "status": "ok",
+            "version": health["version"], "median_ms": round(statistics.median(times), 1),
+            "requests": CHECK_REQUESTS}

@@ -1,5 +1,6 @@
 """The second half of the pipeline, one subtask per host:
-fleet:up -> sync:<host> -> upgrade:<host> -> content:<host> -> check:<host> -> deploy:<host>."""
+fleet:up -> bootstrap:<host> -> sync:<host> -> upgrade:<host> -> config:<host>
+-> content:<host> -> check:<host> -> deploy:<host>  (bootstrap and config: tasks/config.py)."""
 from doit.tools import config_changed
 
 from outpost import steps
@@ -24,10 +25,6 @@ def fleet(inventory):
     }
 
 
-def _after_fleet(inventory):
-    return ["fleet:up"] if inventory.fleet is not None else []
-
-
 def sync(inventory):
     for host in inventory.hosts:
         index = steps.repo_index(inventory, host.arch)
@@ -38,7 +35,7 @@ def sync(inventory):
             "file_dep": [str(index), str(inventory.repository.public_key)]
             + steps.host_marker(inventory, host),
             "uptodate": [config_changed(steps.sync_settings(inventory, host))],
-            "task_dep": _after_fleet(inventory),
+            "task_dep": [f"bootstrap:{host.name}"],
         }
 
 
@@ -68,7 +65,7 @@ def content(inventory):
             "file_dep": sources + steps.host_marker(inventory, host),
             "uptodate": [config_changed({"address": host.address,
                                          "dest": [p.content_dir for p in packages]})],
-            "task_dep": [f"upgrade:{host.name}"],
+            "task_dep": [f"config:{host.name}"],
         }
 
 
@@ -76,7 +73,7 @@ def check(inventory):
     for host in inventory.hosts:
         yield {
             "name": host.name,
-            "doc": f"Ask the app on {host.name} over HTTP whether it serves the pushed content",
+            "doc": f"Check over HTTPS that {host.name} serves the app and the pushed content",
             # No inputs: it always runs. It only reads, so a no-op deploy stays a no-op.
             "actions": [action(steps.check, inventory, host)],
             "task_dep": [f"content:{host.name}"],

@@ -6,12 +6,11 @@ import json
 import re
 import subprocess
 import time
-import urllib.request
 
 import pytest
 
 from helpers import ran_tasks, run_doit
-from outpost import commands, fleet, inventory
+from outpost import commands, fleet, inventory, steps
 
 HOSTS = ("au", "fr", "ny")
 # Addresses apart from the default inventory's, so a developer's own fleet can keep running.
@@ -35,9 +34,11 @@ def site(tmp_path_factory, request):
     return project, inv, fleet.from_inventory(inv)
 
 
-def health(host, port=8080):
-    with urllib.request.urlopen(f"http://{host.address}:{port}/_health", timeout=5) as response:
-        return json.load(response)
+def health(inv, host):
+    """The app's /_health through the host's nginx over HTTPS, trusting only the site's CA."""
+    status, _, body = steps.site_request(inv, host, "/_health")
+    assert status == 200, (host.name, status, body)
+    return json.loads(body)
 
 
 def wanted_version(project):
@@ -59,7 +60,7 @@ def connections(hosts_fleet):
 def assert_all_serve(project, inv):
     digest = commands.content_digest(project / "content")
     for host in inv.hosts:
-        h = health(host)
+        h = health(inv, host)
         assert h["version"] == wanted_version(project), host.name
         assert h["content"] == digest, host.name
 
@@ -168,7 +169,7 @@ def test_host_stopped_mid_deploy_fails_alone_and_rerun_finishes(site):
     # The other hosts finished.
     for host in inv.hosts:
         if host.name != "ny":
-            assert health(host)["version"] == wanted_version(project)
+            assert health(inv, host)["version"] == wanted_version(project)
 
     # Bring ny back (deploy does it: fleet:up), run again: only ny's pending steps run.
     proc = run_doit(project, "deploy")

@@ -1,0 +1,52 @@
+"""The web tier: the site certificate, then per host bootstrap (base packages, nginx enabled)
+and config (files from templates/, checked by nginx -t before they are switched in)."""
+from doit.tools import config_changed
+
+from outpost import render, steps, tls
+from outpost.taskutil import action, files_under, remove
+
+
+def certificate(inventory):
+    site = inventory.site
+    certificate, key = tls.site_paths(site.certificates)
+    return {
+        "doc": f"Make the TLS certificate for {site.name} from the local CA (kept by clean)",
+        "actions": [action(steps.certificate, inventory)],
+        "targets": [str(certificate), str(key)],
+        # Renewed when missing, for another name or CA, or within 30 days of expiry.
+        "uptodate": [lambda: steps.certificate_is_current(inventory)],
+        "clean": [remove(certificate, key)],
+    }
+
+
+def bootstrap(inventory):
+    for host in inventory.hosts:
+        yield {
+            "name": host.name,
+            "doc": f"Prepare {host.name}: base packages, nginx enabled, repository key and list",
+            "actions": [action(steps.bootstrap, inventory, host)],
+            "file_dep": [str(inventory.repository.public_key)]
+            + steps.host_marker(inventory, host),
+            "uptodate": [config_changed(steps.bootstrap_settings(inventory, host))],
+            "task_dep": ["fleet:up"] if inventory.fleet is not None else [],
+        }
+
+
+def config(inventory):
+    templates = files_under(render.TEMPLATES)
+    for host in inventory.hosts:
+        out_dir = steps.hosts_dir(inventory, host)
+        files = render.host_files(inventory, host)
+        yield {
+            "name": host.name,
+            "doc": f"Render {host.name}'s files from templates/ and switch them in after nginx -t",
+            "actions": [action(steps.config, inventory, host)],
+            "file_dep": templates + [str(f.source) for f in files if f.source is not None]
+            + steps.host_marker(inventory, host),
+            "targets": [str(f.local_path(out_dir)) for f in files if f.template is not None],
+            # The inventory values this host's templates use: change one, and only the hosts
+            # whose files it changes run again.
+            "uptodate": [config_changed(render.host_context(inventory, host))],
+            "task_dep": [f"upgrade:{host.name}"],
+            "clean": [remove(out_dir)],
+        }

@@ -1,0 +1,172 @@
+"""The web tier against a real fleet with real nginx: TLS with the shared certificate, the
+health check's table, a per-host template variable, a broken template, strict rendering, clean.
+Real doit runs in a subprocess; the tests share one fleet and run in order."""
+import hashlib
+import http.client
+import re
+import ssl
+import threading
+
+import pytest
+
+from helpers import ran_tasks, run_doit
+from outpost import fleet, inventory, steps
+
+HOSTS = ("au", "fr", "ny")
+ADDRESSES = {"au": "198.19.78.11", "ny": "198.19.78.12", "fr": "198.19.78.13"}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, request):
+    from conftest import copy_project
+
+    project = copy_project(tmp_path_factory.mktemp("web"))
+    text = (project / "inventory.toml").read_text()
+    for name, address in ADDRESSES.items():
+        text = re.sub(rf'(name = "{name}"\naddress = )"[^"]+"', rf'\1"{address}"', text)
+    text = text.replace('state = "build/fleet"', 'state = "build/fleet"\nbridge = "outpost-t2"')
+    (project / "inventory.toml").write_text(text)
+    request.addfinalizer(lambda: run_doit(project, "fleet:down", check=False))
+    run_doit(project, "deploy")
+    return project
+
+
+def load(project):
+    return inventory.load(project / "inventory.toml")
+
+
+def host_tasks(ran):
+    return sorted(t for t in ran if t.partition(":")[2] in HOSTS and not t.startswith("deploy:"))
+
+
+def served_certificate(inv, host) -> str:
+    """sha256 of the certificate the host's nginx presents for the site's name."""
+    context = ssl.create_default_context(cafile=str(inv.site.ca / "ca.pem"))
+    connection = steps._SiteConnection(host.address, inv.site.name, context, 5)
+    connection.connect()
+    try:
+        return hashlib.sha256(connection.sock.getpeercert(binary_form=True)).hexdigest()
+    finally:
+        connection.close()
+
+
+def test_every_host_serves_the_content_over_https_with_the_shared_certificate(site):
+    inv = load(site)
+    certificates = set()
+    for host in inv.hosts:
+        # Verified against the local CA with the site's name: no check is turned off.
+        status, headers, body = steps.site_request(inv, host, "/")
+        assert status == 200
+        assert headers["X-Served-By"] == f"{host.name} ({host.region})"
+        assert b"Linked List" in body
+        certificates.add(served_certificate(inv, host))
+        # Plain http redirects to https.
+        assert http_redirect(inv, host) == f"301 https://{inv.site.name}/entries/"
+    assert len(certificates) == 1
+
+
+def http_redirect(inv, host):
+    connection = http.client.HTTPConnection(host.address, 80, timeout=5)
+    connection.request("GET", "/entries/", headers={"Host": inv.site.name})
+    response = connection.getresponse()
+    return f"{response.status} {response.getheader('Location')}"
+
+
+def test_check_alone_prints_the_table(site):
+    proc = run_doit(site, "check")
+    assert host_tasks(ran_tasks(proc.stdout)) == [f"check:{h}" for h in HOSTS]
+    table = proc.stdout[proc.stdout.index("host "):].splitlines()
+    assert table[0].split() == ["host", "region", "status", "version", "median", "requests"]
+    rows = {line.split()[0]: line.split() for line in table[1:4]}
+    assert sorted(rows) == list(HOSTS)
+    for row in rows.values():
+        assert row[2] == "ok" and re.fullmatch(r"\d+\.\d+\.\d+-r\d+", row[3])
+        assert row[5] == "ms" and float(row[4]) > 0
+
+
+def test_one_host_variable_reloads_nginx_there_only_and_the_site_stays_up(site):
+    inv = load(site)
+    ny = inv.host("ny")
+    app_before = fleet.from_inventory(inv).run_on("ny", ["dinitctl", "status", "linkedlist"]).stdout
+    nginx_before = fleet.from_inventory(inv).run_on("ny", ["dinitctl", "status", "nginx"]).stdout
+
+    # Requests to ny throughout the deploy: every one must be answered.
+    answers, stop = [], threading.Event()
+
+    def keep_asking():
+        while not stop.is_set():
+            try:
+                answers.append(steps.site_request(inv, ny, "/")[0])
+            except OSError as error:
+                answers.append(repr(error))
+
+    asker = threading.Thread(target=keep_asking)
+    asker.start()
+    try:
+        text = (site / "inventory.toml").read_text()
+        (site / "inventory.toml").write_text(
+            text.replace('region = "north-america"', 'region = "americas"'))
+        proc = run_doit(site, "deploy")
+    finally:
+        stop.set()
+        asker.join()
+
+    assert host_tasks(ran_tasks(proc.stdout)) == ["check:au", "check:fr", "check:ny", "config:ny"]
+    assert "ny: reloaded: nginx" in proc.stdout
+    assert "restarted" not in proc.stdout
+    assert answers and set(answers) == {200}, answers
+    assert steps.site_request(load(site), ny, "/")[1]["X-Served-By"] == "ny (americas)"
+    hosts_fleet = fleet.from_inventory(load(site))
+    # The app was not restarted; nginx was reloaded, not restarted (same master process).
+    assert hosts_fleet.run_on("ny", ["dinitctl", "status", "linkedlist"]).stdout == app_before
+    assert hosts_fleet.run_on("ny", ["dinitctl", "status", "nginx"]).stdout == nginx_before
+
+
+def test_broken_nginx_template_stops_with_nginx_message_and_old_config_serves(site):
+    inv = load(site)
+    template = site / "templates/nginx/site.conf.j2"
+    good = template.read_text()
+    template.write_text(good.replace("    location / {",
+                                     "    no_such_directive on;\n    location / {", 1))
+    try:
+        proc = run_doit(site, "deploy", check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0
+        assert 'unknown directive "no_such_directive"' in out, out
+        for name in HOSTS:
+            assert re.search(rf"config on host {name} \(", out), out
+        for host in inv.hosts:
+            status, headers, _ = steps.site_request(inv, host, "/")
+            assert status == 200 and headers["X-Served-By"].startswith(host.name)
+            on_host = fleet.from_inventory(inv).run_on(
+                host.name, ["cat", f"/etc/nginx/outpost/{inv.site.name}.conf"]).stdout
+            assert "no_such_directive" not in on_host
+    finally:
+        template.write_text(good)
+    proc = run_doit(site, "deploy")
+    assert "config:au" in ran_tasks(proc.stdout)
+
+
+def test_undefined_template_variable_names_template_and_variable(site):
+    template = site / "templates/linkedlist.env.j2"
+    good = template.read_text()
+    template.write_text(good.replace("{{ site.url }}", "{{ site.urll }}"))
+    try:
+        proc = run_doit(site, "config:au", check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0
+        assert "templates/linkedlist.env.j2" in out and "site.urll" in out, out
+        assert "Traceback" not in out
+    finally:
+        template.write_text(good)
+
+
+def test_clean_removes_rendered_files_and_keeps_ca_and_signing_key(site):
+    inv = load(site)
+    ca = (inv.site.ca / "ca.key").read_bytes()
+    key = inv.repository.signing_key.read_bytes()
+    assert (site / "build/hosts/au/etc/nginx/nginx.conf").exists()
+    run_doit(site, "clean")
+    assert not (site / "build/hosts").exists() or not any((site / "build/hosts").iterdir())
+    assert (inv.site.ca / "ca.key").read_bytes() == ca
+    assert inv.repository.signing_key.read_bytes() == key
