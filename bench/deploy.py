@@ -1,7 +1,7 @@
 """Benchmark of issue 3: `doit deploy` on the three-host local fleet, against two baselines
 measured in the same run.
 
-- A no-op `doit deploy` (and `doit content`, which is deploy without the HTTP check) against
+- A no-op `doit deploy` (and `doit content`, which is deploy without the HTTPS check) against
   doit's own floor: a throwaway dodo.py with one up-to-date task.
 - A one-file content change pushed by `doit deploy` (and by `doit content`) against the seed's
   way: `printf ... | xargs -P 0 -I {host} rsync -az --delete content/ {host}:<content_dir>/`,
@@ -22,6 +22,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from conftest import copy_project  # noqa: E402  the project copy the integration tests use
-from helpers import ran_tasks  # noqa: E402
 from outpost import commands, fleet, inventory  # noqa: E402
 
 # Addresses and a bridge apart from the default fleet's and the tests', so either can run beside.
@@ -75,6 +75,12 @@ def doit_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "doit", *args]
 
 
+def ran_tasks(output: str) -> set[str]:
+    """Tasks doit ran: its ".  name" lines. Parallel tasks print too, and print() writes its
+    newline apart from its text, so a task's line can end up after another task's text."""
+    return set(re.findall(r"\.  (\S+)$", output, re.M))
+
+
 # --- running and timing -----------------------------------------------------------------------
 
 def doit_env() -> dict:
@@ -90,8 +96,9 @@ def timed(argv, cwd, *, shell=False) -> tuple[float, str]:
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         shown = argv if shell else shlex.join(argv)
-        raise SystemExit(f"bench: `{shown}` in {cwd} exited {proc.returncode}\n"
-                         f"{proc.stdout}{proc.stderr}")
+        how = (f"was killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
+               else f"exited {proc.returncode}")
+        raise SystemExit(f"bench: `{shown}` in {cwd} {how}\n{proc.stdout}{proc.stderr}")
     return seconds, proc.stdout
 
 
@@ -179,7 +186,7 @@ class Bench:
         timed(doit_argv(), self.floor_dir)  # the floor's one run that makes its task up to date
 
         floor = Measure("doit floor: one up-to-date task")
-        noop = Measure("no-op `doit deploy` (HTTP check of 3 hosts)")
+        noop = Measure("no-op `doit deploy` (with its HTTPS check)")
         noop_push = Measure("no-op `doit content` (deploy without check)")
         print("bench: no-op runs", file=sys.stderr)
         self.rounds({
