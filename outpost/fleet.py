@@ -295,7 +295,7 @@ class Fleet:
 
     # Paths of one host's state.
     def _dir(self, name: str) -> Path:
-        return self.state_dir / "hosts" / name
+        return host_state(self.state_dir, name)
 
     def _upper(self, name: str) -> Path:
         return self._dir(name) / "upper"
@@ -315,13 +315,7 @@ class Fleet:
     # --- Status
 
     def _pid(self, name: str) -> int | None:
-        """PID 1 of a running host (as this machine sees it), or None."""
-        try:
-            pid, start = (self._dir(name) / "pid").read_text().split()
-        except (FileNotFoundError, ValueError):
-            return None
-        # The start time tells a reused pid from ours.
-        return int(pid) if _start_time(int(pid)) == start else None
+        return running_pid(self.state_dir, name)
 
     def is_up(self, name: str) -> bool:
         return self._pid(self._host(name).name) is not None
@@ -644,6 +638,21 @@ def _gid_of(name: str, group: str) -> int:
         if fields[0] == name:
             return int(fields[2])
     return 0
+
+
+def host_state(state_dir: Path, name: str) -> Path:
+    return Path(state_dir) / "hosts" / name
+
+
+def running_pid(state_dir: Path, name: str) -> int | None:
+    """PID 1 of a running fleet host (as this machine sees it), or None. Reads only its pid
+    file and /proc, so the pipeline's no-op check that the fleet is up stays cheap."""
+    try:
+        pid, start = (host_state(state_dir, name) / "pid").read_text().split()
+    except (FileNotFoundError, ValueError):
+        return None
+    # The start time tells a reused pid from ours.
+    return int(pid) if _start_time(int(pid)) == start else None
 
 
 def _start_time(pid: int) -> str | None:

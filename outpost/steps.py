@@ -7,6 +7,7 @@ import json
 import socket
 import ssl
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,14 @@ from outpost.template import load_template
 CHECK_WAIT = 20.0
 
 
+def say(line: str):
+    """One line of a step's output. Not print(): doit swaps sys.stdout for each action, in
+    every thread, and print() on CPython 3.11 holds the stream without a reference while it
+    writes (CPython gh-130163), which crashes parallel runs now and then. A single write of
+    the whole line also keeps hosts' lines from running into each other."""
+    sys.stdout.write(line + "\n")
+
+
 # --- the local fleet --------------------------------------------------------------------------
 
 def _fleet(inventory):
@@ -29,22 +38,26 @@ def _fleet(inventory):
 
 def fleet_up(inventory):
     started = _fleet(inventory).up()
-    print(f"fleet: started {', '.join(started) or 'none (all up)'}")
+    say(f"fleet: started {', '.join(started) or 'none (all up)'}")
 
 
 def fleet_down(inventory):
     stopped = _fleet(inventory).down()
-    print(f"fleet: stopped {', '.join(stopped) or 'none (all down)'}")
+    say(f"fleet: stopped {', '.join(stopped) or 'none (all down)'}")
+
+
+def _hosts_up(inventory) -> list[bool]:
+    from outpost.fleet import running_pid
+    state = inventory.fleet.state.resolve()
+    return [running_pid(state, host.name) is not None for host in inventory.hosts]
 
 
 def fleet_is_up(inventory) -> bool:
-    fleet = _fleet(inventory)
-    return all(fleet.is_up(host.name) for host in inventory.hosts)
+    return all(_hosts_up(inventory))
 
 
 def fleet_any_up(inventory) -> bool:
-    fleet = _fleet(inventory)
-    return any(fleet.is_up(host.name) for host in inventory.hosts)
+    return any(_hosts_up(inventory))
 
 
 def host_marker(inventory, host) -> list[str]:
@@ -60,7 +73,7 @@ def host_marker(inventory, host) -> list[str]:
 def certificate(inventory):
     site = inventory.site
     tls.ensure_site_certificate(site.ca, site.certificates, site.name)
-    print(f"certificate for {site.name}: {site.certificates}")
+    say(f"certificate for {site.name}: {site.certificates}")
 
 
 def certificate_is_current(inventory) -> bool:
@@ -72,7 +85,7 @@ def certificate_is_current(inventory) -> bool:
 
 def _report(host, output: str):
     for line in output.splitlines():
-        print(f"{host.name}: {line}")
+        say(f"{host.name}: {line}")
 
 
 def bootstrap(inventory, host):
@@ -138,9 +151,7 @@ def sync(inventory, host):
         inventory.repository, inventory.repository.public_key.read_text(),
         _list_line(inventory, host), user=host.user,
         content_dirs=[p.content_dir for p in inventory.packages if p.content_dir])
-    output = remote.run_script(host, script, inventory.ssh, step="sync").stdout
-    for line in output.splitlines():
-        print(f"{host.name}: {line}")
+    _report(host, remote.run_script(host, script, inventory.ssh, step="sync").stdout)
     remote.run_local(commands.repo_rsync_argv(repo.repo_dir(inventory, host.arch).parent, host,
                                               inventory.repository, inventory.ssh),
                      host, inventory.ssh, step="sync")
@@ -164,7 +175,7 @@ def upgrade(inventory, host):
         if installed != wanted[package.name]:
             raise OutpostError(f"host {host.name}, step upgrade: {package.name} {installed} is "
                                f"installed, but the repository should give {wanted[package.name]}")
-        print(f"{host.name}: {package.name} {installed} installed")
+        say(f"{host.name}: {package.name} {installed} installed")
     return {"installed": {p.name: wanted[p.name] for p in inventory.packages}}
 
 
