@@ -90,10 +90,7 @@ def _report(host, output: str):
 
 def bootstrap(inventory, host):
     """Base packages, nginx enabled, folders, repository key and list: idempotent."""
-    script = commands.bootstrap_script(
-        inventory.repository, inventory.repository.public_key.read_text(),
-        _list_line(inventory, host), user=host.user,
-        content_dirs=[p.content_dir for p in inventory.packages if p.content_dir])
+    script = commands.bootstrap_script(**_trust_settings(inventory, host))
     _report(host, remote.run_script(host, script, inventory.ssh, step="bootstrap").stdout)
 
 
@@ -140,6 +137,15 @@ def _list_line(inventory, host) -> str:
     return commands.repo_list_line(fmt, inventory.repository.path)
 
 
+def _trust_settings(inventory, host) -> dict:
+    """What sync_script and bootstrap_script take: the repository, its key and list line, and
+    the folders the SSH user writes."""
+    return {"repository": inventory.repository,
+            "public_key_pem": inventory.repository.public_key.read_text(),
+            "list_line": _list_line(inventory, host), "user": host.user,
+            "content_dirs": [p.content_dir for p in inventory.packages if p.content_dir]}
+
+
 def sync_settings(inventory, host) -> dict:
     return {"address": host.address, "port": host.port, "user": host.user,
             "repository": inventory.repository.path}
@@ -147,10 +153,7 @@ def sync_settings(inventory, host) -> dict:
 
 def sync(inventory, host):
     """Make the host trust the repository (key, list line, folders), then rsync its arch folder."""
-    script = commands.sync_script(
-        inventory.repository, inventory.repository.public_key.read_text(),
-        _list_line(inventory, host), user=host.user,
-        content_dirs=[p.content_dir for p in inventory.packages if p.content_dir])
+    script = commands.sync_script(**_trust_settings(inventory, host))
     _report(host, remote.run_script(host, script, inventory.ssh, step="sync").stdout)
     remote.run_local(commands.repo_rsync_argv(repo.repo_dir(inventory, host.arch).parent, host,
                                               inventory.repository, inventory.ssh),

@@ -1,5 +1,6 @@
 """Helpers for tests that drive real doit runs in a subprocess."""
 import os
+import re
 import subprocess
 import sys
 
@@ -19,3 +20,25 @@ def run_doit(project, *args, env=None, check=True):
 def ran_tasks(output: str) -> list[str]:
     """Task names doit ran ('.  name' lines), as opposed to up-to-date ones ('-- name')."""
     return sorted(line[3:].strip() for line in output.splitlines() if line.startswith(".  "))
+
+
+def template_version(project) -> str:
+    """The version the linkedlist template builds ("2.0.12-r1"), read from its text."""
+    text = (project / "cports-overlay/user/linkedlist/template.py").read_text()
+    ver = re.search(r'^pkgver = "(.+)"', text, re.M).group(1)
+    rel = re.search(r"^pkgrel = (\d+)", text, re.M).group(1)
+    return f"{ver}-r{rel}"
+
+
+def fleet_project(parent, addresses: dict, bridge: str):
+    """A project copy whose inventory puts the local fleet on its own addresses and bridge,
+    so several fleets (a developer's, each test module's) can run at once."""
+    from conftest import copy_project
+
+    project = copy_project(parent)
+    text = (project / "inventory.toml").read_text()
+    for name, address in addresses.items():
+        text = re.sub(rf'(name = "{name}"\naddress = )"[^"]+"', rf'\1"{address}"', text)
+    text = text.replace('state = "build/fleet"', f'state = "build/fleet"\nbridge = "{bridge}"')
+    (project / "inventory.toml").write_text(text)
+    return project

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import ran_tasks, run_doit
+from helpers import fleet_project, ran_tasks, run_doit, template_version
 from outpost import commands, fleet, inventory, steps
 
 HOSTS = ("au", "fr", "ny")
@@ -19,15 +19,7 @@ ADDRESSES = {"au": "198.19.77.11", "ny": "198.19.77.12", "fr": "198.19.77.13"}
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, request):
-    """A project copy whose inventory puts the fleet on its own addresses and bridge."""
-    from conftest import copy_project
-
-    project = copy_project(tmp_path_factory.mktemp("deploy"))
-    text = (project / "inventory.toml").read_text()
-    for name, address in ADDRESSES.items():
-        text = re.sub(rf'(name = "{name}"\naddress = )"[^"]+"', rf'\1"{address}"', text)
-    text = text.replace('state = "build/fleet"', 'state = "build/fleet"\nbridge = "outpost-t1"')
-    (project / "inventory.toml").write_text(text)
+    project = fleet_project(tmp_path_factory.mktemp("deploy"), ADDRESSES, "outpost-t1")
     inv = inventory.load(project / "inventory.toml")
     assert {h.name: h.address for h in inv.hosts} == ADDRESSES
     request.addfinalizer(lambda: run_doit(project, "fleet:down", check=False))
@@ -39,13 +31,6 @@ def health(inv, host):
     status, _, body = steps.site_request(inv, host, "/_health")
     assert status == 200, (host.name, status, body)
     return json.loads(body)
-
-
-def wanted_version(project):
-    text = (project / "cports-overlay/user/linkedlist/template.py").read_text()
-    ver = re.search(r'^pkgver = "(.+)"', text, re.M).group(1)
-    rel = re.search(r"^pkgrel = (\d+)", text, re.M).group(1)
-    return f"{ver}-r{rel}"
 
 
 def connections(hosts_fleet):
@@ -61,7 +46,7 @@ def assert_all_serve(project, inv):
     digest = commands.content_digest(project / "content")
     for host in inv.hosts:
         h = health(inv, host)
-        assert h["version"] == wanted_version(project), host.name
+        assert h["version"] == template_version(project), host.name
         assert h["content"] == digest, host.name
 
 
@@ -84,7 +69,7 @@ def test_fresh_deploy_brings_every_host_up(site):
     for name in HOSTS:
         # Installed by apk (the stand-in) and run by dinit (the stand-in), on that host only.
         info = hosts_fleet.run_on(name, ["apk", "info", "-e", "-v", "linkedlist"])
-        assert info.stdout.strip() == f"linkedlist-{wanted_version(project)}"
+        assert info.stdout.strip() == f"linkedlist-{template_version(project)}"
         status = hosts_fleet.run_on(name, ["dinitctl", "status", "linkedlist"])
         assert "STARTED" in status.stdout.upper(), status.stdout
         # The private signing key never leaves this machine: no file any host wrote holds it
@@ -128,7 +113,7 @@ def bump_app(project):
 
 def test_app_change_upgrades_and_restarts_every_host(site):
     project, inv, hosts_fleet = site
-    old_version = wanted_version(project)
+    old_version = template_version(project)
     pids = {name: hosts_fleet.run_on(name, ["dinitctl", "status", "linkedlist"]).stdout
             for name in HOSTS}
     bump_app(project)
@@ -137,9 +122,9 @@ def test_app_change_upgrades_and_restarts_every_host(site):
     assert "build:noarch" in ran and "index:x86_64" in ran
     assert host_tasks(ran) == sorted(f"{step}:{h}" for h in HOSTS
                                      for step in ("sync", "upgrade", "check"))
-    assert wanted_version(project) != old_version
+    assert template_version(project) != old_version
     for name in HOSTS:
-        assert f"{name}: linkedlist {wanted_version(project)} installed" in proc.stdout
+        assert f"{name}: linkedlist {template_version(project)} installed" in proc.stdout
         # Restarted: dinit reports another process.
         assert hosts_fleet.run_on(name, ["dinitctl", "status", "linkedlist"]).stdout != pids[name]
     assert_all_serve(project, inv)
@@ -169,7 +154,7 @@ def test_host_stopped_mid_deploy_fails_alone_and_rerun_finishes(site):
     # The other hosts finished.
     for host in inv.hosts:
         if host.name != "ny":
-            assert health(inv, host)["version"] == wanted_version(project)
+            assert health(inv, host)["version"] == template_version(project)
 
     # Bring ny back (deploy does it: fleet:up), run again: only ny's pending steps run.
     proc = run_doit(project, "deploy")

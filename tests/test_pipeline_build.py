@@ -2,17 +2,10 @@
 keygen -> build:<arch> -> index:<arch>, incremental re-runs, the version-bump rule, clean."""
 import re
 
-from helpers import ran_tasks, run_doit
+from helpers import ran_tasks, run_doit, template_version
 from outpost import apk
 
 APK = "build/apks/noarch/linkedlist-{}.apk"
-
-
-def template_version(project):
-    text = (project / "cports-overlay/user/linkedlist/template.py").read_text()
-    ver = re.search(r'^pkgver = "(.+)"', text, re.M).group(1)
-    rel = re.search(r"^pkgrel = (\d+)", text, re.M).group(1)
-    return f"{ver}-r{rel}"
 
 
 def bump_pkgrel(project):

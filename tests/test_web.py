@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from helpers import ran_tasks, run_doit
+from helpers import fleet_project, ran_tasks, run_doit
 from outpost import fleet, inventory, steps
 
 HOSTS = ("au", "fr", "ny")
@@ -18,14 +18,7 @@ ADDRESSES = {"au": "198.19.78.11", "ny": "198.19.78.12", "fr": "198.19.78.13"}
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, request):
-    from conftest import copy_project
-
-    project = copy_project(tmp_path_factory.mktemp("web"))
-    text = (project / "inventory.toml").read_text()
-    for name, address in ADDRESSES.items():
-        text = re.sub(rf'(name = "{name}"\naddress = )"[^"]+"', rf'\1"{address}"', text)
-    text = text.replace('state = "build/fleet"', 'state = "build/fleet"\nbridge = "outpost-t2"')
-    (project / "inventory.toml").write_text(text)
+    project = fleet_project(tmp_path_factory.mktemp("web"), ADDRESSES, "outpost-t2")
     request.addfinalizer(lambda: run_doit(project, "fleet:down", check=False))
     run_doit(project, "deploy")
     return project
