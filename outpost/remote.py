@@ -38,31 +38,64 @@ _opening: dict = {}
 _lock = threading.Lock()
 
 
+# The command the host runs: it reads the script from stdin to its end, then runs it. The
+# script never appears in a command line, where every user of the host could read it in
+# /proc (config's scripts carry the site's TLS key), and the commands it runs see stdin at
+# end-of-file rather than waiting for input.
+RUN_STDIN = """sh -c 'eval "$(cat)"'"""
+
+
 def run_script(host, script: str, ssh, step: str | None = None) -> Result:
-    """Run a POSIX sh script on host in one round trip and return its output. The script is
-    one `sh -c` argument and its stdin is /dev/null, so a command in it that reads stdin
-    gets end-of-file instead of waiting for the command timeout."""
+    """Run a POSIX sh script on host in one round trip and return its output."""
     where = _where(host, step)
     connection = _connection(host, ssh, where)
-    from invoke.exceptions import CommandTimedOut  # loaded with fabric by _connection
-
     try:
-        result = connection.run(f"sh -c {shlex.quote(script)} </dev/null", hide=True, warn=True,
-                                in_stream=False, timeout=ssh.command_timeout)
-    except CommandTimedOut:
+        stdout, stderr, exited = _exec(connection, script, ssh.command_timeout)
+    except TimeoutError:
         _forget(host, ssh)
         raise RemoteError(f"{where}: did not finish within {ssh.command_timeout:g} s "
                           "(command_timeout in [ssh])") from None
     except Exception as error:  # paramiko's or the socket's: translated, or re-raised
         _forget(host, ssh)
         raise _connection_error(error, host, ssh, where) from None
-    if result.exited == -1:  # no exit status: the channel closed under the script
+    if exited == -1:  # no exit status: the channel closed under the script
         _forget(host, ssh)
         raise RemoteError(f"{where}: the connection was lost before the script finished"
-                          + _tail(result.stderr))
-    if result.exited != 0:
-        raise RemoteError(f"{where} failed (exit {result.exited})" + _tail(result.stderr))
-    return Result(result.stdout, result.stderr, result.exited)
+                          + _tail(stderr))
+    if exited != 0:
+        raise RemoteError(f"{where} failed (exit {exited})" + _tail(stderr))
+    return Result(stdout, stderr, exited)
+
+
+def _exec(connection, script: str, timeout: float) -> tuple[str, str, int]:
+    """One SSH channel: RUN_STDIN, the script on its stdin, then stdout and stderr to their
+    ends (stderr in a thread, so neither can fill up and stall the other). Straight on the
+    paramiko channel of Fabric's connection: Fabric's own stdin feeding sends a byte per 10 ms."""
+    channel = connection.client.get_transport().open_session(timeout=timeout)
+    try:
+        channel.settimeout(timeout)  # no data for this long: socket.timeout (a TimeoutError)
+        channel.exec_command(RUN_STDIN)
+        channel.sendall(script.encode())
+        channel.shutdown_write()
+        stderr = []
+        reader = threading.Thread(
+            target=lambda: stderr.append(_read_all(channel.makefile_stderr("rb"))))
+        reader.start()
+        stdout = _read_all(channel.makefile("rb"))
+        reader.join()
+        for result in (stdout, stderr[0]):
+            if isinstance(result, Exception):
+                raise result
+        return stdout, stderr[0], channel.recv_exit_status()
+    finally:
+        channel.close()
+
+
+def _read_all(stream) -> str | Exception:
+    try:
+        return stream.read().decode(errors="replace")
+    except Exception as error:  # handed to the caller's thread
+        return error
 
 
 def run_local(argv: list[str], host, ssh, step: str | None = None) -> Result:

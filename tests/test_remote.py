@@ -171,6 +171,16 @@ def test_failing_script_names_host_step_and_stderr(target):
     assert "out" not in message.replace("upgrade", "")
 
 
+def test_script_is_not_on_any_command_line(target):
+    # Scripts carry secrets (config's carry the site's TLS key): every user of a host can read
+    # command lines in /proc, so the script goes over stdin.
+    host, ssh = target
+    script = ("# marker token-9f3a\n"
+              "if grep -qa -e 'token-9f3[a]' /proc/[0-9]*/cmdline; then echo seen; "
+              "else echo unseen; fi\n")
+    assert remote.run_script(host, script, ssh).stdout == "unseen\n"
+
+
 def test_command_timeout(target):
     host, ssh = target
     with pytest.raises(RemoteError, match=r"upgrade on host testhost .*did not finish within "
