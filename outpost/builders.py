@@ -67,6 +67,10 @@ class LocalBuilder(_Builder):
     kind = "local"
     index_format = "v2"
 
+    def make_key(self, private_path: Path):
+        """The repository signing key: made here, like `cbuild keygen` would."""
+        apk.generate_key(private_path)
+
     def settings(self) -> dict:
         return {"kind": self.kind}
 
@@ -126,6 +130,13 @@ class CbuildBuilder(_Builder):
         self.cports = inventory.builder.cports
         self.args = tuple(inventory.builder.args)
         self.config = inventory.builder.config
+
+    def make_key(self, private_path: Path):
+        # cbuild signs with the key its own config names; a key made here would not be it.
+        raise OutpostError(
+            f"{self.inventory.path}: [repository] signing_key {private_path} does not exist. "
+            f"With the cbuild builder, make it in the cports clone ({self.cports}) with "
+            "`./cbuild keygen`, then point signing_key at the etc/keys/*.rsa it wrote")
 
     def settings(self) -> dict:
         return {"kind": self.kind, "cports": str(self.cports), "args": list(self.args),

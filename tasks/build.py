@@ -3,14 +3,14 @@ import os
 
 from doit.tools import config_changed
 
-from outpost import apk, builders, repo
+from outpost import builders, repo
 from outpost.taskutil import action, files_under, remove
 
 
 def keygen(inventory):
     key = inventory.repository.signing_key
     return {
-        "actions": [action(apk.generate_key, key)],
+        "actions": [action(builders.make_builder(inventory).make_key, key)],
         "targets": [str(key), str(inventory.repository.public_key)],
         # Never made again once it exists, and `doit clean` keeps it (no "clean" here).
         "uptodate": [True],

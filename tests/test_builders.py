@@ -252,6 +252,15 @@ def test_cbuild_builds_every_arch(project, clone):
     assert builder.sources("x86_64") == ["x86_64"]
 
 
+def test_keys_are_made_here_only_for_the_local_builder(project, clone, tmp_path):
+    make_builder(load(project)).make_key(tmp_path / "new.rsa")
+    assert (tmp_path / "new.rsa.pub").is_file()
+    with pytest.raises(OutpostError) as raised:
+        make_builder(load(project, CBUILD)).make_key(tmp_path / "other.rsa")
+    assert "./cbuild keygen" in str(raised.value) and "signing_key" in str(raised.value)
+    assert not (tmp_path / "other.rsa").exists()
+
+
 def test_cbuild_command_overlay_and_outputs(project, clone):
     stale = clone / "user/linkedlist/files/removed-from-overlay"
     stale.parent.mkdir(parents=True)
