@@ -14,6 +14,8 @@ def fleet(inventory):
         "name": "up",
         "doc": "Start the local fleet's hosts that are down",
         "actions": [action(steps.fleet_up, inventory)],
+        # The pinned host keys and the deploy key: the host steps depend on them.
+        "targets": [str(inventory.ssh.known_hosts), str(inventory.ssh.identity)],
         # Checked without SSH, so a no-op deploy touches no host.
         "uptodate": [lambda: steps.fleet_is_up(inventory)],
     }
