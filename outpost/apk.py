@@ -32,18 +32,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
 from outpost.errors import OutpostError
+
+# cryptography is imported by the functions that sign, verify or make keys, not at the top:
+# the task definitions import this module, and a no-op deploy does none of that.
 
 # cbuild keygen's default size (cports src/runner.py do_keygen); abuild-keygen uses 4096.
 # 2048 keeps key generation fast in the test suite and is still a sound RSA size.
 KEY_BITS = 2048
 
-# Signature entry types apk-tools knows, in apk's order of preference (src/extract_v2.c).
-SIGNATURE_HASHES = {"RSA512": hashes.SHA512, "RSA256": hashes.SHA256, "RSA": hashes.SHA1}
+# Signature entry types apk-tools knows, in apk's order of preference (src/extract_v2.c),
+# with the name of each one's hash in cryptography.hazmat.primitives.hashes.
+SIGNATURE_HASHES = {"RSA512": "SHA512", "RSA256": "SHA256", "RSA": "SHA1"}
 SIGNATURE_TYPE = "RSA256"
 
 PAX_CHECKSUM = "APK-TOOLS.checksum.SHA1"
@@ -114,6 +114,9 @@ def generate_key(private_path: Path) -> tuple[Path, Path]:
     for path in (private_path, public_path):
         if path.exists():
             raise OutpostError(f"{path}: a signing key already exists; refusing to overwrite it")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     private_path.parent.mkdir(parents=True, exist_ok=True)
     key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
     private_pem = key.private_bytes(serialization.Encoding.PEM,
@@ -137,11 +140,16 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
 
 
 def _public_pem(private_key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return private_key.public_key().public_bytes(serialization.Encoding.PEM,
                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _load_private_key(key_path: Path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     key_path = Path(key_path)
     try:
         data = key_path.read_bytes()
@@ -158,8 +166,10 @@ def _load_private_key(key_path: Path):
 
 def _signature_member(signed: bytes, key_path: Path, mtime: int) -> bytes:
     """The gzipped, cut tar holding `.SIGN.RSA256.<key>.pub` over `signed` (abuild-sign)."""
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     key = _load_private_key(key_path)
-    signature = key.sign(signed, padding.PKCS1v15(), SIGNATURE_HASHES[SIGNATURE_TYPE]())
+    signature = key.sign(signed, padding.PKCS1v15(), _hash(SIGNATURE_TYPE))
     name = f".SIGN.{SIGNATURE_TYPE}.{public_key_path(key_path).name}"
     return _gzip(_tar([(_member(name, tarfile.REGTYPE, 0o644, mtime), signature)],
                       tarfile.USTAR_FORMAT, cut=True))
@@ -528,8 +538,19 @@ def verify_index(path: Path, keys) -> list[IndexEntry]:
     return _parse_index(path, _index_tar(path, index_tar))
 
 
+def _hash(sig_type: str):
+    """The hash of a signature entry type ("RSA256" -> SHA256())."""
+    from cryptography.hazmat.primitives import hashes
+
+    return getattr(hashes, SIGNATURE_HASHES[sig_type])()
+
+
 def _check_signature(path: Path, signatures, signed: bytes, keys, what: str) -> None:
     """Use the first signature whose key name is trusted, as apk does (src/extract_v2.c)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     if not signatures:
         raise VerifyError(f"{path}: not signed (no .SIGN entry)")
     names = []
@@ -543,7 +564,7 @@ def _check_signature(path: Path, signatures, signed: bytes, keys, what: str) -> 
             continue
         try:
             public_key = serialization.load_pem_public_key(public_pem)
-            public_key.verify(signature, signed, padding.PKCS1v15(), SIGNATURE_HASHES[sig_type]())
+            public_key.verify(signature, signed, padding.PKCS1v15(), _hash(sig_type))
         except (ValueError, TypeError, InvalidSignature):
             raise VerifyError(f"{path}: signature {entry_name} does not verify {what} with the "
                               f"trusted key {key_name!r}: the file was changed or signed by "

@@ -26,8 +26,6 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import jinja2
-
 from outpost import commands, tls
 from outpost.errors import OutpostError
 
@@ -164,27 +162,36 @@ class _Namespace(dict):
         self.outpost_name = name
 
 
-class _Undefined(jinja2.StrictUndefined):
-    """StrictUndefined whose message is the full name of the missing variable."""
+# jinja2 is imported by the functions that render, not at the top: the task definitions
+# import this module, and a no-op deploy renders nothing.
 
-    @property
-    def _undefined_message(self) -> str:
-        if self._undefined_hint is not None:
-            return super()._undefined_message
-        owner = getattr(self._undefined_obj, "outpost_name", None)
-        name = self._undefined_name
-        if owner is not None:
-            name = f"{owner}.{name}" if isinstance(name, str) else f"{owner}[{name!r}]"
-        elif self._undefined_obj is not jinja2.utils.missing:
-            return super()._undefined_message  # e.g. an attribute of a string
-        return f"undefined variable {name!r}"
+@functools.cache  # one class, made on the first render
+def _undefined_type() -> type:
+    import jinja2
+
+    class Undefined(jinja2.StrictUndefined):
+        """StrictUndefined whose message is the full name of the missing variable."""
+
+        @property
+        def _undefined_message(self) -> str:
+            if self._undefined_hint is not None:
+                return super()._undefined_message
+            owner = getattr(self._undefined_obj, "outpost_name", None)
+            name = self._undefined_name
+            if owner is not None:
+                name = f"{owner}.{name}" if isinstance(name, str) else f"{owner}[{name!r}]"
+            elif self._undefined_obj is not jinja2.utils.missing:
+                return super()._undefined_message  # e.g. an attribute of a string
+            return f"undefined variable {name!r}"
+
+    return Undefined
 
 
 def _named(value, name: str):
     """The context with every dict a _Namespace, and every None an error when used: jinja2
     would print None as "None", a value nobody meant."""
     if value is None:
-        return _Undefined(hint=f"variable {name!r} is not set (None) for this host")
+        return _undefined_type()(hint=f"variable {name!r} is not set (None) for this host")
     if isinstance(value, dict):
         return _Namespace(name, {k: _named(v, f"{name}.{k}") for k, v in value.items()})
     if isinstance(value, list):
@@ -210,10 +217,12 @@ def doas_word(value) -> str:
 
 
 @functools.cache  # one per process: it caches the parsed templates
-def _environment() -> jinja2.Environment:
+def _environment():
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
-        undefined=_Undefined,
+        undefined=_undefined_type(),
         keep_trailing_newline=True,  # doas refuses a last line without its newline
         # A {% tag %} or {# comment #} on a line of its own leaves no blank line behind.
         trim_blocks=True,
@@ -235,6 +244,8 @@ def _template_line(error: BaseException, filename: str) -> int | None:
 
 def render(template_name: str, context: dict) -> str:
     """The text of templates/<template_name> rendered with context."""
+    import jinja2
+
     shown = f"{TEMPLATES.name}/{template_name}"
     try:
         template = _environment().get_template(template_name)

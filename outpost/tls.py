@@ -17,13 +17,10 @@ import datetime
 import os
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from outpost.errors import OutpostError
+
+# cryptography is imported by the functions that read or make keys and certificates, not at
+# the top: the task definitions import this module for its paths only.
 
 CA_NAME = "Outpost local CA"
 CA_VALIDITY = datetime.timedelta(days=3650)
@@ -55,17 +52,24 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 
 
 def _key_pem(key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     # Unencrypted: nginx reads it at start without anyone to type a passphrase.
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
 def _cert_pem(cert) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def _load(cert_path: Path, key_path: Path):
     """(certificate, private key) from PEM files; OutpostError naming the file that's bad."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except (OSError, ValueError) as error:
@@ -79,6 +83,11 @@ def _load(cert_path: Path, key_path: Path):
 
 def ensure_ca(ca_dir: Path) -> tuple[Path, Path]:
     """The local CA's certificate and key, made only when neither exists."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     cert_path, key_path = ca_paths(ca_dir)
     if cert_path.exists() and key_path.exists():
         cert, _ = _load(cert_path, key_path)
@@ -122,6 +131,9 @@ def renewal_reason(ca_dir: Path, cert_dir: Path, site_name: str) -> str | None:
     """Why the site's certificate must be (re)made, or None when it is fine: missing, another
     name, not signed by this CA, its key doesn't match, or it expires within RENEW_BEFORE.
     Reads only; a doit `uptodate` can call it."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
     cert_path, key_path = site_paths(cert_dir)
     ca_cert_path, _ = ca_paths(ca_dir)
     if not cert_path.exists() or not key_path.exists():
@@ -154,6 +166,11 @@ def renewal_reason(ca_dir: Path, cert_dir: Path, site_name: str) -> str | None:
 def ensure_site_certificate(ca_dir: Path, cert_dir: Path, site_name: str) -> tuple[Path, Path]:
     """The site's certificate and key, signed by the local CA (made if missing); kept as they
     are while renewal_reason finds nothing wrong, so their mtimes only change on renewal."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     cert_path, key_path = site_paths(cert_dir)
     ca_cert_path, ca_key_path = ensure_ca(ca_dir)
     if renewal_reason(ca_dir, cert_dir, site_name) is None:
