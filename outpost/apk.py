@@ -109,14 +109,14 @@ class IndexEntry:
 def generate_key(private_path: Path) -> tuple[Path, Path]:
     """Make a PEM RSA key at private_path (mode 0600) and its public half at private_path.pub,
     as `cbuild keygen` does. Never overwrites an existing key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     private_path = Path(private_path)
     public_path = public_key_path(private_path)
     for path in (private_path, public_path):
         if path.exists():
             raise OutpostError(f"{path}: a signing key already exists; refusing to overwrite it")
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
     private_path.parent.mkdir(parents=True, exist_ok=True)
     key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
     private_pem = key.private_bytes(serialization.Encoding.PEM,
