@@ -2,6 +2,7 @@
 (running it). tasks/hosts.py calls these; every function takes the inventory and a host."""
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import socket
@@ -71,14 +72,30 @@ def host_marker(inventory, host) -> list[str]:
 # --- the site certificate (local CA until real certificates exist) ---------------------------
 
 def certificate(inventory):
+    """Make or renew the site certificate (tls.ensure_site_certificate decides which), and
+    record what it was made from for certificate_is_current."""
     site = inventory.site
     tls.ensure_site_certificate(site.ca, site.certificates, site.name)
     say(f"certificate for {site.name}: {site.certificates}")
+    return {"made_from": _certificate_inputs(inventory),
+            "renew_after": tls.renew_after(site.certificates)}
 
 
-def certificate_is_current(inventory) -> bool:
+def _certificate_inputs(inventory) -> dict:
+    """The site's name and the sha256 of the CA certificate, site certificate and key."""
     site = inventory.site
-    return tls.renewal_reason(site.ca, site.certificates, site.name) is None
+    paths = [tls.ca_paths(site.ca)[0], *tls.site_paths(site.certificates)]
+    return {"name": site.name,
+            **{str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
+               for p in paths}}
+
+
+def certificate_is_current(inventory, values: dict) -> bool:
+    """doit uptodate: the files and name are those the certificate was last made from, and it
+    is not yet due for renewal. Compares hashes only, so a no-op run never parses a certificate
+    (nor loads cryptography); any change sends it to tls.ensure_site_certificate's full check."""
+    return (values.get("made_from") == _certificate_inputs(inventory)
+            and time.time() < values.get("renew_after", 0))
 
 
 # --- bootstrap --------------------------------------------------------------------------------

@@ -163,6 +163,14 @@ def renewal_reason(ca_dir: Path, cert_dir: Path, site_name: str) -> str | None:
     return None
 
 
+def renew_after(cert_dir: Path) -> float:
+    """When (a Unix time) the site certificate enters its last RENEW_BEFORE and must be renewed."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(site_paths(cert_dir)[0].read_bytes())
+    return (cert.not_valid_after_utc - RENEW_BEFORE).timestamp()
+
+
 def ensure_site_certificate(ca_dir: Path, cert_dir: Path, site_name: str) -> tuple[Path, Path]:
     """The site's certificate and key, signed by the local CA (made if missing); kept as they
     are while renewal_reason finds nothing wrong, so their mtimes only change on renewal."""

@@ -14,7 +14,7 @@ def certificate(inventory):
         "actions": [action(steps.certificate, inventory)],
         "targets": [str(certificate), str(key)],
         # Renewed when missing, for another name or CA, or within 30 days of expiry.
-        "uptodate": [lambda: steps.certificate_is_current(inventory)],
+        "uptodate": [lambda task, values: steps.certificate_is_current(inventory, values)],
         "clean": [remove(certificate, key)],
     }
 
