@@ -84,8 +84,11 @@ def ran_tasks(output: str) -> set[str]:
 # --- running and timing -----------------------------------------------------------------------
 
 def doit_env() -> dict:
-    # The project copy's own inventory.toml, whatever the caller's shell says.
-    return {k: v for k, v in os.environ.items() if k != "OUTPOST_INVENTORY"}
+    # The project copy's own inventory.toml, whatever the caller's shell says; and bytecode
+    # cached as in a user's checkout (a shell with PYTHONDONTWRITEBYTECODE would make every run
+    # compile the project again, the floor's one-line dodo hardly at all).
+    return {k: v for k, v in os.environ.items()
+            if k not in ("OUTPOST_INVENTORY", "PYTHONDONTWRITEBYTECODE")}
 
 
 def timed(argv, cwd, *, shell=False) -> tuple[float, str]:
