@@ -66,7 +66,7 @@ class HostFile:
 
 # --- the context ------------------------------------------------------------------------------
 
-def _served_package(inventory):
+def served_package(inventory):
     """The package nginx proxies the site to: the one with a port."""
     with_port = [p for p in inventory.packages if p.port is not None]
     if len(with_port) != 1:
@@ -110,7 +110,7 @@ def host_context(inventory, host) -> dict:
                  "arch": host.arch, "user": host.user},
         "site": {"name": site.name, "url": f"https://{site.name}"},
         "packages": {p.name: _package(p) for p in inventory.packages},
-        "app": _package(_served_package(inventory)),
+        "app": _package(served_package(inventory)),
         "tls": tls_paths(site.name),
         "nginx": _nginx(site.name),
         "apk": {"list_line": commands.repo_list_line(INDEX_FORMATS[inventory.builder.kind],

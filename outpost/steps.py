@@ -257,7 +257,7 @@ def check(inventory, host):
     """Wait until the host serves the wanted version and the content here (over HTTPS, through
     nginx), then time CHECK_REQUESTS requests. Fails naming the host and what it serves."""
     wanted = wanted_versions(inventory)
-    package = render._served_package(inventory)
+    package = render.served_package(inventory)
     digest = commands.content_digest(package.content) if package.content else None
     deadline = time.monotonic() + CHECK_WAIT
     while True:
