@@ -42,6 +42,7 @@ def sync(inventory):
 
 
 def upgrade(inventory):
+    wanted = steps.wanted_versions(inventory)
     for host in inventory.hosts:
         yield {
             "name": host.name,
@@ -49,7 +50,7 @@ def upgrade(inventory):
             "actions": [action(steps.upgrade, inventory, host)],
             "file_dep": steps.host_marker(inventory, host),
             # Runs when the version the host should have changed, not on every sync.
-            "uptodate": [config_changed(steps.wanted_versions(inventory))],
+            "uptodate": [config_changed(wanted)],
             "task_dep": [f"sync:{host.name}"],
         }
 
