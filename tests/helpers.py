@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 
 def run_doit(project, *args, env=None, check=True):
@@ -42,3 +43,14 @@ def fleet_project(parent, addresses: dict, bridge: str):
     text = text.replace('state = "build/fleet"', f'state = "build/fleet"\nbridge = "{bridge}"')
     (project / "inventory.toml").write_text(text)
     return project
+
+
+def wait_for(condition, what, timeout=20.0):
+    """Poll until condition() is truthy and return it; the timeout only bounds a hung test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}")

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from fleet_helpers import accepted_connections, require_fleet_machine, ssh
+from helpers import wait_for
 from outpost import commands, render
 from outpost.errors import OutpostError
 from outpost.fleet import (Fleet, FleetHost, Provision, address_clashes, fleet_network,
@@ -121,17 +122,6 @@ def test_pid_1_is_the_service_manager_and_it_runs_sshd(fleet):
     assert fleet.run_on("alpha", ["readlink", "/etc/dinit.d/boot.d/sshd"]).stdout == "../sshd\n"
 
 
-def wait_until(condition, what, timeout=15.0):
-    """Poll until condition() is truthy; the timeout only bounds a hung test."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
 def service_pid(fleet, name, service):
     status = fleet.run_on(name, ["dinitctl", "status", service]).stdout
     fields = dict(line.strip().partition(": ")[::2] for line in status.splitlines())
@@ -150,7 +140,7 @@ def test_an_enabled_service_runs_again_after_its_host_restarts(fleet):
 
     fleet.stop_host("alpha")
     fleet.start_host("alpha")
-    after = wait_until(lambda: service_pid(fleet, "alpha", service), f"{service} after the restart")
+    after = wait_for(lambda: service_pid(fleet, "alpha", service), f"{service} after the restart")
     assert after != before
     fleet.run_on("alpha", ["dinitctl", "disable", service], check=True)
 
@@ -178,7 +168,7 @@ def test_nginx_is_a_service_that_serves_on_the_hosts_port_80_and_reloads_on_hup(
     try:
         started = fleet.run_on("beta", ["dinitctl", "start", "nginx"])
         assert (started.returncode, started.stdout) == (0, "Service 'nginx' started.\n")
-        status, body = wait_until(lambda: http_get(address, 80), "nginx on :80")
+        status, body = wait_for(lambda: http_get(address, 80), "nginx on :80")
         assert status == 200 and "Welcome to nginx" in body
         master = service_pid(fleet, "beta", "nginx")
 
@@ -186,7 +176,7 @@ def test_nginx_is_a_service_that_serves_on_the_hosts_port_80_and_reloads_on_hup(
                                           f"return 200 \"reloaded\\n\"; }}' > {extra}"], check=True)
         signalled = fleet.run_on("beta", ["dinitctl", "signal", "HUP", "nginx"])
         assert (signalled.returncode, signalled.stderr) == (0, "")
-        assert wait_until(lambda: http_get(address, 8080), "the reloaded config") == (
+        assert wait_for(lambda: http_get(address, 8080), "the reloaded config") == (
             200, "reloaded\n")
         assert service_pid(fleet, "beta", "nginx") == master
     finally:

@@ -8,8 +8,6 @@ ports 80 and 443 are its own.
 import json
 import os
 import shutil
-import socket
-import ssl
 import subprocess
 import sys
 import textwrap

@@ -10,11 +10,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from helpers import wait_for
 from outpost import apk
 
 STANDINS = Path(__file__).resolve().parents[1] / "outpost" / "standins"
@@ -28,17 +28,6 @@ def run(tool, *args, check=True):
         raise AssertionError(f"{tool} {args} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
-
-
-def wait_for(condition, what, timeout=20.0):
-    """Poll until condition() is truthy; the timeout only bounds a hung test."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 # ------------------------------------------------------------------------------------ apk
