@@ -12,7 +12,6 @@ Every failure raises RemoteError, whose message names the host (and the step, wh
 from __future__ import annotations
 
 import atexit
-import shlex
 import subprocess
 import threading
 from dataclasses import dataclass
