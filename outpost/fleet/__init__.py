@@ -1,0 +1,169 @@
+"""The local fleet: N hosts on this machine, each a real OpenSSH sshd, for `doit deploy` and tests.
+
+Each host is one process tree in its own namespaces. One module per concern:
+- `local`      what the fleet needs from this machine (root, programs, overlay, python3)
+- `network`    addresses, the bridge and each host's veth pair
+- `machine`    starting and stopping one host: namespaces, overlay root, PID 1, pid file
+- `provision`  what goes into a host's upper layer before it boots: user, sshd, services,
+               stand-ins
+- `keys`       the deploy key, host keys and their pins in known_hosts
+This module's `Fleet` composes them for a set of hosts; `from_inventory` makes it.
+
+CLI: python -m outpost.fleet up|down|status [--inventory inventory.toml]
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from outpost import commands, render
+from outpost.errors import OutpostError
+from outpost.fleet import keys, local, machine, network
+from outpost.fleet.keys import known_hosts_text
+from outpost.fleet.local import HOST_ENVIRONMENT, PROGRAM_DIRS, REQUIRED_PROGRAMS
+from outpost.fleet.machine import READY_TIMEOUT, FleetHost, host_state, running_pid
+from outpost.fleet.network import FLEET_RANGE, address_clashes, fleet_network, veth_name
+from outpost.fleet.provision import (SSH_PORT, SSHD_LOG, STANDINS, Provision, provision_host,
+                                      with_user)
+from outpost.inventory import Inventory
+
+__all__ = [
+    "Fleet", "FleetHost", "Provision", "from_inventory", "running_pid", "host_state",
+    "fleet_network", "address_clashes", "veth_name", "with_user", "known_hosts_text",
+    "FLEET_RANGE", "SSH_PORT", "READY_TIMEOUT", "STANDINS", "REQUIRED_PROGRAMS", "PROGRAM_DIRS",
+    "HOST_ENVIRONMENT",
+]
+
+
+class Fleet:
+    def __init__(self, state_dir: Path, hosts: list[FleetHost], known_hosts: Path,
+                 identity: Path, provision: Provision, bridge: str = "outpost0",
+                 user: str = "deploy", private: tuple[Path, ...] = ()):
+        self.state_dir = Path(state_dir).resolve()
+        self.hosts = {host.name: host for host in hosts}
+        self.known_hosts = Path(known_hosts)
+        self.identity = Path(identity)
+        self.provision = provision
+        self.bridge = bridge
+        self.user = user
+        self.network = fleet_network(hosts)
+        # Hidden on every host: the hosts' own layers, the deploy key and whatever the caller
+        # names (the project, with its signing key).
+        self.private = sorted({self.state_dir, self.identity.resolve().parent,
+                               *(Path(p).resolve() for p in private)})
+
+    def ssh_log(self, name: str) -> Path:
+        return machine.on_host(self.state_dir, self._host(name).name, SSHD_LOG)
+
+    def _host(self, name: str) -> FleetHost:
+        if name not in self.hosts:
+            raise OutpostError(f"no fleet host named {name!r}; known: {', '.join(self.hosts)}")
+        return self.hosts[name]
+
+    def is_up(self, name: str) -> bool:
+        return running_pid(self.state_dir, self._host(name).name) is not None
+
+    # --- Start
+
+    def up(self) -> list[str]:
+        """Start the hosts that are down; running hosts are left alone. Returns those started."""
+        down = [host for host in self.hosts.values() if not self.is_up(host.name)]
+        self._start(down)
+        return [host.name for host in down]
+
+    def start_host(self, name: str) -> bool:
+        """Start one host if it is down. True if it was started."""
+        host = self._host(name)
+        if self.is_up(name):
+            return False
+        self._start([host])
+        return True
+
+    def _start(self, hosts: list[FleetHost]):
+        made_afresh = set()
+        if hosts:
+            python_version = self._check_machine(hosts)
+            keys.ensure_deploy_key(self.identity)
+            network.ensure_bridge(self.bridge, self.network)
+            for host in hosts:
+                if not keys.host_key(self.state_dir, host.name).exists():
+                    keys.make_host_key(self.state_dir, host.name)
+                    made_afresh.add(host.address)
+            # All boot at once; then wait for each.
+            launched = [(host, self._launch(host, python_version)) for host in hosts]
+            for host, process in launched:
+                machine.wait_ready(self.state_dir, host, self.bridge, process)
+        keys.pin_host_keys(self.known_hosts, self.state_dir, list(self.hosts.values()),
+                           made_afresh)
+
+    def _check_machine(self, hosts: list[FleetHost]) -> str:
+        """Fail unless this machine can run `hosts`; returns the hosts' python3 version."""
+        names = ", ".join(host.name for host in hosts)
+        python_version = local.check_machine(names)
+        if not machine.init_command():
+            raise OutpostError(f"fleet hosts {names}: no service manager: neither `dinit` on "
+                               f"PATH nor the stand-in {STANDINS / 'dinit'}")
+        network.check_addresses(hosts, self.network, self.bridge)
+        return python_version
+
+    def _launch(self, host: FleetHost, python_version: str):
+        provision_host(host, machine.upper_layer(self.state_dir, host.name), self.user,
+                       self.identity, self.provision, python_version)
+        return machine.launch(self.state_dir, host, self.bridge, self.private)
+
+    # --- Stop
+
+    def stop_host(self, name: str) -> bool:
+        """Stop a host: kill its PID 1, so the kernel ends everything in its PID namespace.
+        True if it was running."""
+        return machine.stop(self.state_dir, self._host(name).name, self.bridge)
+
+    def down(self) -> list[str]:
+        """Stop every host, then remove the bridge if no other host uses it. Returns those stopped."""
+        stopped = [name for name in self.hosts if self.stop_host(name)]
+        network.remove_bridge_if_unused(self.bridge)
+        return stopped
+
+    def rotate_host_key(self, name: str):
+        """Give a host a new host key (not pinned). A running host restarts to serve it."""
+        was_up = self.stop_host(name)
+        keys.make_host_key(self.state_dir, name)
+        if was_up:
+            self.start_host(name)
+
+    # --- For tests and bootstrap
+
+    def run_on(self, name: str, argv: list[str], **kwargs):
+        """Run argv as root inside a host, through its namespaces (no SSH)."""
+        return machine.run_on(self.state_dir, self._host(name).name, argv, **kwargs)
+
+
+def from_inventory(inventory: Inventory) -> Fleet:
+    """The fleet an inventory describes (it must have a [fleet] table)."""
+    if inventory.fleet is None:
+        raise OutpostError(f"{inventory.path}: no [fleet] table: its hosts are not a local fleet")
+    for host in inventory.hosts:
+        if host.port != SSH_PORT:
+            raise OutpostError(f"{inventory.path}: [[hosts]] {host.name}: fleet hosts listen on "
+                               f"port {SSH_PORT}, not {host.port}")
+    users = {host.user for host in inventory.hosts}
+    if len(users) > 1:
+        raise OutpostError(f"{inventory.path}: fleet hosts must share one ssh user, found "
+                           + ", ".join(sorted(users)))
+    user = users.pop() if users else "deploy"
+    return Fleet(
+        state_dir=inventory.fleet.state,
+        hosts=[FleetHost(h.name, h.address, h.arch) for h in inventory.hosts],
+        known_hosts=inventory.ssh.known_hosts,
+        identity=inventory.ssh.identity,
+        provision=Provision(
+            # What the config step would push, so the steps it and bootstrap run are allowed.
+            doas_rules={host.name: commands.doas_rules(user, inventory.repository,
+                                                       inventory.packages,
+                                                       render.host_files(inventory, host))
+                        for host in inventory.hosts},
+            folders=(inventory.repository.path,
+                     *(p.content_dir for p in inventory.packages if p.content_dir))),
+        user=user,
+        bridge=inventory.fleet.bridge,
+        # The project folder holds the signing key: no host may see it.
+        private=(inventory.root, inventory.repository.signing_key.parent))

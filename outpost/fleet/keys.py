@@ -1,0 +1,62 @@
+"""The fleet's SSH keys: the deploy key, each host's host key, and their pins in known_hosts.
+
+Host keys are pinned in a known_hosts file when the fleet makes them: at a host's first start,
+or after its folder was deleted. A key that changes otherwise (`Fleet.rotate_host_key`) is NOT
+re-pinned, so clients refuse it as they would a real server's; remove the host's line from
+known_hosts to accept the new key at the next `up()`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from outpost.fleet.local import run
+from outpost.fleet.machine import FleetHost, on_host, upper_layer
+from outpost.fleet.provision import HOST_KEY, upper_dir
+
+
+def known_hosts_text(current: str, entries: dict[str, str], renew: set[str]) -> str:
+    """`current` plus a line for each address (port 22) that has none. Existing pins are kept,
+    except those of the addresses in `renew` (hosts the fleet has just made afresh)."""
+    lines = [line for line in current.splitlines()
+             if line.strip() and line.split()[0] not in renew]
+    pinned = {line.split()[0] for line in lines}
+    lines += [f"{address} {key}" for address, key in entries.items() if address not in pinned]
+    return "".join(line + "\n" for line in lines)
+
+
+def host_key(state_dir: Path, name: str) -> Path:
+    """A host's private host key, in its upper layer."""
+    return on_host(state_dir, name, HOST_KEY)
+
+
+def make_host_key(state_dir: Path, name: str):
+    key = host_key(state_dir, name)
+    key.unlink(missing_ok=True)
+    Path(f"{key}.pub").unlink(missing_ok=True)
+    upper_dir(upper_layer(state_dir, name), str(HOST_KEY.parent))
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"outpost fleet host {name}",
+         "-f", str(key)])
+
+
+def ensure_deploy_key(identity: Path):
+    if not identity.exists():
+        identity.parent.mkdir(parents=True, exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "outpost deploy key",
+             "-f", str(identity)])
+
+
+def pin_host_keys(known_hosts: Path, state_dir: Path, hosts: list[FleetHost],
+                  made_afresh: set[str]):
+    """Pin the host keys of `hosts` that have no pin yet, and those of the addresses in
+    `made_afresh` anew."""
+    entries = {}
+    for host in hosts:
+        public = Path(f"{host_key(state_dir, host.name)}.pub")
+        if public.exists():
+            key_type, key = public.read_text().split()[:2]
+            entries[host.address] = f"{key_type} {key}"
+    current = known_hosts.read_text() if known_hosts.exists() else ""
+    text = known_hosts_text(current, entries, made_afresh)
+    if text != current:
+        known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        known_hosts.write_text(text)

@@ -1,0 +1,208 @@
+"""What goes into a host's upper layer before it boots: the deploy user, sshd's config, the
+service files, the packages the Debian base provides, and the stand-ins.
+
+Services: sshd is enabled, so it runs at every boot. nginx is this machine's (Debian's) nginx,
+with Debian's /etc/nginx, as a service in /usr/lib/dinit.d/nginx like the one Chimera's nginx
+package ships. Not enabled: a fresh Chimera host doesn't run it until it is enabled. Each host
+listens on its own :80.
+
+The stand-ins run on the hosts' own python3 from a copy of the `outpost` package in each host's
+layer (the project is hidden), so that python3 needs `cryptography` (apt: python3-cryptography).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from outpost import commands
+from outpost.fleet.local import PROGRAM_DIRS
+
+if TYPE_CHECKING:
+    from outpost.fleet.machine import FleetHost
+
+SSH_PORT = 22
+# The `outpost` package, copied onto each host for the stand-ins in its standins/ folder.
+PACKAGE = Path(__file__).resolve().parents[1]
+STANDINS = PACKAGE / "standins"
+# Paths on the hosts.
+HOST_KEY = PurePosixPath("/etc/ssh/ssh_host_outpost_ed25519_key")
+SSHD_CONFIG = PurePosixPath("/etc/ssh/sshd_config_outpost")
+SSHD_LOG = PurePosixPath("/var/log/sshd.log")
+# The apk stand-in's list of what a host has without apk (outpost/standins/README.md).
+APK_PROVIDED = PurePosixPath("/etc/apk/provided")
+# The copy of the package on each host, for the stand-ins.
+HOST_PACKAGE = PurePosixPath("/usr/local/lib/outpost/outpost")
+# Where `dinitctl enable NAME` links NAME: the waits-for.d folder of Chimera's boot service.
+BOOT_D = PurePosixPath(commands.BOOT_D)
+# Enabled on every host, as `dinitctl enable` links them: service -> link target.
+ENABLED_SERVICES = {"sshd": "../sshd"}
+
+
+@dataclass(frozen=True)
+class Provision:
+    """What the pipeline needs on every host, from the inventory."""
+    doas_rules: dict[str, str]  # host -> /etc/doas.conf: commands.doas_rules, the steps' root commands
+    folders: tuple[str, ...]  # the repository path and content dirs: the user's, world-readable
+
+
+# --- Pure: file contents -----------------------------------------------------------------------
+
+def sshd_config(address: str, user: str) -> str:
+    return f"""\
+# The local fleet's sshd (outpost/fleet/provision.py): keys only, one user, every connection logged.
+ListenAddress {address}
+Port {SSH_PORT}
+HostKey {HOST_KEY}
+PidFile /run/sshd.pid
+LogLevel VERBOSE
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+AllowUsers {user}
+AuthorizedKeysFile .ssh/authorized_keys
+UsePAM no
+Subsystem sftp /usr/lib/openssh/sftp-server
+"""
+
+
+def provided_packages(python_version: str) -> str:
+    """The Chimera packages the Debian base provides: its python3 for `python`, its sshd for
+    `openssh`, the fleet's own boot services for `dinit-chimera`'s, and its nginx and rsync."""
+    return f"python={python_version}\nopenssh\ndinit-chimera\nnginx\nrsync\n"
+
+
+def dinit_services() -> dict[PurePosixPath, str]:
+    """The service files of every host: what dinit-chimera's boot graph needs, sshd and nginx."""
+    return {
+        # dinit-chimera's boot and system (chimera-linux/dinit-chimera services/): boot waits
+        # for what the admin enabled, system for what packages enabled. The rest of Chimera's
+        # early boot (login.target, network.target, ...) is the fleet's job, so it is left out.
+        PurePosixPath("/etc/dinit.d/boot"): (
+            f"type = internal\ndepends-on: system\nwaits-for.d: {BOOT_D}\n"),
+        PurePosixPath("/etc/dinit.d/system"): (
+            "type = internal\nwaits-for.d: /usr/lib/dinit.d/boot.d\n"),
+        # dinit-chimera's local.target (packaged services depend on it), an empty milestone here.
+        PurePosixPath("/etc/dinit.d/local.target"): "type = internal\n",
+        PurePosixPath("/etc/dinit.d/sshd"): (
+            "type = process\n"
+            f"command = /usr/sbin/sshd -D -e -f {SSHD_CONFIG}\n"
+            f"logfile = {SSHD_LOG}\n"),
+        # cports main/nginx/files/nginx, with Debian's path to the binary.
+        PurePosixPath("/usr/lib/dinit.d/nginx"): (
+            "type = process\n"
+            'command = /usr/sbin/nginx -g "daemon off;"\n'
+            "smooth-recovery = true\n"
+            "depends-on: local.target\n"),
+    }
+
+
+def with_user(passwd: str, group: str, shadow: str, user: str, home: str) -> tuple[str, str, str, int]:
+    """passwd, group and shadow with `user` added (unchanged if it exists), and its uid."""
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return passwd, group, shadow, int(fields[2])
+    taken = {int(line.split(":")[2]) for text in (passwd, group) for line in text.splitlines()
+             if line.count(":") >= 2 and line.split(":")[2].isdigit()}
+    uid = next(n for n in range(1000, 60000) if n not in taken)
+
+    def add(text: str, line: str) -> str:
+        return text + ("" if text.endswith("\n") or not text else "\n") + line + "\n"
+
+    # "*" (no password) rather than "!" (locked): sshd refuses locked accounts even for keys.
+    return (add(passwd, f"{user}:x:{uid}:{uid}:Outpost deploy:{home}:/bin/sh"),
+            add(group, f"{user}:x:{uid}:"),
+            add(shadow, f"{user}:*:19000:0:99999:7:::"), uid)
+
+
+def _gid_of(name: str, group: str) -> int:
+    for line in group.splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[2])
+    return 0
+
+
+# --- Writing the upper layer -------------------------------------------------------------------
+
+def provision_host(host: FleetHost, upper: Path, user: str, identity: Path,
+                   provision: Provision, python_version: str):
+    """Write what the host needs into its upper layer (the host is down, so this is safe).
+    Every file is rewritten on each start, so a changed fleet setting takes effect."""
+    home = f"/home/{user}"
+
+    def lower_or_upper(path: str) -> str:
+        mine = upper / path.lstrip("/")
+        return (mine if mine.exists() else Path(path)).read_text()
+
+    passwd, group, shadow, uid = with_user(lower_or_upper("/etc/passwd"),
+                                           lower_or_upper("/etc/group"),
+                                           lower_or_upper("/etc/shadow"), user, home)
+    shadow_gid = _gid_of("shadow", group)
+    files = {
+        "/etc/passwd": (passwd, 0o644, 0, 0),
+        "/etc/group": (group, 0o644, 0, 0),
+        "/etc/shadow": (shadow, 0o640, 0, shadow_gid),
+        "/etc/doas.conf": (provision.doas_rules[host.name], 0o400, 0, 0),
+        str(SSHD_CONFIG): (sshd_config(host.address, user), 0o644, 0, 0),
+        "/etc/apk/arch": (host.arch + "\n", 0o644, 0, 0),
+        str(APK_PROVIDED): (provided_packages(python_version), 0o644, 0, 0),
+        f"{home}/.ssh/authorized_keys": (
+            Path(f"{identity}.pub").read_text(), 0o600, uid, uid),
+        **{str(path): (text, 0o644, 0, 0) for path, text in dinit_services().items()},
+    }
+    dirs = {home: (0o755, uid), f"{home}/.ssh": (0o700, uid), str(BOOT_D): (0o755, 0),
+            # Folders the sync step writes into with `doas tee`.
+            commands.KEYS_DIR: (0o755, 0), commands.LISTS_DIR: (0o755, 0),
+            **{folder: (0o755, uid) for folder in provision.folders}}
+    for path, (mode, owner) in dirs.items():
+        target = upper_dir(upper, path)
+        os.chown(target, owner, owner)
+        target.chmod(mode)
+    for path, (text, mode, owner, gid) in files.items():
+        target = upper_dir(upper, str(PurePosixPath(path).parent)) / PurePosixPath(path).name
+        target.unlink(missing_ok=True)
+        target.write_text(text)
+        os.chown(target, owner, gid)
+        target.chmod(mode)
+    # Links only where missing: boot.d also holds what was enabled on the host since.
+    for service, link_target in ENABLED_SERVICES.items():
+        link = upper / BOOT_D.relative_to("/") / service
+        if not os.path.lexists(link):
+            link.symlink_to(link_target)
+    install_standins(upper)
+
+
+def install_standins(upper: Path):
+    """Link the stand-ins for the tools this machine lacks. They import `outpost`, and the
+    project is hidden on the host, so the package is copied into the host's layer."""
+    package = upper_dir(upper, str(HOST_PACKAGE.parent)) / "outpost"
+    shutil.rmtree(package, ignore_errors=True)
+    shutil.copytree(PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    bin_dir = upper_dir(upper, "/usr/local/bin")
+    for tool in ("apk", "dinitctl"):
+        link = bin_dir / tool
+        link.unlink(missing_ok=True)
+        if not shutil.which(tool, path=PROGRAM_DIRS):
+            link.symlink_to(HOST_PACKAGE / "standins" / tool)
+
+
+def upper_dir(upper: Path, path: str) -> Path:
+    """Make folder `path` in an upper layer. New parents copy the owner and mode of the same
+    folder on this machine, since an upper folder's attributes hide the lower one's."""
+    upper.mkdir(parents=True, exist_ok=True)
+    target = upper
+    for part in PurePosixPath(path).relative_to("/").parts:
+        target = target / part
+        if not target.exists():
+            target.mkdir()
+            lower = Path("/") / target.relative_to(upper)
+            if lower.is_dir():
+                info = lower.stat()
+                os.chown(target, info.st_uid, info.st_gid)
+                target.chmod(stat.S_IMODE(info.st_mode))
+    return target
