@@ -163,7 +163,9 @@ def server():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     httpd.received = []
     httpd.reply = (200, json.dumps({"name": "linkedlist.org", "type": "A"}).encode())
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # A short poll interval: shutdown() waits for the next poll.
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     yield httpd
     httpd.shutdown()
