@@ -12,12 +12,13 @@ The API, as Gcore documents it:
 - Pickers, record meta `continents` / `countries` / `default`, and how `geodns`, `default` and
   `first_n` behave: https://gcore.com/docs/api-reference/dns/rrsets/create-rrset . Codes are
   lowercase: continents "af an as eu na oc sa", countries ISO 3166 alpha-2 ("de").
-- Health checks ("Healthchecks", https://gcore.com/docs/dns/dns-failover/configure-and-use-dns-failover):
-  the rrset meta `failover` {protocol, port, frequency (10-3600 s), timeout (1-10 s), method,
-  url, tls, http_status_code, host} (ranges from the API's schema, DNSOutputRrset.meta in
-  Gcore's generated SDKs; Gcore calls it a beta feature) and the `healthcheck` picker. Each
-  record (address) is checked from all of Gcore's locations: up when 85% of them get an answer
-  in time, down when 20% don't. When every record is down, all are answered.
+- Health checks, "Healthchecks":
+  https://gcore.com/docs/dns/dns-failover/configure-and-use-dns-failover . The rrset meta
+  `failover` {protocol, port, frequency (10-3600 s), timeout (1-10 s), method, url, tls,
+  http_status_code, host} (ranges from the API's schema, DNSOutputRrset.meta in Gcore's
+  generated SDKs; Gcore calls it a beta feature) and the `healthcheck` picker. Each record
+  (address) is checked from all of Gcore's locations: up when 85% of them get an answer in
+  time, down when 20% don't. When every record is down, all are answered.
 
 How the map becomes records. Gcore allows each address once per rrset, so there is one record
 per host. A host's record carries, in `continents` and `countries`, the regions it is the FIRST

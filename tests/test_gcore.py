@@ -246,7 +246,8 @@ def test_unreachable_api_is_one_clear_error(monkeypatch):
     assert TOKEN not in message
 
 
-@pytest.mark.parametrize("api_url", ["http://api.gcore.com", "ftp://api.gcore.com", "api.gcore.com"])
+@pytest.mark.parametrize("api_url", ["http://api.gcore.com", "ftp://api.gcore.com",
+                                     "api.gcore.com"])
 def test_the_token_never_goes_out_in_clear(monkeypatch, api_url):
     monkeypatch.setenv("GCORE_API_TOKEN", TOKEN)
     with pytest.raises(OutpostError) as err:
