@@ -16,7 +16,9 @@ The API, as Gcore documents it:
   https://gcore.com/docs/dns/dns-failover/configure-and-use-dns-failover . The rrset meta
   `failover` {protocol, port, frequency (10-3600 s), timeout (1-10 s), method, url, tls,
   http_status_code, host} (ranges from the API's schema, DNSOutputRrset.meta in Gcore's
-  generated SDKs; Gcore calls it a beta feature) and the `healthcheck` picker. Each record
+  generated SDKs; Gcore calls it a beta feature) and the `healthcheck` picker (the name
+  octoDNS and DNSControl send; the SDKs' picker list omits it and Gcore's Terraform example
+  uses the older "is_healthy": a first real run should confirm which one). Each record
   (address) is checked from all of Gcore's locations: up when 85% of them get an answer in
   time, down when 20% don't. When every record is down, all are answered.
 
