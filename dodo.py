@@ -1,7 +1,7 @@
 """Outpost's pipeline, as doit tasks.
 
     build:<arch> -> index:<arch> -> bootstrap:<host> -> sync:<host> -> upgrade:<host>
-    -> config:<host> -> content:<host> -> check:<host>
+    -> config:<host> -> content:<host> and dns:<host> -> check:<host>
 
 `doit deploy` runs it all (it is the default); `doit list --status` shows what would run;
 `doit info TASK` says why. The inventory is inventory.toml, or the file OUTPOST_INVENTORY names.
@@ -12,7 +12,7 @@ import sys
 from outpost import inventory as inventory_file
 from outpost.errors import OutpostError
 from outpost.report import OutpostReporter
-from tasks import build, config, hosts
+from tasks import build, config, dns, hosts
 
 try:
     INVENTORY = inventory_file.load(os.environ.get("OUTPOST_INVENTORY", "inventory.toml"))
@@ -86,6 +86,16 @@ def task_sync():
 def task_upgrade():
     """Upgrade the packages on each host and restart their services."""
     yield from _tasks(hosts.upgrade)
+
+
+def task_geoip():
+    """Write the local fleet's test country database."""
+    yield from _tasks(dns.fleet_database)
+
+
+def task_dns():
+    """Switch in each host's GeoDNS config, zone and database (gdnsd), after gdnsd checkconf."""
+    yield from _tasks(dns.dns)
 
 
 def task_content():

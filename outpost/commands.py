@@ -271,8 +271,13 @@ def _folders(host_files) -> list[str]:
     return sorted({str(PurePosixPath(f.remote_path).parent) for f in host_files})
 
 
-def _install_file(f) -> list[str]:
-    return ["doas", "install", "-m", f"{f.mode:o}", STAGE + f.remote_path, f.remote_path]
+def install_file_command(stage: str, f) -> list[str]:
+    """Install a staged file at its place, as root (its content was checked while staged)."""
+    return ["doas", "install", "-m", f"{f.mode:o}", stage + f.remote_path, f.remote_path]
+
+
+def folder_command(folder: str) -> list[str]:
+    return ["doas", "install", "-d", "-m", "755", folder]
 
 
 def _nginx_check() -> list[str]:
@@ -294,16 +299,56 @@ def _service_actions(host_files) -> list[tuple[str, list[list[str]]]]:
 
 
 def _config_commands(host_files) -> list[list[str]]:
-    commands = [["doas", "install", "-d", "-m", "755", folder] for folder in _folders(host_files)]
+    commands = [folder_command(folder) for folder in _folders(host_files)]
     if any(f.remote_path == NGINX_CONF for f in host_files):
         commands.append(_nginx_check())
-    commands += [_install_file(f) for f in host_files]
+    commands += [install_file_command(STAGE, f) for f in host_files]
     commands += [argv for _, argvs in _service_actions(host_files) for argv in argvs]
     return commands
 
 
-def _changed_flag(service: str) -> str:
-    return "changed_" + re.sub(r"[^A-Za-z0-9]", "_", service)
+def changed_flag(name: str) -> str:
+    """The shell variable install_changed_lines sets when a file of `name` changed."""
+    return "changed_" + re.sub(r"[^A-Za-z0-9]", "_", name)
+
+
+def stage_lines(stage: str, files) -> list[str]:
+    """Script lines that write every file under `stage` at its path on the host (the staged
+    copy is the SSH user's, readable by it alone), from base64 in the script itself."""
+    q = shlex.quote
+    lines = [f"rm -rf {q(stage)}"]
+    lines += [f"mkdir -p {q(stage + folder)}" for folder in _folders(files)]
+    for f in files:
+        lines.append(f"base64 -d > {q(stage + f.remote_path)} <<'OUTPOST_FILE'\n"
+                     f"{base64.encodebytes(f.content).decode()}OUTPOST_FILE")
+    return lines
+
+
+def refusal_lines(check: list[str], message: str, status: int) -> list[str]:
+    """Run a check of the staged files; on failure print its output and `message` to stderr
+    and exit with `status`, before anything was switched."""
+    return [f"if ! out=$({shlex.join(check)} 2>&1); then\n"
+            f"  printf '%s\\n' \"$out\" >&2\n"
+            f"  echo {shlex.quote(message)} >&2\n  exit {status}\nfi"]
+
+
+def install_changed_lines(stage: str, record: str, files, sha256s=None) -> list[str]:
+    """Install each staged file whose sha256 differs from what `record` says was installed
+    last, and record the new set. A file with a .service sets changed_flag(service). `sha256s`
+    gives the hash of files whose content is not in the script (default: hash .content)."""
+    q = shlex.quote
+    lines = [f"[ -d {q(folder)} ] || {shlex.join(folder_command(folder))}"
+             for folder in _folders(files)]
+    sha256s = sha256s or {}
+    records = [f"{sha256s.get(f.remote_path) or hashlib.sha256(f.content).hexdigest()}  "
+               f"{f.remote_path}" for f in files]
+    for f, line in zip(files, records):
+        flag = f"; {changed_flag(f.service)}=1" if f.service else ""
+        lines.append(f"if ! grep -qxF {q(line)} {q(record)} 2>/dev/null; then\n"
+                     f"  {shlex.join(install_file_command(stage, f))}\n"
+                     f"  echo changed: {q(f.remote_path)}{flag}\nfi")
+    lines.append(f"printf '%s\\n' {' '.join(q(r) for r in records)} > {q(record)}")
+    return lines
 
 
 def config_script(files) -> str:
@@ -314,33 +359,19 @@ def config_script(files) -> str:
     or restarted (an env-file). `files` have .remote_path, .mode, .service, .action and
     .content (bytes). Prints `changed: <path>`, `reloaded: <svc>`, `restarted: <svc>`."""
     q = shlex.quote
-    lines = ["set -eu", "umask 077", f"rm -rf {q(STAGE)}"]
-    lines += [f"mkdir -p {q(STAGE + folder)}" for folder in _folders(files)]
-    for f in files:
-        lines.append(f"base64 -d > {q(STAGE + f.remote_path)} <<'OUTPOST_FILE'\n"
-                     f"{base64.encodebytes(f.content).decode()}OUTPOST_FILE")
+    lines = ["set -eu", "umask 077", *stage_lines(STAGE, files)]
     if any(f.remote_path == NGINX_CONF for f in files):
-        lines.append(f"if ! out=$({shlex.join(_nginx_check())} 2>&1); then\n"
-                     f"  printf '%s\\n' \"$out\" >&2\n"
-                     f"  echo 'nginx -t refused the new configuration; the old one keeps serving'"
-                     f" >&2\n  exit {NGINX_REFUSED}\nfi")
+        lines += refusal_lines(_nginx_check(), "nginx -t refused the new configuration; the old"
+                               " one keeps serving", NGINX_REFUSED)
     if any(f.remote_path == DOAS_CONF for f in files):
         # A doas.conf that doas can't parse would lock the user out of every later step.
         lines.append(f"doas -C {q(STAGE + DOAS_CONF)} || {{ echo 'doas -C refused the new "
                      f"doas.conf' >&2; exit {NGINX_REFUSED}; }}")
-    lines += [f"[ -d {q(folder)} ] || doas install -d -m 755 {q(folder)}"
-              for folder in _folders(files)]
-    records = [f"{hashlib.sha256(f.content).hexdigest()}  {f.remote_path}" for f in files]
-    for f, record in zip(files, records):
-        flag = f"; {_changed_flag(f.service)}=1" if f.service else ""
-        lines.append(f"if ! grep -qxF {q(record)} {q(INSTALLED)} 2>/dev/null; then\n"
-                     f"  {shlex.join(_install_file(f))}\n"
-                     f"  echo changed: {q(f.remote_path)}{flag}\nfi")
-    lines.append(f"printf '%s\\n' {' '.join(q(r) for r in records)} > {q(INSTALLED)}")
+    lines += install_changed_lines(STAGE, INSTALLED, files)
     for service, argvs in _service_actions(files):
         verb = "reloaded" if len(argvs) == 2 else "restarted"
         run = " || ".join(f"{shlex.join(argv)} >/dev/null" for argv in argvs)
-        lines.append(f"if [ -n \"${{{_changed_flag(service)}:-}}\" ]; then\n"
+        lines.append(f"if [ -n \"${{{changed_flag(service)}:-}}\" ]; then\n"
                      f"  {run}\n  echo {verb}: {q(service)}\nfi")
     lines.append(f"rm -rf {q(STAGE)}")
     return "\n".join(lines) + "\n"
@@ -348,11 +379,12 @@ def config_script(files) -> str:
 
 # --- doas.conf for the hosts ------------------------------------------------------------------
 
-def doas_permits(user: str, repository, packages, host_files=()) -> list[tuple[str, list[str]]]:
+def doas_permits(user: str, repository, packages, host_files=(),
+                 extra=()) -> list[tuple[str, list[str]]]:
     """(user, argv without doas) for each root command the scripts above and below run (see the
     module docstring), for this repository, these packages and these config files (objects
-    with .remote_path, .mode, .service, .action, such as outpost.render.HostFile), in order and
-    each once."""
+    with .remote_path, .mode, .service, .action, such as outpost.render.HostFile), and `extra`
+    (other steps' commands with doas, such as geodns.doas_commands), in order and each once."""
     commands = [_owned_dir_command(user, path)
                 for path in (repository.path, CONFIG_DIR, *(p.content_dir for p in packages
                                                              if p.content_dir))]
@@ -362,6 +394,7 @@ def doas_permits(user: str, repository, packages, host_files=()) -> list[tuple[s
     for package in packages:
         commands += _upgrade_commands(package.name, package.service)
     commands += _config_commands(host_files)
+    commands += list(extra)
     permits = []
     for doas, *argv in commands:
         if (user, argv) not in permits:  # `apk update` is the same for every package
@@ -369,12 +402,20 @@ def doas_permits(user: str, repository, packages, host_files=()) -> list[tuple[s
     return permits
 
 
-def doas_rules(user: str, repository, packages, host_files=()) -> str:
+def doas_rule(user: str, argv: list[str]) -> dict:
+    """A doas_permits entry as templates/doas.conf.j2 reads it: who, as whom, which command.
+    `doas -u NAME cmd ...` runs as NAME (gdnsdctl as gdnsd's own user), else as root."""
+    if argv[:1] == ["-u"]:
+        return {"user": user, "as": argv[1], "argv": argv[2:]}
+    return {"user": user, "as": "root", "argv": argv}
+
+
+def doas_rules(user: str, repository, packages, host_files=(), extra=()) -> str:
     """doas.conf text (templates/doas.conf.j2) allowing `user` exactly doas_permits."""
     from outpost import render  # render imports this module
     return render.render("doas.conf.j2", {"doas_rules": [
-        {"user": permit_user, "argv": argv}
-        for permit_user, argv in doas_permits(user, repository, packages, host_files)]})
+        doas_rule(permit_user, argv)
+        for permit_user, argv in doas_permits(user, repository, packages, host_files, extra)]})
 
 
 # --- check: the app's health endpoint ---------------------------------------------------------

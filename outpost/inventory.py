@@ -102,6 +102,29 @@ class Site:
 
 
 @dataclass(frozen=True)
+class DnsHealth:
+    """gdnsd's http_status health check of each host (man gdnsd-plugin-http_status)."""
+    interval: int       # seconds between checks (gdnsd refuses less than 2)
+    timeout: int        # seconds per check; less than interval
+    up_thresh: int      # good checks in a row before a down host is up again
+    ok_thresh: int      # good checks in a row that clear a failing host's count of bad ones
+    down_thresh: int    # bad checks in a row before an up host is down
+
+
+@dataclass(frozen=True)
+class Dns:
+    """[dns]: which hosts answer for the site's name, per continent or country."""
+    provider: str                           # "gdnsd" (every host a nameserver) or "gcore"
+    default: str                            # the host for everywhere the map doesn't name
+    map: tuple[tuple[str, tuple[str, ...]], ...]  # ("NA", ("ny", "fr")), ("EU/DE", ("fr",))
+    database: Path | None                   # a MaxMind-format country database; None: the
+                                            # local fleet's generated test database
+    ttl: int                                # the answer's TTL: how long resolvers keep it
+    health: DnsHealth
+    api: str                                # Gcore's API, for provider = "gcore"
+
+
+@dataclass(frozen=True)
 class Inventory:
     path: Path
     site: Site
@@ -111,6 +134,7 @@ class Inventory:
     fleet: Fleet | None
     packages: tuple[Package, ...]
     hosts: tuple[Host, ...]
+    dns: Dns | None = None
 
     @property
     def root(self) -> Path:
@@ -146,6 +170,11 @@ def _is_int(value: Any) -> bool:
 STRING = Type("a string", lambda v: isinstance(v, str))
 INTEGER = Type("an integer", _is_int)
 NUMBER = Type("a number", lambda v: _is_int(v) or isinstance(v, float), lambda v, root: float(v))
+HOST_LISTS = Type("a table of arrays of host names",
+                  lambda v: isinstance(v, dict) and all(
+                      isinstance(hosts, list) and all(isinstance(h, str) for h in hosts)
+                      for hosts in v.values()),
+                  lambda v, root: tuple((region, tuple(hosts)) for region, hosts in v.items()))
 STRINGS = Type("an array of strings",
                lambda v: isinstance(v, list) and all(isinstance(item, str) for item in v),
                lambda v, root: tuple(v))
@@ -254,6 +283,54 @@ def _bridge(value: str) -> str | None:
     return f"{value!r} is not a usable bridge name; use up to 10 lowercase letters, digits and -"
 
 
+# MaxMind's continent codes: the top level of a GeoIP2 database and of gdnsd's geoip map.
+CONTINENTS = ("AF", "AN", "AS", "EU", "NA", "OC", "SA")
+DNS_PROVIDERS = ("gdnsd", "gcore")
+# [dns] database = "fleet": the local fleet's generated test database (never for real use).
+FLEET_DATABASE = "fleet"
+
+
+def _dns_region(key: str) -> str | None:
+    """A [dns.map] key: a continent code ("NA") or continent/country ("EU/DE")."""
+    continent, _, country = key.partition("/")
+    if continent not in CONTINENTS:
+        return (f"{key!r} is not a region; use a continent code ({', '.join(CONTINENTS)}) or "
+                "continent/country with an ISO 3166 code, e.g. \"EU/DE\"")
+    if "/" in key and not re.fullmatch(r"[A-Z]{2}", country):
+        return f"{key!r}: {country!r} is not an ISO 3166 country code (two capital letters)"
+    return None
+
+
+def _dns_map(value: dict) -> str | None:
+    for region, hosts in value.items():
+        problem = _dns_region(region)
+        if problem:
+            return problem
+        if not hosts:
+            return f"{region!r} names no host"
+        if len(set(hosts)) != len(hosts):
+            return f"{region!r} names a host twice: {hosts}"
+    return None
+
+
+def _dns_provider(value: str) -> str | None:
+    if value in DNS_PROVIDERS:
+        return None
+    return f"unknown DNS provider {value!r}; use one of: " + ", ".join(DNS_PROVIDERS)
+
+
+def _health_interval(value: int) -> str | None:
+    return None if value >= 2 else f"gdnsd checks at most every 2 seconds, found {value}"
+
+
+def _at_least_one(value: int) -> str | None:
+    return None if value >= 1 else f"must be 1 or more, found {value}"
+
+
+def _url(value: str) -> str | None:
+    return None if re.fullmatch(r"https?://[^\s/]+(/\S*)?", value) else f"{value!r} is not a URL"
+
+
 def _builder_kind(value: str) -> str | None:
     if value in BUILDER_KINDS:
         return None
@@ -298,6 +375,16 @@ SCHEMA: dict[str, Table] = {
         Key("content_dir", STRING, None, _remote_path),
         Key("port", INTEGER, None, _port),
     ), array=True),
+    "dns": Table((
+        Key("provider", STRING, "gdnsd", _dns_provider),
+        Key("default", STRING),
+        Key("map", HOST_LISTS, {}, _dns_map),
+        # "fleet", or the path of a MaxMind-format country database (DB-IP, GeoLite2).
+        Key("database", STRING, FLEET_DATABASE, _not_empty),
+        Key("ttl", INTEGER, 30, _at_least_one),
+        Key("health", Type("a table ([dns.health])", lambda v: isinstance(v, dict)), {}),
+        Key("api", STRING, "https://api.gcore.com/dns", _url),
+    ), required=False),
     "hosts": Table((
         Key("name", STRING, check=_host_name),
         Key("address", STRING, check=_address),
@@ -308,6 +395,17 @@ SCHEMA: dict[str, Table] = {
         Key("groups", STRINGS, ()),
     ), array=True),
 }
+
+
+# [dns.health]: defaults that fail over in seconds (gdnsd's own fail over in about 100 s).
+DNS_HEALTH = Table((
+    # Whole seconds: gdnsd takes no fractions.
+    Key("interval", INTEGER, 2, _health_interval),
+    Key("timeout", INTEGER, 1, _at_least_one),
+    Key("up_thresh", INTEGER, 1, _at_least_one),
+    Key("ok_thresh", INTEGER, 1, _at_least_one),
+    Key("down_thresh", INTEGER, 1, _at_least_one),
+))
 
 
 # --- The validator -----------------------------------------------------------------------------
@@ -431,6 +529,33 @@ def _check_package_content(packages: list[dict], label: str) -> None:
                                  " (what to push and where hosts keep it); give both or neither")
 
 
+def _check_dns(dns: dict, hosts: list[dict], fleet, label: str, root: Path) -> Dns:
+    where = f"{label}: [dns]"
+    health = _check_table(dns["health"], DNS_HEALTH, f"{label}: [dns.health]", root)
+    if health["timeout"] >= health["interval"]:
+        raise InventoryError(f"{label}: [dns.health]: key 'timeout' ({health['timeout']}) must "
+                             f"be less than 'interval' ({health['interval']})")
+    names = [host["name"] for host in hosts]
+    if dns["default"] not in names:
+        raise InventoryError(f"{where}: key 'default': no host named {dns['default']!r}; "
+                             f"hosts: {', '.join(names)}")
+    for region, region_hosts in dns["map"]:
+        for name in region_hosts:
+            if name not in names:
+                raise InventoryError(f"{label}: [dns.map]: {region}: no host named {name!r}; "
+                                     f"hosts: {', '.join(names)}")
+    database = None
+    if dns["database"] == FLEET_DATABASE:
+        if fleet is None and dns["provider"] == "gdnsd":
+            raise InventoryError(f"{where}: key 'database': \"{FLEET_DATABASE}\" is the local "
+                                 "fleet's test database; real hosts need a real one (the path "
+                                 "of a DB-IP or GeoLite2 country .mmdb)")
+    else:
+        database = root / Path(dns["database"]).expanduser()
+    return Dns(provider=dns["provider"], default=dns["default"], map=dns["map"],
+               database=database, ttl=dns["ttl"], health=DnsHealth(**health), api=dns["api"])
+
+
 def load(path: str | Path) -> Inventory:
     """Read and validate an inventory. Errors name the file as `path` gives it."""
     label = str(path)
@@ -469,4 +594,6 @@ def load(path: str | Path) -> Inventory:
                     "user": values["user"] if values["user"] is not None else ssh["user"],
                     "port": values["port"] if values["port"] is not None else ssh["port"]})
             for values in checked["hosts"]),
+        dns=(_check_dns(checked["dns"], checked["hosts"], checked["fleet"], label, root)
+             if checked["dns"] else None),
     )

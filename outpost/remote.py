@@ -20,7 +20,12 @@ from outpost.errors import OutpostError
 
 
 class RemoteError(OutpostError):
-    """A host could not be reached, was refused, or a step on it failed."""
+    """A host could not be reached, was refused, or a step on it failed (then `exited` is the
+    script's exit status)."""
+
+    def __init__(self, message: str, exited: int | None = None):
+        super().__init__(message)
+        self.exited = exited
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ def run_script(host, script: str, ssh, step: str | None = None) -> Result:
         raise RemoteError(f"{where}: the connection was lost before the script finished"
                           + _tail(stderr))
     if exited != 0:
-        raise RemoteError(f"{where} failed (exit {exited})" + _tail(stderr))
+        raise RemoteError(f"{where} failed (exit {exited})" + _tail(stderr), exited)
     return Result(stdout, stderr, exited)
 
 

@@ -26,7 +26,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from outpost import commands, tls
+from outpost import commands, geodns, tls
 from outpost.errors import OutpostError
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
@@ -115,9 +115,11 @@ def host_context(inventory, host) -> dict:
         "nginx": _nginx(site.name),
         "apk": {"list_line": commands.repo_list_line(INDEX_FORMATS[inventory.builder.kind],
                                                      inventory.repository.path)},
-        "doas_rules": [{"user": user, "argv": list(argv)} for user, argv in
+        "doas_rules": [commands.doas_rule(user, list(argv)) for user, argv in
                        commands.doas_permits(host.user, inventory.repository,
-                                             inventory.packages, host_files(inventory, host))],
+                                             inventory.packages, host_files(inventory, host),
+                                             geodns.inventory_doas_commands(inventory))],
+        "health_path": geodns.HEALTH_PATH,
     }
 
 

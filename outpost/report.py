@@ -18,17 +18,32 @@ def check_table(rows: list[dict]) -> str:
                      for line in lines)
 
 
+def dns_table(rows: list[dict]) -> str:
+    """Continents down, nameservers across: the host each nameserver gave a visitor there."""
+    nameservers = sorted({r["nameserver"] for r in rows})
+    continents = sorted({r["continent"] for r in rows})
+    cell = {(r["continent"], r["nameserver"]): r["answer"] for r in rows}
+    expected = {r["continent"]: r["expected"] for r in rows}
+    lines = [("continent", "expected", *(f"ns {n}" for n in nameservers))]
+    lines += [(c, expected[c], *(cell.get((c, n), "-") for n in nameservers)) for c in continents]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip()
+                     for line in lines)
+
+
 class OutpostReporter(ConsoleReporter):
     """doit's ConsoleReporter; collects the check:<host> results and prints their table."""
 
     def __init__(self, outstream, options):
         super().__init__(outstream, options)
         self.checks = []
+        self.dns_rows = []
 
     def add_success(self, task):
         super().add_success(task)
         if task.name.startswith(CHECK) and "status" in task.values:
             self.checks.append(task.values)
+            self.dns_rows += task.values.get("dns", [])
 
     def add_failure(self, task, fail_info):
         super().add_failure(task, fail_info)
@@ -38,4 +53,7 @@ class OutpostReporter(ConsoleReporter):
     def complete_run(self):
         if self.checks:
             self.write("\n" + check_table(self.checks) + "\n\n")
+        if self.dns_rows:
+            self.write("GeoDNS: the host each nameserver gives a visitor on each continent\n"
+                       + dns_table(self.dns_rows) + "\n\n")
         super().complete_run()

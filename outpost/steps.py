@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from outpost import commands, remote, render, repo, tls
+from outpost import commands, geodns, remote, render, repo, tls
 from outpost.errors import OutpostError
 from outpost.template import load_template
 
@@ -208,6 +208,34 @@ def push_content(inventory, host):
                              host, inventory.ssh, step="content")
 
 
+# --- dns -------------------------------------------------------------------------------------
+
+def fleet_database(inventory):
+    """Write the local fleet's test country database (geoip.write_fleet_database)."""
+    from outpost import geoip
+    path = geoip.fleet_database_path(inventory)
+    geoip.write_fleet_database(path)
+    say(f"geoip: wrote the fleet's test database {path}")
+
+
+def dns(inventory, host):
+    """Put the host's gdnsd config, zone and country database in place, checked by gdnsd
+    before they are switched in, and apply them (geodns.dns_script). The database goes only to
+    a host that lacks it: the first try sends none, and the host says when it needs it."""
+    from outpost import geoip
+    database = geoip.read_database(geoip.database_path(inventory))
+    for send in (False, True):
+        files = geodns.dns_files(inventory, host, database, send_database=send)
+        try:
+            result = remote.run_script(host, geodns.dns_script(files), inventory.ssh, step="dns")
+        except remote.RemoteError as error:
+            if error.exited == geodns.NEEDS_DATABASE and not send:
+                continue
+            raise
+        _report(host, result.stdout)
+        return
+
+
 # --- check ---------------------------------------------------------------------------------
 
 # Requests per host for the response time; the median of these is reported.
@@ -282,6 +310,50 @@ def check(inventory, host):
         if status != 200:
             raise OutpostError(f"host {host.name}, step check: https://{inventory.site.name}/ "
                                f"at {host.address} answered HTTP {status}")
-    return {"host": host.name, "region": host.region, "status": "ok",
-            "version": health["version"], "median_ms": round(statistics.median(times), 1),
-            "requests": CHECK_REQUESTS}
+    result = {"host": host.name, "region": host.region, "status": "ok",
+              "version": health["version"], "median_ms": round(statistics.median(times), 1),
+              "requests": CHECK_REQUESTS}
+    if inventory.dns is not None and inventory.dns.provider == "gdnsd":
+        result["dns"] = check_dns(inventory, host)
+    return result
+
+
+def _dns_rows(inventory, host) -> list[dict]:
+    """Ask the host's nameserver for the site's name once per continent, as a resolver would
+    for a visitor there (EDNS Client Subnet from geodns.PROBE_NETWORKS)."""
+    import dns.exception
+    import dns.query
+
+    by_address = {h.address: h.name for h in inventory.hosts}
+    rows = []
+    for continent, (_, network) in sorted(geodns.PROBE_NETWORKS.items()):
+        expected = geodns.expected_host(inventory.dns, inventory.hosts, continent)
+        try:
+            response = dns.query.udp(geodns.ecs_query(inventory.site.name, network),
+                                     host.address, timeout=2.0)
+            addresses = geodns.answer_addresses(response)
+            answer = ", ".join(by_address.get(a, a) for a in addresses) or "no answer"
+        except (dns.exception.DNSException, OSError) as error:
+            answer = f"no reply ({error or type(error).__name__})"
+        rows.append({"nameserver": host.name, "continent": continent, "network": network,
+                     "answer": answer, "expected": expected})
+    return rows
+
+
+def check_dns(inventory, host) -> list[dict]:
+    """Wait until the host's nameserver answers every continent with the host the map gives
+    (its health checks may still be catching up with a deploy), then return the rows. Fails
+    naming the nameserver, the continent, the answer and the expected host."""
+    deadline = time.monotonic() + CHECK_WAIT
+    while True:
+        rows = _dns_rows(inventory, host)
+        wrong = [row for row in rows if row["answer"] != row["expected"]]
+        if not wrong or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if wrong:
+        raise OutpostError("; ".join(
+            f"host {host.name}, step check: nameserver {host.address} answers {row['continent']}"
+            f" ({row['network']}) with {row['answer']}, expected {row['expected']}"
+            for row in wrong))
+    return rows

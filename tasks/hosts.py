@@ -72,6 +72,13 @@ def content(inventory):
         }
 
 
+def dns_tasks(inventory, host) -> list[str]:
+    """The host's DNS task, when its nameserver is gdnsd (tasks/dns.py)."""
+    if inventory.dns is not None and inventory.dns.provider == "gdnsd":
+        return [f"dns:{host.name}"]
+    return []
+
+
 def check(inventory):
     for host in inventory.hosts:
         yield {
@@ -79,7 +86,7 @@ def check(inventory):
             "doc": f"Check over HTTPS that {host.name} serves the app and the pushed content",
             # No inputs: it always runs. It only reads, so a no-op deploy stays a no-op.
             "actions": [action(steps.check, inventory, host)],
-            "task_dep": [f"content:{host.name}"],
+            "task_dep": [f"content:{host.name}"] + dns_tasks(inventory, host),
             "verbosity": 2,
         }
 

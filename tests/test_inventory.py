@@ -254,7 +254,7 @@ def test_unknown_key_in_ssh(error):
 
 def test_unknown_table(error):
     assert error(VALID + "[hostz]\nname = 'x'\n") == (
-        "unknown table 'hostz'; allowed: builder, fleet, hosts, packages, repository, site, "
+        "unknown table 'hostz'; allowed: builder, dns, fleet, hosts, packages, repository, site, "
         "ssh")
 
 

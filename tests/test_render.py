@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from outpost import commands, render, tls
+from outpost import commands, geodns, render, tls
 from outpost.errors import OutpostError
 from outpost.inventory import load
 
@@ -117,18 +117,21 @@ def test_doas_conf_is_commands_doas_rules(inventory):
     context = render.host_context(inventory, inventory.host("au"))
     assert render.render("doas.conf.j2", context) == commands.doas_rules(
         "deploy", inventory.repository, inventory.packages,
-        render.host_files(inventory, inventory.host("au")))
+        render.host_files(inventory, inventory.host("au")),
+        geodns.inventory_doas_commands(inventory))
 
 
 def test_doas_words_with_spaces_or_quotes_are_quoted():
     text = render.render("doas.conf.j2", {"doas_rules": [
-        {"user": "lego", "argv": ["dinitctl", "restart", "nginx"]},
-        {"user": "deploy", "argv": ["tee", '/srv/a "b"']},
-        {"user": "deploy", "argv": ["apk"]}]})
+        {"user": "lego", "as": "root", "argv": ["dinitctl", "restart", "nginx"]},
+        {"user": "deploy", "as": "root", "argv": ["tee", '/srv/a "b"']},
+        {"user": "deploy", "as": "root", "argv": ["apk"]},
+        commands.doas_rule("deploy", ["-u", "_gdnsd", "gdnsdctl", "reload-zones"])]})
     assert text.splitlines()[1:] == [
         "permit nopass lego as root cmd dinitctl args restart nginx",  # the seed's rule
         'permit nopass deploy as root cmd tee args "/srv/a \\"b\\""',
         "permit nopass deploy as root cmd apk args",  # no arguments at all
+        "permit nopass deploy as _gdnsd cmd gdnsdctl args reload-zones",
     ]
     assert text.endswith("\n")
 

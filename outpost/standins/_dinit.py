@@ -42,7 +42,8 @@ RESTART_LIMIT_COUNT = 3
 DELIBERATE_SIGNALS = {signal.SIGHUP, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM}
 
 HONOURED_SETTINGS = ("type", "command", "working-dir", "run-as", "env-file", "logfile", "restart",
-                     "smooth-recovery", "depends-on", "waits-for", "depends-on.d", "waits-for.d")
+                     "smooth-recovery", "depends-on", "waits-for", "depends-on.d", "waits-for.d",
+                     "capabilities")
 # Settings real dinit knows that the stand-in does not honour: loading one is an error that says so.
 UNHONOURED_SETTINGS = (
     "stop-command", "restart-delay", "restart-limit-interval", "restart-limit-count",
@@ -51,7 +52,7 @@ UNHONOURED_SETTINGS = (
     "socket-gid", "term-signal", "termsignal", "ready-notification", "log-type", "logfile-permissions",
     "logfile-uid", "logfile-gid", "log-buffer-size", "consumer-of", "options", "load-options",
     "inittab-id", "inittab-line", "rlimit-nofile", "rlimit-core", "rlimit-data",
-    "rlimit-addrspace", "nice", "run-in-cgroup", "capabilities", "securebits", "secure-bits",
+    "rlimit-addrspace", "nice", "run-in-cgroup", "securebits", "secure-bits",
     "ioprio", "oom-score-adj", "description")
 SUPPORTED_TYPES = ("process", "internal")
 KNOWN_TYPES = ("process", "bgprocess", "scripted", "internal", "triggered")
@@ -91,6 +92,46 @@ class Description:
     waits_for: tuple = ()
     depends_on_dirs: tuple = ()
     waits_for_dirs: tuple = ()
+    capabilities: tuple = ()  # (prefix, name) pairs of the IAB string: ("^", "net_bind_service")
+
+
+# libcap's IAB text, as dinit's `capabilities` takes it (cap_iab_from_text): comma-separated
+# capability names, each with an optional prefix: "%" (or none) inheritable, "^" ambient (and
+# inheritable), "!" dropped from the bounding set.
+IAB_ENTRY = re.compile(r"([%^!]?)cap_([a-z_]+)")
+
+
+def parse_iab(text):
+    """[(prefix, capability name without cap_)] for an IAB string; ValueError if malformed."""
+    entries = []
+    for item in text.split(","):
+        match = IAB_ENTRY.fullmatch(item.strip().lower())
+        if not match:
+            raise ValueError(f"invalid capability specification '{item.strip()}'")
+        entries.append((match.group(1) or "%", match.group(2)))
+    return tuple(entries)
+
+
+def setpriv_argv(capabilities, user):
+    """util-linux setpriv's argv that switches to `user` (uid, gid, groups) keeping the
+    capabilities given: how the stand-in applies `run-as` together with `capabilities`."""
+    uid, gid, groups = user or (None, None, None)
+    argv = ["setpriv"]
+    if uid is not None:
+        argv.append(f"--reuid={uid}")
+        if gid is not None:
+            argv.append(f"--regid={gid}")
+        argv.append(f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups")
+    inheritable = [name for prefix, name in capabilities if prefix in "%^"]
+    ambient = [name for prefix, name in capabilities if prefix == "^"]
+    dropped = [name for prefix, name in capabilities if prefix == "!"]
+    if inheritable:
+        argv.append("--inh-caps=" + ",".join(f"+{name}" for name in inheritable))
+    if ambient:
+        argv.append("--ambient-caps=" + ",".join(f"+{name}" for name in ambient))
+    if dropped:
+        argv.append("--bounding-set=" + ",".join(f"-{name}" for name in dropped))
+    return argv + ["--"]
 
 
 def logical_lines(text):
@@ -218,6 +259,11 @@ def parse_description(name, path, text):
             values["smooth_recovery"] = joined in ("yes", "true")
         elif setting == "env-file":
             values["env_file"] = os.path.join(service_dir, joined)
+        elif setting == "capabilities":
+            try:
+                values["capabilities"] = parse_iab(joined)
+            except ValueError as err:
+                fail(number, str(err), setting)
         else:  # working-dir, run-as, logfile
             values[key] = joined
     if "type" not in values:
@@ -481,8 +527,14 @@ class Supervisor:
             stage = "executing command"
             try:
                 uid, gid, groups = service.user or (None, None, None)
+                command = list(desc.command)
+                if desc.capabilities:
+                    # Ambient capabilities must be raised before the switch to the user and
+                    # kept through it: setpriv does both, then runs the command.
+                    command = setpriv_argv(desc.capabilities, service.user) + command
+                    uid = gid = groups = None
                 service.process = subprocess.Popen(
-                    list(desc.command), stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                    command, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
                     cwd=cwd, env=service.env, start_new_session=True, close_fds=True,
                     user=uid, group=gid, extra_groups=groups)
             finally:

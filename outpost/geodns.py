@@ -1,0 +1,287 @@
+"""GeoDNS with gdnsd on every host: what each nameserver serves and the script that switches
+it in, built by pure functions (outpost.steps runs them).
+
+    region_orders(dns, hosts)       each [dns.map] region's complete fallback order
+    expected_host(dns, hosts, c)    the host a visitor on continent c should get
+    dns_context(inventory, host)    everything templates/gdnsd/ reads (a config_changed value)
+    dns_files(inventory, host, db)  the files a host gets: config, zone, country database
+    dns_script(files, ...)          one round trip: stage, `gdnsd checkconf`, switch, apply
+    doas_commands()                 the root (and _gdnsd) commands that script runs
+    ecs_query(name, network)        the check's DNS query, with EDNS Client Subnet
+
+Applying a change (FACTS.md, gdnsd 3.8.1): a zone change is `gdnsdctl reload-zones` (about
+30 ms, no query lost). A config or database change restarts the service under dinit.
+`gdnsdctl replace` would hand the sockets to a new process that dinit did not start: dinit
+supervises the PID it started, so it would see its service die and start another. A restart
+leaves this one nameserver silent for a moment (gdnsd runs its first round of health checks
+before it listens); resolvers ask the site's other nameservers meanwhile.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import shlex
+import zlib
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from outpost import commands
+
+# Paths on the hosts, as the gdnsd package installs them (cports-overlay/user/gdnsd).
+SERVICE = "gdnsd"
+USER = "_gdnsd"
+CONF_DIR = "/etc/gdnsd"
+RUN_DIR = "/run/gdnsd"
+STATE_DIR = "/var/lib/gdnsd"
+# The country database has one name on every host, whatever the local file is called.
+DATABASE_NAME = "country.mmdb"
+CONFIG = f"{CONF_DIR}/config"
+DATABASE = f"{CONF_DIR}/geoip/{DATABASE_NAME}"
+# In the SSH user's own folder (config's): the DNS step's staged files and the record of what
+# it installed.
+STAGE = f"{commands.CONFIG_DIR}/dns-stage"
+INSTALLED = f"{commands.CONFIG_DIR}/dns-installed.sha256"
+# Exit statuses of dns_script: gdnsd refused the staged files; the database was not sent and
+# the host lacks it.
+REFUSED = 65
+NEEDS_DATABASE = 66
+# The path nginx serves the app's health on over plain HTTP, for gdnsd's checker.
+HEALTH_PATH = "/_health"
+
+# One network on each continent that the check asks about (as an ECS client subnet): each
+# continent's regional internet registry's own network, which country databases place there.
+# The local fleet's generated database holds exactly these.
+PROBE_NETWORKS = {
+    "AF": ("MU", "196.216.2.0/24"),    # AFRINIC, Mauritius
+    "AS": ("JP", "192.41.192.0/24"),   # JPNIC, Japan
+    "EU": ("NL", "193.0.0.0/21"),      # RIPE NCC, Netherlands
+    "NA": ("US", "192.149.252.0/24"),  # ARIN, United States
+    "OC": ("AU", "202.12.28.0/22"),    # APNIC, Australia
+    "SA": ("UY", "200.3.12.0/22"),     # LACNIC, Uruguay
+}
+
+
+# --- the map ----------------------------------------------------------------------------------
+
+def _complete(order, dns, names: list[str]) -> list[str]:
+    """An order made complete: its hosts, then the default, then every other host in inventory
+    order. When every host of a list is down, gdnsd answers as if all were up; a complete list
+    makes that "every host is down" rather than "this region's two hosts are"."""
+    result = list(order)
+    for name in [dns.default, *names]:
+        if name not in result:
+            result.append(name)
+    return result
+
+
+def default_order(dns, hosts) -> list[str]:
+    return _complete([], dns, [h.name for h in hosts])
+
+
+def region_orders(dns, hosts) -> list[tuple[str, list[str]]]:
+    """("NA", ["ny", "fr", "au"]) for each [dns.map] region, in the inventory's order."""
+    names = [h.name for h in hosts]
+    return [(region, _complete(order, dns, names)) for region, order in dns.map]
+
+
+def expected_host(dns, hosts, continent: str) -> str:
+    """The host a visitor on `continent` gets while every host is healthy."""
+    for region, order in region_orders(dns, hosts):
+        if region == continent:
+            return order[0]
+    return default_order(dns, hosts)[0]
+
+
+def _map_regions(dns, hosts) -> list[dict]:
+    """The map as gdnsd nests it: continent => [order], or continent => { default => [order],
+    COUNTRY => [order] } when the inventory names countries of that continent."""
+    regions: dict[str, dict] = {}
+    for region, order in region_orders(dns, hosts):
+        continent, _, country = region.partition("/")
+        entry = regions.setdefault(continent, {"continent": continent, "order": None,
+                                               "countries": []})
+        if country:
+            entry["countries"].append({"code": country, "order": order})
+        else:
+            entry["order"] = order
+    return list(regions.values())
+
+
+# --- what a host gets -------------------------------------------------------------------------
+
+def nameserver_name(host, zone: str) -> str:
+    return f"{host.name}.{zone}"
+
+
+def dns_context(inventory, host) -> dict:
+    """Everything templates/gdnsd/ reads for this host, as plain data: a doit config_changed
+    value that changes exactly when the host's config or zone may."""
+    dns, site = inventory.dns, inventory.site
+    health = dns.health
+    return {
+        "host": {"name": host.name},
+        "site": {"name": site.name},
+        "dns": {
+            "zone": site.name,
+            "listen": [f"{host.address}:53"],
+            "run_dir": RUN_DIR,
+            "state_dir": STATE_DIR,
+            "database": DATABASE_NAME,
+            "hosts": [h.name for h in inventory.hosts],
+            "addresses": {h.name: h.address for h in inventory.hosts},
+            "default": default_order(dns, inventory.hosts),
+            "regions": _map_regions(dns, inventory.hosts),
+            "health": {"path": HEALTH_PATH, "interval": health.interval,
+                       "timeout": health.timeout, "up_thresh": health.up_thresh,
+                       "ok_thresh": health.ok_thresh, "down_thresh": health.down_thresh},
+            "nameservers": [{"name": nameserver_name(h, site.name), "address": h.address}
+                            for h in inventory.hosts],
+            "ttl": dns.ttl,
+            "min_ttl": min(10, dns.ttl),
+        },
+    }
+
+
+def zone_serial(context: dict) -> int:
+    """A serial that changes with the zone's content (never 0)."""
+    return zlib.crc32(repr(context["dns"]).encode()) or 1
+
+
+@dataclass(frozen=True)
+class DnsFile:
+    remote_path: str
+    mode: int
+    content: bytes | None   # None: not sent (the database, when the host has it already)
+    sha256: str
+    service: str            # which change it is: "zone" reloads zones, "gdnsd" restarts
+
+    @classmethod
+    def of(cls, remote_path: str, content: bytes, service: str) -> "DnsFile":
+        return cls(remote_path, 0o644, content, hashlib.sha256(content).hexdigest(), service)
+
+
+def zone_path(zone: str) -> str:
+    return f"{CONF_DIR}/zones/{zone}"
+
+
+def dns_files(inventory, host, database: bytes, send_database: bool = True) -> list[DnsFile]:
+    """The host's gdnsd config and zone, rendered from templates/gdnsd/, and the country
+    database (its content only when send_database)."""
+    from outpost import render  # jinja2, only when rendering
+
+    context = dns_context(inventory, host)
+    context["dns"]["serial"] = zone_serial(context)
+    database_file = DnsFile.of(DATABASE, database, SERVICE)
+    if not send_database:
+        database_file = DnsFile(DATABASE, 0o644, None, database_file.sha256, SERVICE)
+    return [
+        DnsFile.of(CONFIG, render.render("gdnsd/config.j2", context).encode(), SERVICE),
+        DnsFile.of(zone_path(inventory.site.name),
+                   render.render("gdnsd/zone.j2", context).encode(), "zone"),
+        database_file,
+    ]
+
+
+# --- the script -------------------------------------------------------------------------------
+
+def _checkconf() -> list[str]:
+    # As the SSH user, on its own staged copy: checking needs no privilege.
+    return ["gdnsd", "-c", STAGE + CONF_DIR, "checkconf"]
+
+
+def _reload_zones() -> list[str]:
+    # As gdnsd's own user: its control socket is in its private run dir.
+    return ["doas", "-u", USER, "gdnsdctl", "-c", CONF_DIR, "reload-zones"]
+
+
+def _enable() -> list[str]:
+    return ["doas", "dinitctl", "enable", SERVICE]
+
+
+def _restart() -> list[str]:
+    return ["doas", "dinitctl", "restart", "--ignore-unstarted", SERVICE]
+
+
+def _start() -> list[str]:
+    return ["doas", "dinitctl", "start", SERVICE]
+
+
+def _folders() -> list[str]:
+    return [f"{CONF_DIR}/zones", f"{CONF_DIR}/geoip"]
+
+
+def doas_commands(zone: str) -> list[list[str]]:
+    """Every root (or _gdnsd) command dns_script runs, with doas, for commands.doas_permits."""
+    files = [DnsFile(path, 0o644, None, "", "") for path in (CONFIG, zone_path(zone), DATABASE)]
+    return ([commands.folder_command(folder) for folder in _folders()]
+            + [commands.install_file_command(STAGE, f) for f in files]
+            + [_enable(), _restart(), _start(), _reload_zones()])
+
+
+def inventory_doas_commands(inventory) -> list[list[str]]:
+    """doas_commands when the hosts run gdnsd, else none."""
+    dns = inventory.dns
+    if dns is None or dns.provider != "gdnsd":
+        return []
+    return doas_commands(inventory.site.name)
+
+
+def dns_script(files: list[DnsFile]) -> str:
+    """One round trip that puts gdnsd's files in place and applies them:
+
+    1. stage the files sent (the database is copied from its place when not sent; if it is
+       not there, or not the one wanted, exit NEEDS_DATABASE so the step sends it);
+    2. `gdnsd checkconf` on the staged folder; a refusal exits REFUSED with gdnsd's message,
+       the old files still answering;
+    3. install each file that differs from what was installed last;
+    4. enable gdnsd once (that starts it), restart it for a config or database change, reload
+       its zones for a zone change, and make sure it runs.
+    Prints `changed: <path>`, `restarted: gdnsd`, `reloaded: zones`."""
+    q = shlex.quote
+    sent = [f for f in files if f.content is not None]
+    lines = ["set -eu", "umask 077", *commands.stage_lines(STAGE, sent)]
+    for f in files:
+        if f.content is None:
+            staged = STAGE + f.remote_path
+            lines.append(
+                f"mkdir -p {q(str(PurePosixPath(staged).parent))}\n"
+                f"if ! printf '%s  %s\\n' {f.sha256} {q(f.remote_path)} | sha256sum -c --status"
+                f" 2>/dev/null; then\n  echo 'needs: {f.remote_path}'\n  exit {NEEDS_DATABASE}\n"
+                f"fi\ncp {q(f.remote_path)} {q(staged)}")
+    # checkconf creates nothing; the staged folder is the SSH user's, so gdnsd can read it.
+    lines += commands.refusal_lines(_checkconf(), "gdnsd checkconf refused the new files; the "
+                                    "old ones keep answering", REFUSED)
+    lines += commands.install_changed_lines(STAGE, INSTALLED, files,
+                                            {f.remote_path: f.sha256 for f in files})
+    restart, reload = commands.changed_flag(SERVICE), commands.changed_flag("zone")
+    enabled = f"{commands.BOOT_D}/{SERVICE}"
+    lines += [
+        f"if [ ! -e {q(enabled)} ]; then\n  {shlex.join(_enable())} >/dev/null\n"
+        f"  echo enabled: {SERVICE}\n"
+        f"elif [ -n \"${{{restart}:-}}\" ]; then\n"
+        f"  {shlex.join(_restart())} >/dev/null\n  echo restarted: {SERVICE}\n"
+        f"elif [ -n \"${{{reload}:-}}\" ]; then\n"
+        f"  {shlex.join(_reload_zones())} >/dev/null 2>&1 || {shlex.join(_restart())} >/dev/null\n"
+        f"  echo reloaded: zones\nfi",
+        f"{shlex.join(_start())} >/dev/null",
+        f"rm -rf {q(STAGE)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- the check's query ------------------------------------------------------------------------
+
+def ecs_query(name: str, network: str):
+    """An A query for `name` carrying EDNS Client Subnet `network`: what a resolver sends on
+    behalf of a visitor in that network (RFC 7871)."""
+    import dns.edns
+    import dns.message
+
+    net = ipaddress.ip_network(network)
+    option = dns.edns.ECSOption(str(net.network_address), net.prefixlen)
+    return dns.message.make_query(name, "A", use_edns=0, options=[option])
+
+
+def answer_addresses(response) -> list[str]:
+    return sorted(item.address for rrset in response.answer for item in rrset
+                  if rrset.rdtype == 1)  # A

@@ -1,0 +1,44 @@
+"""GeoDNS: the local fleet's test country database, then per host its gdnsd config, zone and
+database (after config:<host>, which gives nginx the plain-HTTP health path gdnsd checks)."""
+from doit.tools import config_changed
+
+from outpost import geodns, geoip, render, steps
+from outpost.taskutil import action, files_under, remove
+
+
+def fleet_database(inventory):
+    dns = inventory.dns
+    if dns is None or dns.provider != "gdnsd" or dns.database is not None:
+        return
+    path = geoip.fleet_database_path(inventory)
+    yield {
+        "basename": "geoip",
+        "doc": "Write the local fleet's test country database (never used for real hosts)",
+        "actions": [action(steps.fleet_database, inventory)],
+        "targets": [str(path)],
+        # Its content is geodns.PROBE_NETWORKS: made again when they change.
+        "uptodate": [config_changed(geodns.PROBE_NETWORKS)],
+        "clean": [remove(path)],
+    }
+
+
+def dns(inventory):
+    dns = inventory.dns
+    if dns is None or dns.provider != "gdnsd":
+        return
+    templates = files_under(render.TEMPLATES / "gdnsd")
+    database = geoip.database_path(inventory)
+    for host in inventory.hosts:
+        yield {
+            "name": host.name,
+            "doc": f"Switch in {host.name}'s gdnsd config, zone and country database after "
+                   "gdnsd checkconf",
+            "actions": [action(steps.dns, inventory, host)],
+            # A user's database that is missing is not a file_dep (doit would say only that a
+            # dependency is missing): the step runs and says which file and why.
+            "file_dep": templates + steps.host_marker(inventory, host)
+            + ([str(database)] if database.exists() or dns.database is None else []),
+            "uptodate": [config_changed(geodns.dns_context(inventory, host)),
+                         lambda: database.exists()],
+            "task_dep": [f"config:{host.name}"],
+        }
