@@ -239,7 +239,9 @@ def dns_script(files: list[DnsFile]) -> str:
     Prints `changed: <path>`, `restarted: gdnsd`, `reloaded: zones`."""
     q = shlex.quote
     sent = [f for f in files if f.content is not None]
-    lines = ["set -eu", "umask 077", *commands.stage_lines(STAGE, sent)]
+    # Debian keeps gdnsd in /usr/sbin, outside a user's PATH (Chimera has only /usr/bin).
+    lines = ["set -eu", "umask 077", 'PATH="$PATH:/usr/sbin:/sbin"',
+             *commands.stage_lines(STAGE, sent)]
     for f in files:
         if f.content is None:
             staged = STAGE + f.remote_path

@@ -383,7 +383,7 @@ SCHEMA: dict[str, Table] = {
         Key("database", STRING, FLEET_DATABASE, _not_empty),
         Key("ttl", INTEGER, 30, _at_least_one),
         Key("health", Type("a table ([dns.health])", lambda v: isinstance(v, dict)), {}),
-        Key("api", STRING, "https://api.gcore.com/dns", _url),
+        Key("api", STRING, "https://api.gcore.com", _url),
     ), required=False),
     "hosts": Table((
         Key("name", STRING, check=_host_name),

@@ -13,17 +13,18 @@ CLI: python -m outpost.fleet up|down|status [--inventory inventory.toml]
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-from outpost import commands, render
+from outpost import commands, geodns, render
 from outpost.errors import OutpostError
-from outpost.fleet import keys, local, machine, network
+from outpost.fleet import keys, local, machine, network, provision
 from outpost.fleet.keys import known_hosts_text
 from outpost.fleet.local import HOST_ENVIRONMENT, PROGRAM_DIRS, REQUIRED_PROGRAMS
 from outpost.fleet.machine import READY_TIMEOUT, FleetHost, host_state, running_pid
 from outpost.fleet.network import FLEET_RANGE, address_clashes, fleet_network, veth_name
-from outpost.fleet.provision import (SSH_PORT, SSHD_LOG, STANDINS, Provision, provision_host,
-                                      with_user)
+from outpost.fleet.provision import (SSH_PORT, SSHD_LOG, STANDINS, Provision, packaged_files,
+                                      provision_host, with_user)
 from outpost.inventory import Inventory
 
 __all__ = [
@@ -108,7 +109,8 @@ class Fleet:
     def _launch(self, host: FleetHost, python_version: str):
         provision_host(host, machine.upper_layer(self.state_dir, host.name), self.user,
                        self.identity, self.provision, python_version)
-        return machine.launch(self.state_dir, host, self.bridge, self.private)
+        return machine.launch(self.state_dir, host, self.bridge, self.private,
+                              provision.boot_commands(self.provision.base_packages))
 
     # --- Stop
 
@@ -137,6 +139,15 @@ class Fleet:
         return machine.run_on(self.state_dir, self._host(name).name, argv, **kwargs)
 
 
+def _base_packages(inventory: Inventory) -> tuple:
+    """gdnsd when the hosts are the site's nameservers: Debian's, with the service, user and
+    folders of the project's own cports template (cports-overlay/user/gdnsd)."""
+    if inventory.dns is None or inventory.dns.provider != "gdnsd":
+        return ()
+    program = shutil.which("gdnsd", path=PROGRAM_DIRS) or "/usr/sbin/gdnsd"
+    return (packaged_files("gdnsd", inventory.root / "cports-overlay/user/gdnsd/files", program),)
+
+
 def from_inventory(inventory: Inventory) -> Fleet:
     """The fleet an inventory describes (it must have a [fleet] table)."""
     if inventory.fleet is None:
@@ -159,10 +170,12 @@ def from_inventory(inventory: Inventory) -> Fleet:
             # What the config step would push, so the steps it and bootstrap run are allowed.
             doas_rules={host.name: commands.doas_rules(user, inventory.repository,
                                                        inventory.packages,
-                                                       render.host_files(inventory, host))
+                                                       render.host_files(inventory, host),
+                                                       geodns.inventory_doas_commands(inventory))
                         for host in inventory.hosts},
             folders=(inventory.repository.path,
-                     *(p.content_dir for p in inventory.packages if p.content_dir))),
+                     *(p.content_dir for p in inventory.packages if p.content_dir)),
+            base_packages=_base_packages(inventory)),
         user=user,
         bridge=inventory.fleet.bridge,
         # The project folder holds the signing key: no host may see it.

@@ -13,7 +13,10 @@ from outpost.errors import OutpostError
 REQUIRED_PROGRAMS = {
     "sshd": "openssh-server", "ssh-keygen": "openssh-client", "ip": "iproute2",
     "unshare": "util-linux", "nsenter": "util-linux", "mount": "mount", "doas": "doas",
-    "nginx": "nginx",
+    "nginx": "nginx", "gdnsd": "gdnsd", "gdnsdctl": "gdnsd",
+    # The stand-in dinit starts a service with `capabilities` through setpriv; at boot, the
+    # packages' users and folders come from the real sysusers and tmpfiles tools.
+    "setpriv": "util-linux", "systemd-sysusers": "systemd", "systemd-tmpfiles": "systemd",
 }
 PROGRAM_DIRS = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # A host starts with a clean environment, as after a boot; nothing of the caller's leaks in.

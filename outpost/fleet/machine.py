@@ -90,8 +90,9 @@ def init_command() -> list[str] | None:
 
 
 def boot_script(host: FleetHost, upper: Path, work: Path, merged: Path,
-                private: list[Path], init: list[str]) -> str:
-    """PID 1's first act: build the host's root, wait for its veth, then exec the init."""
+                private: list[Path], init: list[str], setup=()) -> str:
+    """PID 1's first act: build the host's root, run the `setup` commands (the packages' users
+    and folders), wait for its veth, then exec the init."""
     q = shlex.quote
     hide = "\n".join(f"if [ -d {q(str(p))} ]; then mount -t tmpfs -o ro,size=4k,mode=0755 "
                      f"outpost-private {q(str(p))}; fi" for p in private)
@@ -108,7 +109,7 @@ umount -l .
 cd /
 {hide}
 mkdir -m 0755 /run/sshd
-hostname {q(host.name)}
+{"".join(shlex.join(argv) + chr(10) for argv in setup)}hostname {q(host.name)}
 # The fleet writes a line once this host's end of the veth pair is in place.
 read -r ready
 if [ -e /proc/sys/net/ipv6/conf/all/disable_ipv6 ]; then echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; fi
@@ -122,15 +123,15 @@ exec {shlex.join(init)} </dev/null
 # --- Start -------------------------------------------------------------------------------------
 
 def launch(state_dir: Path, host: FleetHost, bridge: str,
-           private: list[Path]) -> subprocess.Popen:
+           private: list[Path], setup=()) -> subprocess.Popen:
     """Start the host's namespaces and PID 1 on its (provisioned) upper layer, and plug it
-    into the bridge."""
+    into the bridge. `setup`: commands run once its root is in place (boot_script)."""
     state = host_state(state_dir, host.name)
     (state / "pid").unlink(missing_ok=True)  # a stale one: its namespaces died with it
     for sub in ("upper", "work", "merged"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     script = boot_script(host, state / "upper", state / "work", state / "merged",
-                         private, init_command())
+                         private, init_command(), setup)
     with open(state / "boot.log", "wb") as log:
         process = subprocess.Popen(
             ["unshare", "--fork", "--pid", "--mount", "--net", "--uts", "--ipc",

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from outpost import commands
+from outpost.errors import OutpostError
 from outpost.fleet.local import PROGRAM_DIRS
 
 if TYPE_CHECKING:
@@ -43,10 +44,20 @@ ENABLED_SERVICES = {"sshd": "../sshd"}
 
 
 @dataclass(frozen=True)
+class BasePackage:
+    """A Chimera package whose programs this machine (Debian) has, installed on the hosts as
+    its own package would be: apk counts it as present, and the files it puts in /usr/lib
+    (dinit service, sysusers.d and tmpfiles.d entries) are written there."""
+    name: str
+    files: tuple[tuple[str, str], ...]  # (path on the host, text)
+
+
+@dataclass(frozen=True)
 class Provision:
     """What the pipeline needs on every host, from the inventory."""
     doas_rules: dict[str, str]  # host -> /etc/doas.conf: commands.doas_rules, the steps' root commands
     folders: tuple[str, ...]  # the repository path and content dirs: the user's, world-readable
+    base_packages: tuple[BasePackage, ...] = ()  # e.g. gdnsd, when the hosts are nameservers
 
 
 # --- Pure: file contents -----------------------------------------------------------------------
@@ -69,10 +80,51 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 """
 
 
-def provided_packages(python_version: str) -> str:
+def provided_packages(python_version: str, base_packages=()) -> str:
     """The Chimera packages the Debian base provides: its python3 for `python`, its sshd for
-    `openssh`, the fleet's own boot services for `dinit-chimera`'s, and its nginx and rsync."""
-    return f"python={python_version}\nopenssh\ndinit-chimera\nnginx\nrsync\n"
+    `openssh`, the fleet's own boot services for `dinit-chimera`'s, its nginx and rsync, and
+    the base packages the inventory needs (gdnsd)."""
+    extra = "".join(f"{package.name}\n" for package in base_packages)
+    return f"python={python_version}\nopenssh\ndinit-chimera\nnginx\nrsync\n{extra}"
+
+
+SYSUSERS_D = PurePosixPath("/usr/lib/sysusers.d")
+TMPFILES_D = PurePosixPath("/usr/lib/tmpfiles.d")
+
+
+def packaged_files(name: str, files_dir: Path, program: str) -> BasePackage:
+    """The base package `name` from its cports template's files/ (cports-overlay): the dinit
+    service `files/<name>` with its program at this machine's path (Chimera has /usr/bin,
+    Debian /usr/sbin), and its sysusers and tmpfiles entries, where cbuild's install_service,
+    install_sysusers and install_tmpfiles put them."""
+    sources = {files_dir / name: PurePosixPath("/usr/lib/dinit.d") / name,
+               files_dir / "sysusers.conf": SYSUSERS_D / f"{name}.conf",
+               files_dir / "tmpfiles.conf": TMPFILES_D / f"{name}.conf"}
+    files = []
+    for source, target in sources.items():
+        try:
+            text = source.read_text()
+        except OSError as error:
+            raise OutpostError(f"{source}: cannot read the {name} package's file for the local "
+                               f"fleet: {error.strerror}") from None
+        if source.name == name:
+            text = text.replace(f"/usr/bin/{name} ", f"{program} ")
+        files.append((str(target), text))
+    return BasePackage(name, tuple(files))
+
+
+def boot_commands(base_packages) -> list[list[str]]:
+    """What a Chimera host does at boot for its packages' sysusers.d and tmpfiles.d entries,
+    done by the same real tools: their users, then their folders (/run is new at every boot)."""
+    commands = []
+    for package in base_packages:
+        for path, _ in package.files:
+            if path.startswith(f"{SYSUSERS_D}/"):
+                commands.append(["systemd-sysusers", path])
+        for path, _ in package.files:
+            if path.startswith(f"{TMPFILES_D}/"):
+                commands.append(["systemd-tmpfiles", "--create", path])
+    return commands
 
 
 def dinit_services() -> dict[PurePosixPath, str]:
@@ -150,10 +202,13 @@ def provision_host(host: FleetHost, upper: Path, user: str, identity: Path,
         "/etc/doas.conf": (provision.doas_rules[host.name], 0o400, 0, 0),
         str(SSHD_CONFIG): (sshd_config(host.address, user), 0o644, 0, 0),
         "/etc/apk/arch": (host.arch + "\n", 0o644, 0, 0),
-        str(APK_PROVIDED): (provided_packages(python_version), 0o644, 0, 0),
+        str(APK_PROVIDED): (provided_packages(python_version, provision.base_packages),
+                            0o644, 0, 0),
         f"{home}/.ssh/authorized_keys": (
             Path(f"{identity}.pub").read_text(), 0o600, uid, uid),
         **{str(path): (text, 0o644, 0, 0) for path, text in dinit_services().items()},
+        **{path: (text, 0o644, 0, 0) for package in provision.base_packages
+           for path, text in package.files},
     }
     dirs = {home: (0o755, uid), f"{home}/.ssh": (0o700, uid), str(BOOT_D): (0o755, 0),
             # Folders the sync step writes into with `doas tee`.
