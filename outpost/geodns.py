@@ -98,7 +98,7 @@ def _map_regions(dns, hosts) -> list[dict]:
     regions: dict[str, dict] = {}
     for region, order in region_orders(dns, hosts):
         continent, _, country = region.partition("/")
-        entry = regions.setdefault(continent, {"continent": continent, "order": None,
+        entry = regions.setdefault(continent, {"continent": continent, "order": [],
                                                "countries": []})
         if country:
             entry["countries"].append({"code": country, "order": order})
@@ -207,7 +207,7 @@ def _start() -> list[str]:
 
 
 def _folders() -> list[str]:
-    return [f"{CONF_DIR}/zones", f"{CONF_DIR}/geoip"]
+    return [CONF_DIR, f"{CONF_DIR}/geoip", f"{CONF_DIR}/zones"]
 
 
 def doas_commands(zone: str) -> list[list[str]]:
@@ -269,6 +269,20 @@ def dns_script(files: list[DnsFile]) -> str:
         f"rm -rf {q(STAGE)}",
     ]
     return "\n".join(lines) + "\n"
+
+
+# --- Gcore, the managed alternative ----------------------------------------------------------
+
+def gcore_requests(inventory) -> list:
+    """The map as Gcore DNS API requests (outpost.gcore): the same orders, health path and TTL
+    as gdnsd's."""
+    from outpost import gcore
+
+    dns, site = inventory.dns, inventory.site
+    health = gcore.Health(interval=dns.health.interval, timeout=dns.health.timeout,
+                          path=HEALTH_PATH, port=80, vhost=site.name)
+    return gcore.geodns_requests(site.name, region_orders(dns, inventory.hosts), dns.default,
+                                 {h.name: h.address for h in inventory.hosts}, health, dns.ttl)
 
 
 # --- the check's query ------------------------------------------------------------------------

@@ -236,6 +236,19 @@ def dns(inventory, host):
         return
 
 
+def dns_gcore(inventory):
+    """Put the map on Gcore's managed DNS, with the API token from the environment."""
+    from outpost import gcore
+    dns = inventory.dns
+    requests = geodns.gcore_requests(inventory)
+    gcore.apply(dns.api, requests)
+    say(f"gcore: {', '.join(f'{r.method} {r.path}' for r in requests)}: done")
+    for region, ours, theirs in gcore.unexpressed_fallbacks(
+            geodns.region_orders(dns, inventory.hosts), dns.default):
+        say(f"gcore: note: with {region}'s first host down, Gcore answers {theirs} "
+            f"where the map says {ours} (Gcore falls back to the default host)")
+
+
 # --- check ---------------------------------------------------------------------------------
 
 # Requests per host for the response time; the median of these is reported.

@@ -33,7 +33,9 @@ def bootstrap(inventory):
 
 
 def config(inventory):
-    templates = files_under(render.TEMPLATES)
+    # templates/gdnsd/ is the dns task's (tasks/dns.py): a zone edit doesn't touch nginx.
+    templates = [t for t in files_under(render.TEMPLATES)
+                 if not t.startswith(str(render.TEMPLATES / "gdnsd") + "/")]
     for host in inventory.hosts:
         out_dir = steps.hosts_dir(inventory, host)
         files = render.host_files(inventory, host)

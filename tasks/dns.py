@@ -3,6 +3,7 @@ database (after config:<host>, which gives nginx the plain-HTTP health path gdns
 from doit.tools import config_changed
 
 from outpost import geodns, geoip, render, steps
+from outpost.gcore import TOKEN_ENV
 from outpost.taskutil import action, files_under, remove
 
 
@@ -24,7 +25,18 @@ def fleet_database(inventory):
 
 def dns(inventory):
     dns = inventory.dns
-    if dns is None or dns.provider != "gdnsd":
+    if dns is None:
+        return
+    if dns.provider == "gcore":
+        yield {
+            "name": "gcore",
+            "doc": f"Put the GeoDNS map on Gcore's managed DNS for {inventory.site.name} "
+                   f"(token from ${TOKEN_ENV})",
+            "actions": [action(steps.dns_gcore, inventory)],
+            "uptodate": [config_changed({"api": dns.api, "requests": [
+                {"method": r.method, "path": r.path, "body": r.body}
+                for r in geodns.gcore_requests(inventory)]})],
+        }
         return
     templates = files_under(render.TEMPLATES / "gdnsd")
     database = geoip.database_path(inventory)
@@ -37,8 +49,8 @@ def dns(inventory):
             # A user's database that is missing is not a file_dep (doit would say only that a
             # dependency is missing): the step runs and says which file and why.
             "file_dep": templates + steps.host_marker(inventory, host)
-            + ([str(database)] if database.exists() or dns.database is None else []),
+            + ([str(database)] if database.is_file() or dns.database is None else []),
             "uptodate": [config_changed(geodns.dns_context(inventory, host)),
-                         lambda: database.exists()],
+                         lambda: database.is_file()],
             "task_dep": [f"config:{host.name}"],
         }

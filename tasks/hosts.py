@@ -73,10 +73,11 @@ def content(inventory):
 
 
 def dns_tasks(inventory, host) -> list[str]:
-    """The host's DNS task, when its nameserver is gdnsd (tasks/dns.py)."""
-    if inventory.dns is not None and inventory.dns.provider == "gdnsd":
-        return [f"dns:{host.name}"]
-    return []
+    """What the check waits for on the DNS side (tasks/dns.py): the host's own nameserver, or
+    the map on Gcore."""
+    if inventory.dns is None:
+        return []
+    return [f"dns:{host.name}"] if inventory.dns.provider == "gdnsd" else ["dns:gcore"]
 
 
 def check(inventory):

@@ -1,0 +1,286 @@
+"""GeoDNS without a network: the [dns] table, the map's fallback orders, what gdnsd gets
+(checked by the real `gdnsd checkconf`), the country database and its errors, the DNS table,
+and the stand-in dinit's `capabilities`."""
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from outpost import geodns, geoip, inventory, report
+from outpost.errors import OutpostError
+from outpost.fleet import provision
+from outpost.standins import _dinit
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def inv():
+    return inventory.load(REPO / "inventory.toml")
+
+
+def with_dns(tmp_path, dns_text: str, fleet=True) -> Path:
+    """The default inventory with its [dns] tables replaced by dns_text."""
+    text = (REPO / "inventory.toml").read_text()
+    text = re.sub(r"\n\[dns\].*?(?=\n\[\[packages\]\])", "\n" + dns_text, text, flags=re.S)
+    if not fleet:
+        text = re.sub(r"\n\[fleet\]\n(#.*\n)*state = .*\n", "\n", text)
+    path = tmp_path / "inventory.toml"
+    path.write_text(text)
+    return path
+
+
+# --- the inventory ----------------------------------------------------------------------------
+
+def test_the_default_inventory_is_the_seeds_map(inv):
+    # North America -> ny; Europe, Africa and South America -> fr; everything else -> au.
+    expected = {"NA": "ny", "EU": "fr", "AF": "fr", "SA": "fr", "AS": "au", "OC": "au",
+                "AN": "au"}
+    assert {c: geodns.expected_host(inv.dns, inv.hosts, c) for c in expected} == expected
+    assert inv.dns.provider == "gdnsd" and inv.dns.database is None
+    assert inv.dns.health == inventory.DnsHealth(2, 1, 1, 1, 1)
+
+
+def test_every_order_falls_back_to_the_default_then_every_other_host(inv):
+    assert dict(geodns.region_orders(inv.dns, inv.hosts)) == {
+        "NA": ["ny", "fr", "au"], "EU": ["fr", "ny", "au"], "AF": ["fr", "au", "ny"],
+        "SA": ["fr", "ny", "au"]}
+    assert geodns.default_order(inv.dns, inv.hosts) == ["au", "ny", "fr"]
+
+
+def test_a_new_host_needs_its_hosts_entry_and_one_line(tmp_path):
+    text = (REPO / "inventory.toml").read_text()
+    text = text.replace('SA = ["fr", "ny"]', 'SA = ["fr", "ny"]\nAS = ["sg"]')
+    text += ('\n[[hosts]]\nname = "sg"\naddress = "198.18.0.14"\narch = "x86_64"\n'
+             'region = "asia"\n')
+    path = tmp_path / "inventory.toml"
+    path.write_text(text)
+    inv = inventory.load(path)
+    assert geodns.expected_host(inv.dns, inv.hosts, "AS") == "sg"
+    assert dict(geodns.region_orders(inv.dns, inv.hosts))["AS"] == ["sg", "au", "ny", "fr"]
+    # and the other regions fall back to it last
+    assert dict(geodns.region_orders(inv.dns, inv.hosts))["NA"] == ["ny", "fr", "au", "sg"]
+
+
+@pytest.mark.parametrize("dns_text, message", [
+    ('[dns]\ndefault = "xx"\n', "[dns]: key 'default': no host named 'xx'; hosts: au, ny, fr"),
+    ('[dns]\ndefault = "au"\n[dns.map]\nNA = ["ny", "zz"]\n',
+     "[dns.map]: NA: no host named 'zz'"),
+    ('[dns]\ndefault = "au"\n[dns.map]\nEurope = ["fr"]\n',
+     "[dns]: key 'map': 'Europe' is not a region; use a continent code"),
+    ('[dns]\ndefault = "au"\n[dns.map]\n"EU/Germany" = ["fr"]\n',
+     "'EU/Germany': 'Germany' is not an ISO 3166 country code"),
+    ('[dns]\ndefault = "au"\n[dns.map]\nNA = []\n', "'NA' names no host"),
+    ('[dns]\ndefault = "au"\n[dns.map]\nNA = ["ny", "ny"]\n', "'NA' names a host twice"),
+    ('[dns]\ndefault = "au"\nprovider = "route53"\n', "unknown DNS provider 'route53'"),
+    ('[dns]\ndefault = "au"\n[dns.health]\ninterval = 1\n',
+     "[dns.health]: key 'interval': gdnsd checks at most every 2 seconds, found 1"),
+    ('[dns]\ndefault = "au"\n[dns.health]\ninterval = 2\ntimeout = 2\n',
+     "[dns.health]: key 'timeout' (2) must be less than 'interval' (2)"),
+    ('[dns]\ndefault = "au"\n[dns.health]\ninterval = 2.5\n',
+     "[dns.health]: key 'interval' must be an integer"),
+    ('[dns]\ndefault = "au"\n[dns.health]\nretries = 3\n',
+     "[dns.health]: unknown key 'retries'"),
+])
+def test_dns_mistakes_are_one_line_naming_the_key(tmp_path, dns_text, message):
+    with pytest.raises(inventory.InventoryError) as error:
+        inventory.load(with_dns(tmp_path, dns_text))
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_the_fleet_database_is_refused_for_real_hosts(tmp_path):
+    with pytest.raises(inventory.InventoryError, match=r'"fleet" is the local fleet\'s test '
+                       r"database; real hosts need a real one"):
+        inventory.load(with_dns(tmp_path, '[dns]\ndefault = "au"\n', fleet=False))
+    path = with_dns(tmp_path, '[dns]\ndefault = "au"\ndatabase = "geo/dbip.mmdb"\n', fleet=False)
+    assert inventory.load(path).dns.database == tmp_path / "geo/dbip.mmdb"
+
+
+# --- what gdnsd gets --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fleet_database(tmp_path_factory):
+    path = tmp_path_factory.mktemp("geoip") / "fleet.mmdb"
+    geoip.write_fleet_database(path)
+    return path
+
+
+def write_files(root: Path, files):
+    for f in files:
+        target = root / f.remote_path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(f.content)
+    return root / geodns.CONF_DIR.lstrip("/")
+
+
+def test_gdnsd_accepts_what_is_rendered_and_maps_it_as_the_inventory_says(inv, fleet_database,
+                                                                          tmp_path):
+    database = geoip.read_database(fleet_database)
+    conf = write_files(tmp_path, geodns.dns_files(inv, inv.host("ny"), database))
+    proc = subprocess.run(["gdnsd", "-c", str(conf), "checkconf"], capture_output=True,
+                          text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    # gdnsd's own map test: the ordered answer for each continent's probe network.
+    for continent, (_, network) in geodns.PROBE_NETWORKS.items():
+        address = network.split("/")[0]
+        out = subprocess.run(["gdnsd_geoip_test", "-c", str(conf), "site", address],
+                             capture_output=True, text=True, check=True).stdout
+        first = out.split("=>")[-1].split(",")[0].strip()  # "site => NET => ny, fr, au"
+        assert first == geodns.expected_host(inv.dns, inv.hosts, continent), out
+
+
+def test_the_zone_names_every_host_as_a_nameserver(inv, fleet_database):
+    files = geodns.dns_files(inv, inv.host("au"), fleet_database.read_bytes())
+    zone = next(f for f in files if f.remote_path == "/etc/gdnsd/zones/linkedlist.test")
+    text = zone.content.decode()
+    for host in inv.hosts:
+        assert f"@ NS {host.name}.linkedlist.test." in text
+        assert f"{host.name}.linkedlist.test. A {host.address}" in text
+    assert "@ 30/10 DYNA geoip!site" in text
+
+
+def test_a_map_change_changes_the_dns_context_and_nothing_of_config(inv, tmp_path):
+    from outpost import render
+    path = tmp_path / "inventory.toml"
+    path.write_text((REPO / "inventory.toml").read_text().replace('NA = ["ny", "fr"]',
+                                                                 'NA = ["fr"]'))
+    changed = inventory.load(path)
+    host = inv.host("au")
+    assert geodns.dns_context(changed, host) != geodns.dns_context(inv, host)
+    config_context = render.host_context(inv, host)
+    assert render.host_context(changed, changed.host("au")) == config_context
+
+
+def test_countries_nest_under_their_continent(tmp_path, fleet_database):
+    inv = inventory.load(with_dns(tmp_path, '[dns]\ndefault = "au"\n[dns.map]\n'
+                                            'EU = ["fr"]\n"EU/DE" = ["ny"]\n"NA/MX" = ["fr"]\n'))
+    conf = write_files(tmp_path / "root", geodns.dns_files(inv, inv.host("au"),
+                                                            fleet_database.read_bytes()))
+    text = (conf / "config").read_text()
+    assert re.search(r"EU => \{\s*default => \[ fr, au, ny \]\s*DE => \[ ny, au, fr \]\s*\}", text)
+    assert re.search(r"NA => \{\s*MX => \[ fr, au, ny \]\s*\}", text)
+    proc = subprocess.run(["gdnsd", "-c", str(conf), "checkconf"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_script_sends_no_database_unless_asked(inv, fleet_database):
+    data = fleet_database.read_bytes()
+    without = geodns.dns_script(geodns.dns_files(inv, inv.host("au"), data, send_database=False))
+    with_db = geodns.dns_script(geodns.dns_files(inv, inv.host("au"), data))
+    assert len(with_db) > len(without) + len(data)  # base64 of the database
+    assert f"exit {geodns.NEEDS_DATABASE}" in without
+    assert geodns.DATABASE in without and "sha256sum -c" in without
+
+
+def test_every_doas_command_of_the_script_is_permitted(inv, fleet_database):
+    permitted = {" ".join(argv) for argv in geodns.doas_commands(inv.site.name)}
+    script = geodns.dns_script(geodns.dns_files(inv, inv.host("au"),
+                                                fleet_database.read_bytes()))
+    used = {c.strip() for c in re.findall(r"\bdoas [^\n;|&>]*", script)}
+    for command in used:
+        assert command.strip().replace("'", "") in permitted, command
+    assert "doas -u _gdnsd gdnsdctl -c /etc/gdnsd reload-zones" in used
+
+
+# --- the database -----------------------------------------------------------------------------
+
+def test_the_fleet_database_places_each_probe_network_on_its_continent(fleet_database):
+    import maxminddb
+    with maxminddb.open_database(str(fleet_database)) as reader:
+        assert "Country" in reader.metadata().database_type
+        for continent, (country, network) in geodns.PROBE_NETWORKS.items():
+            record = reader.get(network.split("/")[0])
+            assert record == {"continent": {"code": continent}, "country": {"iso_code": country}}
+        assert reader.get("198.18.0.11") is None  # the fleet's own addresses: the default
+
+
+def test_a_missing_database_is_one_error_naming_the_file(tmp_path):
+    path = tmp_path / "nope.mmdb"
+    with pytest.raises(OutpostError, match=rf"^{re.escape(str(path))}: no such country database"):
+        geoip.read_database(path)
+
+
+def test_an_unreadable_database_is_one_error_naming_the_file(tmp_path, fleet_database):
+    path = tmp_path / "locked.mmdb"
+    shutil.copy(fleet_database, path)
+    path.chmod(0)
+    proc = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
+         os.path.realpath(os.sys.executable), "-c",
+         f"from outpost import geoip; from pathlib import Path; "
+         f"geoip.read_database(Path({str(path)!r}))"],
+        capture_output=True, text=True, cwd=REPO)
+    assert f"{path}: cannot read the country database: Permission denied" in proc.stderr
+
+
+def test_a_malformed_database_is_one_error_naming_the_file(tmp_path, fleet_database):
+    path = tmp_path / "broken.mmdb"
+    path.write_bytes(b"this is not a MaxMind database\n" * 10)
+    with pytest.raises(OutpostError, match=rf"^{re.escape(str(path))}: not a MaxMind-format"):
+        geoip.read_database(path)
+    truncated = tmp_path / "truncated.mmdb"
+    truncated.write_bytes(fleet_database.read_bytes()[:200])
+    with pytest.raises(OutpostError, match=rf"^{re.escape(str(truncated))}: "):
+        geoip.read_database(truncated)
+
+
+def test_a_database_without_continents_is_refused(tmp_path):
+    import netaddr
+    from mmdb_writer import MMDBWriter
+    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-ASN")
+    writer.insert_network(netaddr.IPSet(["193.0.0.0/21"]), {"autonomous_system_number": 3333})
+    path = tmp_path / "asn.mmdb"
+    writer.to_db_file(str(path))
+    with pytest.raises(OutpostError, match="a 'GeoLite2-ASN' database; gdnsd needs a Country"):
+        geoip.read_database(path)
+
+
+# --- the report -------------------------------------------------------------------------------
+
+def test_the_dns_table_has_a_row_per_continent_and_a_column_per_nameserver():
+    rows = [{"nameserver": ns, "continent": c, "answer": a, "expected": e}
+            for ns in ("au", "ny") for c, a, e in (("NA", "ny", "ny"), ("EU", "fr", "fr"))]
+    rows[-1] = {**rows[-1], "answer": "au"}
+    assert report.dns_table(rows).splitlines() == [
+        "continent  expected  ns au  ns ny",
+        "EU         fr        fr     au",
+        "NA         ny        ny     ny",
+    ]
+
+
+# --- the fleet's gdnsd and the stand-in dinit's capabilities ----------------------------------
+
+def test_the_fleet_installs_the_templates_gdnsd_files_with_debians_path():
+    package = provision.packaged_files("gdnsd", REPO / "cports-overlay/user/gdnsd/files",
+                                       "/usr/sbin/gdnsd")
+    files = dict(package.files)
+    service = files["/usr/lib/dinit.d/gdnsd"]
+    assert "command = /usr/sbin/gdnsd -c /etc/gdnsd start" in service
+    assert "run-as = _gdnsd" in service and "capabilities = ^cap_net_bind_service" in service
+    assert set(files) == {"/usr/lib/dinit.d/gdnsd", "/usr/lib/sysusers.d/gdnsd.conf",
+                          "/usr/lib/tmpfiles.d/gdnsd.conf"}
+    assert provision.boot_commands([package]) == [
+        ["systemd-sysusers", "/usr/lib/sysusers.d/gdnsd.conf"],
+        ["systemd-tmpfiles", "--create", "/usr/lib/tmpfiles.d/gdnsd.conf"]]
+    assert "gdnsd\n" in provision.provided_packages("3.11.2", [package])
+
+
+def test_a_missing_package_file_is_an_error_naming_it(tmp_path):
+    with pytest.raises(OutpostError, match=rf"{re.escape(str(tmp_path))}/gdnsd: cannot read"):
+        provision.packaged_files("gdnsd", tmp_path, "/usr/sbin/gdnsd")
+
+
+def test_iab_strings_become_setpriv_options():
+    assert _dinit.parse_iab("^cap_net_bind_service") == (("^", "net_bind_service"),)
+    caps = _dinit.parse_iab("^cap_net_bind_service, %cap_chown,!cap_sys_admin")
+    assert _dinit.setpriv_argv(caps, (995, 994, [994])) == [
+        "setpriv", "--reuid=995", "--regid=994", "--groups=994",
+        "--inh-caps=+net_bind_service,+chown", "--ambient-caps=+net_bind_service",
+        "--bounding-set=-sys_admin", "--"]
+    with pytest.raises(ValueError, match="invalid capability specification 'net_bind'"):
+        _dinit.parse_iab("net_bind")
