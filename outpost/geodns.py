@@ -84,12 +84,15 @@ def region_orders(dns, hosts) -> list[tuple[str, list[str]]]:
     return [(region, _complete(order, dns, names)) for region, order in dns.map]
 
 
-def expected_host(dns, hosts, continent: str) -> str:
-    """The host a visitor on `continent` gets while every host is healthy."""
-    for region, order in region_orders(dns, hosts):
-        if region == continent:
-            return order[0]
-    return default_order(dns, hosts)[0]
+def expected_host(dns, hosts, continent: str, healthy=None) -> str:
+    """The host a visitor on `continent` gets: the first of its order among the `healthy`
+    host names (default: all). With none healthy, gdnsd answers as if all were."""
+    order = dict(region_orders(dns, hosts)).get(continent) or default_order(dns, hosts)
+    if healthy is not None:
+        for name in order:
+            if name in healthy:
+                return name
+    return order[0]
 
 
 def _map_regions(dns, hosts) -> list[dict]:

@@ -23,7 +23,9 @@ def dns_table(rows: list[dict]) -> str:
     nameservers = sorted({r["nameserver"] for r in rows})
     continents = sorted({r["continent"] for r in rows})
     cell = {(r["continent"], r["nameserver"]): r["answer"] for r in rows}
-    expected = {r["continent"]: r["expected"] for r in rows}
+    # A host the map puts first that is down: its next healthy host is what is expected.
+    expected = {r["continent"]: r["expected"] if r["expected"] == r.get("first", r["expected"])
+                else f"{r['expected']} ({r['first']} down)" for r in rows}
     lines = [("continent", "expected", *(f"ns {n}" for n in nameservers))]
     lines += [(c, expected[c], *(cell.get((c, n), "-") for n in nameservers)) for c in continents]
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]

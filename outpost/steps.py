@@ -9,6 +9,7 @@ import socket
 import ssl
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,16 +332,52 @@ def check(inventory, host):
     return result
 
 
+# Hosts whose health path answered, per inventory, shared by the check tasks of one run (they
+# run in threads) for as long as gdnsd's own checks take to see a change.
+_health_seen: dict = {}
+_health_lock = threading.Lock()
+
+
+def _plain_health(host, timeout: float = 2.0) -> bool:
+    """What gdnsd's checker asks each host: GET /_health on port 80, HTTP 200 or not."""
+    connection = http.client.HTTPConnection(host.address, 80, timeout=timeout)
+    try:
+        connection.request("GET", geodns.HEALTH_PATH)
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+def healthy_hosts(inventory) -> set[str]:
+    """The hosts that pass the health check GeoDNS uses, asked at most once per interval."""
+    import concurrent.futures
+
+    with _health_lock:
+        seen = _health_seen.get(inventory.path)
+        if seen and time.monotonic() - seen[0] < inventory.dns.health.interval:
+            return seen[1]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+            up = dict(zip([h.name for h in inventory.hosts],
+                          pool.map(_plain_health, inventory.hosts)))
+        healthy = {name for name, ok in up.items() if ok}
+        _health_seen[inventory.path] = (time.monotonic(), healthy)
+        return healthy
+
+
 def _dns_rows(inventory, host) -> list[dict]:
     """Ask the host's nameserver for the site's name once per continent, as a resolver would
-    for a visitor there (EDNS Client Subnet from geodns.PROBE_NETWORKS)."""
+    for a visitor there (EDNS Client Subnet from geodns.PROBE_NETWORKS). The expected answer is
+    the first healthy host of the continent's order, as gdnsd's own checks see it."""
     import dns.exception
     import dns.query
 
     by_address = {h.address: h.name for h in inventory.hosts}
+    healthy = healthy_hosts(inventory)
     rows = []
     for continent, (_, network) in sorted(geodns.PROBE_NETWORKS.items()):
-        expected = geodns.expected_host(inventory.dns, inventory.hosts, continent)
+        expected = geodns.expected_host(inventory.dns, inventory.hosts, continent, healthy)
         try:
             response = dns.query.udp(geodns.ecs_query(inventory.site.name, network),
                                      host.address, timeout=2.0)
@@ -349,7 +386,8 @@ def _dns_rows(inventory, host) -> list[dict]:
         except (dns.exception.DNSException, OSError) as error:
             answer = f"no reply ({error or type(error).__name__})"
         rows.append({"nameserver": host.name, "continent": continent, "network": network,
-                     "answer": answer, "expected": expected})
+                     "answer": answer, "expected": expected,
+                     "first": geodns.expected_host(inventory.dns, inventory.hosts, continent)})
     return rows
 
 

@@ -68,7 +68,7 @@ def test_gdnsd_runs_as_its_own_user_with_only_the_bind_capability(site):
 
 
 def test_a_stopped_app_fails_over_and_comes_back(site):
-    _, inv, hosts_fleet, _ = site
+    project, inv, hosts_fleet, _ = site
     result = hosts_fleet.run_on("ny", ["dinitctl", "stop", "linkedlist"])
     assert result.returncode == 0, result.stderr
     try:
@@ -78,6 +78,12 @@ def test_a_stopped_app_fails_over_and_comes_back(site):
         # Nobody else moved.
         assert answers(inv, "EU") == {ns: "fr" for ns in HOSTS}
         assert answers(inv, "OC") == {ns: "au" for ns in HOSTS}
+        # The check: ny fails (its app is down); the nameservers' answers are right, and the
+        # table says why North America gets fr.
+        proc = run_doit(project, "check", check=False)
+        failed = re.findall(r"TaskFailed - taskid:(\S+)", proc.stdout + proc.stderr)
+        assert failed == ["check:ny"], proc.stdout
+        assert re.search(r"^NA +fr \(ny down\) +fr +fr", proc.stdout, re.M), proc.stdout
     finally:
         result = hosts_fleet.run_on("ny", ["dinitctl", "start", "linkedlist"])
     assert result.returncode == 0, result.stderr

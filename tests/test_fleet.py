@@ -19,7 +19,7 @@ import pytest
 
 from fleet_helpers import accepted_connections, require_fleet_machine, ssh
 from helpers import wait_for
-from outpost import commands, render
+from outpost import commands, geodns, render
 from outpost.errors import OutpostError
 from outpost.fleet import (Fleet, FleetHost, Provision, address_clashes, fleet_network,
                            from_inventory, known_hosts_text, veth_name, with_user)
@@ -370,8 +370,11 @@ def test_from_inventory_hides_the_project_and_takes_the_pipelines_doas_rules():
     # The rules the config step pushes (render.host_files), so bootstrap and config may run.
     assert fleet.provision.doas_rules == {
         host.name: commands.doas_rules("deploy", inventory.repository, inventory.packages,
-                                       render.host_files(inventory, host))
+                                       render.host_files(inventory, host),
+                                       geodns.inventory_doas_commands(inventory))
         for host in inventory.hosts}
+    assert "as _gdnsd cmd gdnsdctl args -c /etc/gdnsd reload-zones" in \
+        fleet.provision.doas_rules["au"]
     assert "cmd nginx args -t" in fleet.provision.doas_rules["au"]
     assert fleet.provision.folders == ("/var/lib/outpost/repo", "/var/lib/linkedlist/content")
 

@@ -243,14 +243,23 @@ def test_a_database_without_continents_is_refused(tmp_path):
 # --- the report -------------------------------------------------------------------------------
 
 def test_the_dns_table_has_a_row_per_continent_and_a_column_per_nameserver():
-    rows = [{"nameserver": ns, "continent": c, "answer": a, "expected": e}
-            for ns in ("au", "ny") for c, a, e in (("NA", "ny", "ny"), ("EU", "fr", "fr"))]
+    rows = [{"nameserver": ns, "continent": c, "answer": a, "expected": e, "first": f}
+            for ns in ("au", "ny")
+            for c, a, e, f in (("NA", "fr", "fr", "ny"), ("EU", "fr", "fr", "fr"))]
     rows[-1] = {**rows[-1], "answer": "au"}
     assert report.dns_table(rows).splitlines() == [
-        "continent  expected  ns au  ns ny",
-        "EU         fr        fr     au",
-        "NA         ny        ny     ny",
+        "continent  expected      ns au  ns ny",
+        "EU         fr            fr     au",
+        "NA         fr (ny down)  fr     fr",
     ]
+
+
+def test_the_expected_host_is_the_first_healthy_one_of_the_order(inv):
+    assert geodns.expected_host(inv.dns, inv.hosts, "NA", {"au", "fr"}) == "fr"
+    assert geodns.expected_host(inv.dns, inv.hosts, "NA", {"au"}) == "au"
+    assert geodns.expected_host(inv.dns, inv.hosts, "OC", {"ny", "fr"}) == "ny"
+    # None healthy: gdnsd answers as if all were.
+    assert geodns.expected_host(inv.dns, inv.hosts, "NA", set()) == "ny"
 
 
 # --- the fleet's gdnsd and the stand-in dinit's capabilities ----------------------------------
