@@ -146,8 +146,11 @@ def dns_context(inventory, host) -> dict:
 
 
 def zone_serial(context: dict) -> int:
-    """A serial that changes with the zone's content (never 0)."""
-    return zlib.crc32(repr(context["dns"]).encode()) or 1
+    """A serial that changes with what the zone holds (its name, nameservers and TTLs), not
+    with the map, which is gdnsd's config (never 0)."""
+    dns = context["dns"]
+    return zlib.crc32(repr([dns[k] for k in ("zone", "nameservers", "ttl", "min_ttl")])
+                      .encode()) or 1
 
 
 @dataclass(frozen=True)
@@ -232,8 +235,9 @@ def inventory_doas_commands(inventory) -> list[list[str]]:
 def dns_script(files: list[DnsFile]) -> str:
     """One round trip that puts gdnsd's files in place and applies them:
 
-    1. stage the files sent (the database is copied from its place when not sent; if it is
-       not there, or not the one wanted, exit NEEDS_DATABASE so the step sends it);
+    1. stage the files sent (the database is copied from its place when not sent; if this
+       step's record says another one, or it is gone, exit NEEDS_DATABASE so the step sends
+       it);
     2. `gdnsd checkconf` on the staged folder; a refusal exits REFUSED with gdnsd's message,
        the old files still answering;
     3. install each file that differs from what was installed last;
@@ -248,10 +252,13 @@ def dns_script(files: list[DnsFile]) -> str:
     for f in files:
         if f.content is None:
             staged = STAGE + f.remote_path
+            # What this step installed last (its record), and still there.
+            record = q(f"{f.sha256}  {f.remote_path}")
             lines.append(
                 f"mkdir -p {q(str(PurePosixPath(staged).parent))}\n"
-                f"if ! printf '%s  %s\\n' {f.sha256} {q(f.remote_path)} | sha256sum -c --status"
-                f" 2>/dev/null; then\n  echo 'needs: {f.remote_path}'\n  exit {NEEDS_DATABASE}\n"
+                f"if ! grep -qxF {record} {q(INSTALLED)} 2>/dev/null"
+                f" || [ ! -f {q(f.remote_path)} ]; then\n"
+                f"  echo 'needs: {f.remote_path}'\n  exit {NEEDS_DATABASE}\n"
                 f"fi\ncp {q(f.remote_path)} {q(staged)}")
     # checkconf creates nothing; the staged folder is the SSH user's, so gdnsd can read it.
     lines += commands.refusal_lines(_checkconf(), "gdnsd checkconf refused the new files; the "

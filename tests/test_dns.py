@@ -48,6 +48,8 @@ def test_every_nameserver_answers_each_continent_as_the_seed_maps_it(site):
     project, inv, _, proc = site
     for continent, host in SEED_MAP.items():
         assert answers(inv, continent) == {ns: host for ns in HOSTS}, continent
+    for name in HOSTS:  # a fresh host asked for the database, and got it
+        assert f"{name}: changed: {geodns.DATABASE}" in proc.stdout
     # The deploy's check printed the table, one row per continent.
     table = proc.stdout[proc.stdout.index("continent  expected"):].splitlines()
     assert table[0].split() == ["continent", "expected", "ns", "au", "ns", "fr", "ns", "ny"]
@@ -112,6 +114,9 @@ def test_a_map_change_reloads_dns_on_every_host_and_touches_nothing_else(site):
         assert ran == ["dns:au", "dns:fr", "dns:ny"]
         # A config change: each gdnsd restarted, not just its zones reloaded.
         assert sorted(re.findall(r"^(\w+): restarted: gdnsd$", proc.stdout, re.M)) == list(HOSTS)
+        # The database did not change, so it was not sent again.
+        assert sorted(re.findall(r"^(\w+): changed: (\S+)$", proc.stdout, re.M)) == [
+            (name, geodns.CONFIG) for name in HOSTS]
         assert answers(inv, "AS") == {ns: "ny" for ns in HOSTS}
         assert answers(inv, "NA") == {ns: "ny" for ns in HOSTS}
     finally:
