@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import socket
 import ssl
 import statistics
@@ -366,24 +367,30 @@ def healthy_hosts(inventory) -> set[str]:
         return healthy
 
 
+def ask_nameserver(address: str, name: str, network: str, timeout: float = 2.0) -> list[str]:
+    """The A addresses a nameserver gives a visitor in `network` (one UDP query with ECS)."""
+    query_id = int.from_bytes(os.urandom(2), "big")
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET,
+                       socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect((address, 53))
+        sock.send(geodns.ecs_query(name, network, query_id))
+        return geodns.answer_addresses(sock.recv(4096), query_id)
+
+
 def _dns_rows(inventory, host) -> list[dict]:
     """Ask the host's nameserver for the site's name once per continent, as a resolver would
     for a visitor there (EDNS Client Subnet from geodns.PROBE_NETWORKS). The expected answer is
     the first healthy host of the continent's order, as gdnsd's own checks see it."""
-    import dns.exception
-    import dns.query
-
     by_address = {h.address: h.name for h in inventory.hosts}
     healthy = healthy_hosts(inventory)
     rows = []
     for continent, (_, network) in sorted(geodns.PROBE_NETWORKS.items()):
         expected = geodns.expected_host(inventory.dns, inventory.hosts, continent, healthy)
         try:
-            response = dns.query.udp(geodns.ecs_query(inventory.site.name, network),
-                                     host.address, timeout=2.0)
-            addresses = geodns.answer_addresses(response)
+            addresses = ask_nameserver(host.address, inventory.site.name, network)
             answer = ", ".join(by_address.get(a, a) for a in addresses) or "no answer"
-        except (dns.exception.DNSException, OSError) as error:
+        except (geodns.DnsReplyError, OSError) as error:
             answer = f"no reply ({error or type(error).__name__})"
         rows.append({"nameserver": host.name, "continent": continent, "network": network,
                      "answer": answer, "expected": expected,

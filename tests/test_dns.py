@@ -31,13 +31,19 @@ def site(tmp_path_factory, request):
 
 
 def answer(inv, nameserver: str, continent: str) -> str:
-    """The host a nameserver gives a visitor on `continent` (an ECS query from its network)."""
+    """The host a nameserver gives a visitor on `continent`: an ECS query from its network,
+    sent and read by dnspython, independently of Outpost's own check."""
+    import dns.edns
+    import dns.message
     import dns.query
     _, network = geodns.PROBE_NETWORKS[continent]
-    response = dns.query.udp(geodns.ecs_query(inv.site.name, network), ADDRESSES[nameserver],
-                             timeout=2)
+    address, prefix = network.split("/")
+    query = dns.message.make_query(inv.site.name, "A", use_edns=0,
+                                   options=[dns.edns.ECSOption(address, int(prefix))])
+    response = dns.query.udp(query, ADDRESSES[nameserver], timeout=2)
     names = {address: name for name, address in ADDRESSES.items()}
-    return ",".join(names.get(a, a) for a in geodns.answer_addresses(response))
+    return ",".join(sorted(names.get(item.address, item.address)
+                           for rrset in response.answer for item in rrset))
 
 
 def answers(inv, continent: str, nameservers=HOSTS) -> dict:

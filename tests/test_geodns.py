@@ -187,6 +187,36 @@ def test_every_doas_command_of_the_script_is_permitted(inv, fleet_database):
     assert "doas -u _gdnsd gdnsdctl -c /etc/gdnsd reload-zones" in used
 
 
+# --- the check's query, against dnspython -----------------------------------------------------
+
+def test_the_ecs_query_is_what_dnspython_reads():
+    import dns.message
+    query = dns.message.from_wire(geodns.ecs_query("linkedlist.test", "193.0.0.0/21", 4321))
+    assert query.id == 4321 and query.edns == 0 and query.payload == geodns.UDP_PAYLOAD
+    assert str(query.question[0]) == "linkedlist.test. IN A"
+    [option] = query.options
+    assert (option.address, option.srclen, option.scopelen) == ("193.0.0.0", 21, 0)
+
+
+def test_the_answer_is_read_from_a_reply_dnspython_writes():
+    import dns.edns
+    import dns.message
+    import dns.rrset
+    query = dns.message.from_wire(geodns.ecs_query("linkedlist.test", "192.149.252.0/24", 7))
+    reply = dns.message.make_response(query)
+    reply.answer.append(dns.rrset.from_text("linkedlist.test.", 30, "IN", "A", "198.18.0.12"))
+    reply.additional.append(dns.rrset.from_text("x.linkedlist.test.", 30, "IN", "A", "1.2.3.4"))
+    wire = reply.to_wire()  # names compressed
+    assert geodns.answer_addresses(wire, 7) == ["198.18.0.12"]
+    with pytest.raises(geodns.DnsReplyError, match="another query"):
+        geodns.answer_addresses(wire, 8)
+    with pytest.raises(geodns.DnsReplyError, match="truncated"):
+        geodns.answer_addresses(wire[:40], 7)
+    reply.set_rcode(dns.rcode.REFUSED)
+    with pytest.raises(geodns.DnsReplyError, match="rcode 5"):
+        geodns.answer_addresses(reply.to_wire(), 7)
+
+
 # --- the database -----------------------------------------------------------------------------
 
 def test_the_fleet_database_places_each_probe_network_on_its_continent(fleet_database):
