@@ -9,6 +9,9 @@
 import os
 import sys
 
+from pathlib import Path
+
+from outpost import depfile, interrupt, lock
 from outpost import inventory as inventory_file
 from outpost.errors import OutpostError
 from outpost.report import OutpostReporter
@@ -16,9 +19,15 @@ from tasks import build, config, hosts
 
 try:
     INVENTORY = inventory_file.load(os.environ.get("OUTPOST_INVENTORY", "inventory.toml"))
+    # Read before doit opens it, so damage is one line instead of doit's traceback.
+    depfile.check(Path(depfile.NAME))
 except OutpostError as err:
     # One clear line instead of doit's "error loading dodo" traceback.
     sys.exit(f"outpost: {err}")
+
+# A run takes the project lock when it first changes something (outpost.taskutil.action).
+lock.use(INVENTORY.root / "build" / "outpost.lock")
+interrupt.install()
 
 DOIT_CONFIG = {
     "default_tasks": ["deploy"],
@@ -32,6 +41,9 @@ DOIT_CONFIG = {
     "cleandep": True,
     # doit's console output, plus the health check's table at the end.
     "reporter": OutpostReporter,
+    # The backend that survives crashes and a reader beside a writer: see outpost/depfile.py.
+    "backend": depfile.BACKEND,
+    "dep_file": depfile.NAME,
 }
 
 

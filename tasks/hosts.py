@@ -78,7 +78,7 @@ def check(inventory):
             "name": host.name,
             "doc": f"Check over HTTPS that {host.name} serves the app and the pushed content",
             # No inputs: it always runs. It only reads, so a no-op deploy stays a no-op.
-            "actions": [action(steps.check, inventory, host)],
+            "actions": [action(steps.check, inventory, host, read_only=True)],
             "task_dep": [f"content:{host.name}"],
             "verbosity": 2,
         }
