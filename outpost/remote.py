@@ -48,8 +48,9 @@ _children: set = set()
 RUN_STDIN = """sh -c 'eval "$(cat)"'"""
 
 
-def run_script(host, script: str, ssh, step: str | None = None) -> Result:
-    """Run a POSIX sh script on host in one round trip and return its output."""
+def run_script(host, script: str, ssh, step: str | None = None, ok_exits=(0,)) -> Result:
+    """Run a POSIX sh script on host in one round trip and return its output; an exit status
+    outside ok_exits is a RemoteError."""
     where = _where(host, step)
     connection = _connection(host, ssh, where)
     try:
@@ -65,7 +66,7 @@ def run_script(host, script: str, ssh, step: str | None = None) -> Result:
         _forget(host, ssh)
         raise RemoteError(f"{where}: the connection was lost before the script finished"
                           + _tail(stderr))
-    if exited != 0:
+    if exited not in ok_exits:
         raise RemoteError(f"{where} failed (exit {exited})" + _tail(stderr))
     return Result(stdout, stderr, exited)
 

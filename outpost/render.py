@@ -26,7 +26,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from outpost import commands, tls
+from outpost import commands, repo, rollout, tls
 from outpost.errors import OutpostError
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
@@ -117,8 +117,24 @@ def host_context(inventory, host) -> dict:
                                                      inventory.repository.path)},
         "doas_rules": [{"user": user, "argv": list(argv)} for user, argv in
                        commands.doas_permits(host.user, inventory.repository,
-                                             inventory.packages, host_files(inventory, host))],
+                                             inventory.packages, host_files(inventory, host),
+                                             install_commands(inventory, host))],
     }
+
+
+def install_commands(inventory, host) -> list[list[str]]:
+    """The root commands the upgrade may run on host: apk add NAME=VERSION for each version
+    the host's arch folder of the repository keeps, the restart, the service's log."""
+    kept = repo.versions(repo.repo_dir(inventory, host.arch))
+    return [argv for p in inventory.packages
+            for argv in rollout.doas_commands(p.name, kept.get(p.name, []), p.service,
+                                              rollout.service_logfile(p.template_dir, p.service))]
+
+
+def doas_conf(inventory, host) -> str:
+    """/etc/doas.conf for host: what config renders from templates/doas.conf.j2."""
+    return commands.doas_rules(host.user, inventory.repository, inventory.packages,
+                               host_files(inventory, host), install_commands(inventory, host))
 
 
 def host_files(inventory, host) -> list[HostFile]:

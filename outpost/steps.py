@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from outpost import commands, remote, render, repo, tls
+from outpost import commands, hoststate, remote, render, repo, rollout, tls
 from outpost.errors import OutpostError
 from outpost.template import load_template
 
@@ -170,7 +170,10 @@ def sync_settings(inventory, host) -> dict:
 
 def sync(inventory, host):
     """Make the host trust the repository (key, list line, folders), then rsync its arch folder."""
-    script = commands.sync_script(**_trust_settings(inventory, host))
+    # The doas rules go with the repository: one `apk add NAME=VERSION` rule per version it
+    # keeps, there before the upgrade needs them.
+    script = commands.sync_script(**_trust_settings(inventory, host),
+                                  doas_conf=render.doas_conf(inventory, host))
     _report(host, remote.run_script(host, script, inventory.ssh, step="sync").stdout)
     remote.run_local(commands.repo_rsync_argv(repo.repo_dir(inventory, host.arch).parent, host,
                                               inventory.repository, inventory.ssh),
@@ -179,24 +182,67 @@ def sync(inventory, host):
 
 # --- upgrade ----------------------------------------------------------------------------------
 
-def wanted_versions(inventory) -> dict[str, str]:
-    """The version of each package that every host should run: what its template builds."""
+def template_versions(inventory) -> dict[str, str]:
+    """The version of each package its template builds."""
     return {p.name: load_template(p.template_dir).version for p in inventory.packages}
 
 
+def wanted_versions(inventory) -> dict[str, str]:
+    """The version of each package that every host should run: what its template builds,
+    unless `doit rollback:app` holds the package at an earlier one (until the template's
+    version changes)."""
+    wanted = template_versions(inventory)
+    for name, held in hoststate.hold(inventory).items():
+        if wanted.get(name) == held.get("instead_of"):
+            wanted[name] = held["version"]
+    return wanted
+
+
+class HostRuns:
+    """doit uptodate of upgrade:<host>: the host's record says it runs `wanted`. Named, so
+    `doit info upgrade:<host>` says what it compared."""
+
+    def __init__(self, inventory, host, wanted: dict[str, str]):
+        self.inventory, self.host, self.wanted = inventory, host, wanted
+
+    def __call__(self) -> bool:
+        return hoststate.runs(self.inventory, self.host, self.wanted)
+
+    def __repr__(self):
+        ran = hoststate.history(self.inventory, self.host)
+        return (f"{self.host.name} should run " + ", ".join(
+            f"{name} {version} (its record: {(ran.get(name) or ['nothing'])[-1]})"
+            for name, version in self.wanted.items()))
+
+
 def upgrade(inventory, host):
-    """apk update + add -u + restart for every package, in one round trip; checks and reports
-    the version now installed."""
-    script = "".join(commands.upgrade_script(p.name, p.service) for p in inventory.packages)
-    output = remote.run_script(host, script, inventory.ssh, step="upgrade").stdout
-    wanted = wanted_versions(inventory)
+    """Install the wanted versions and gate them, in one round trip (outpost.rollout); a host
+    that fails the gate goes back to what it ran, and the step fails saying why."""
+    return install_gated(inventory, host, wanted_versions(inventory), step="upgrade")
+
+
+def install_gated(inventory, host, versions: dict[str, str], step: str) -> dict:
+    installs = [rollout.Install(p.name, versions[p.name], p.service, p.port,
+                                rollout.service_logfile(p.template_dir, p.service))
+                for p in inventory.packages]
+    script = rollout.install_script(installs, inventory.rollout.health_timeout)
+    result = remote.run_script(host, script, inventory.ssh, step=step,
+                               ok_exits=(0, rollout.GATE_FAILED))
+    report = rollout.parse_report(result.stdout)
+    for name, version in report.back.items():
+        hoststate.went_back(inventory, host, name, version)
+    if report.failed:
+        raise OutpostError(f"{step}: " + rollout.gate_failure(host, report))
     for package in inventory.packages:
-        installed = commands.parse_installed_version(output, package.name)
-        if installed != wanted[package.name]:
-            raise OutpostError(f"host {host.name}, step upgrade: {package.name} {installed} is "
-                               f"installed, but the repository should give {wanted[package.name]}")
-        say(f"{host.name}: {package.name} {installed} installed")
-    return {"installed": {p.name: wanted[p.name] for p in inventory.packages}}
+        version = report.ok.get(package.name)
+        if version != versions[package.name]:
+            raise OutpostError(f"host {host.name}, step {step}: {package.name} "
+                               f"{versions[package.name]} was not confirmed:\n{result.stdout}")
+        before = report.before.get(package.name)
+        hoststate.record(inventory, host, package.name, version)
+        change = "unchanged" if before == version else f"was {before or 'not installed'}"
+        say(f"{host.name}: {package.name} {version} passed the health gate ({change})")
+    return {"installed": dict(versions)}
 
 
 # --- content ----------------------------------------------------------------------------------

@@ -44,8 +44,10 @@ def index(inventory):
         yield {
             "name": arch,
             "doc": f"Publish the {arch} packages and sign the repository index",
-            "actions": [action(repo.publish, arch, apks, repo_dir, builder, key)],
+            "actions": [action(repo.publish, arch, apks, repo_dir, builder, key,
+                               inventory.repository.keep)],
             "file_dep": [str(a) for a in apks] + [str(key)],
             "targets": [str(repo_dir / "APKINDEX.tar.gz")],
+            "uptodate": [config_changed({"keep": inventory.repository.keep})],
             "clean": [remove(repo_dir)],
         }

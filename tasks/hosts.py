@@ -3,7 +3,7 @@ fleet:up -> bootstrap:<host> -> sync:<host> -> upgrade:<host> -> config:<host>
 -> content:<host> -> check:<host> -> deploy:<host>  (bootstrap and config: tasks/config.py)."""
 from doit.tools import config_changed
 
-from outpost import steps
+from outpost import rollout, steps
 from outpost.taskutil import action, files_under
 
 
@@ -43,16 +43,25 @@ def sync(inventory):
 
 def upgrade(inventory):
     wanted = steps.wanted_versions(inventory)
-    for host in inventory.hosts:
-        yield {
-            "name": host.name,
-            "doc": f"Upgrade the packages on {host.name} and restart their services",
-            "actions": [action(steps.upgrade, inventory, host)],
-            "file_dep": steps.host_marker(inventory, host),
-            # Runs when the version the host should have changed, not on every sync.
-            "uptodate": [config_changed(wanted)],
-            "task_dep": [f"sync:{host.name}"],
-        }
+    # Canary first, then batches: each host's upgrade waits for the batch before it, and a
+    # host that fails the gate stops every upgrade after it (doit runs no task whose
+    # task_dep failed). `doit info upgrade:<host>` shows whom it waits for.
+    order = rollout.batches(inventory.hosts, inventory.canary, inventory.rollout.batch_size)
+    for number, batch in enumerate(order):
+        waits_for = [f"upgrade:{h.name}" for h in order[number - 1]] if number else []
+        for host in batch:
+            role = "the canary" if number == 0 else f"batch {number}"
+            yield {
+                "name": host.name,
+                "doc": f"Upgrade {host.name} ({role}) and gate it on its health path",
+                "actions": [action(steps.upgrade, inventory, host)],
+                "file_dep": steps.host_marker(inventory, host),
+                # Up to date when the host's record (written when it passed the gate) says
+                # it runs the wanted versions: no connection, and a failed or reverted
+                # host is tried again by the next run.
+                "uptodate": [steps.HostRuns(inventory, host, wanted)],
+                "task_dep": [f"sync:{host.name}"] + waits_for,
+            }
 
 
 def content(inventory):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from outpost import commands, render
+from outpost import render
 from outpost.errors import OutpostError
 from outpost.fleet import keys, local, machine, network
 from outpost.fleet.keys import known_hosts_text
@@ -157,10 +157,7 @@ def from_inventory(inventory: Inventory) -> Fleet:
         identity=inventory.ssh.identity,
         provision=Provision(
             # What the config step would push, so the steps it and bootstrap run are allowed.
-            doas_rules={host.name: commands.doas_rules(user, inventory.repository,
-                                                       inventory.packages,
-                                                       render.host_files(inventory, host))
-                        for host in inventory.hosts},
+            doas_rules={host.name: render.doas_conf(inventory, host) for host in inventory.hosts},
             folders=(inventory.repository.path,
                      *(p.content_dir for p in inventory.packages if p.content_dir))),
         user=user,

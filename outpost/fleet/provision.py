@@ -71,8 +71,9 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 
 def provided_packages(python_version: str) -> str:
     """The Chimera packages the Debian base provides: its python3 for `python`, its sshd for
-    `openssh`, the fleet's own boot services for `dinit-chimera`'s, and its nginx and rsync."""
-    return f"python={python_version}\nopenssh\ndinit-chimera\nnginx\nrsync\n"
+    `openssh`, the fleet's own boot services for `dinit-chimera`'s, and its nginx, rsync and
+    curl."""
+    return f"python={python_version}\nopenssh\ndinit-chimera\nnginx\nrsync\ncurl\n"
 
 
 def dinit_services() -> dict[PurePosixPath, str]:
