@@ -15,7 +15,7 @@ from outpost import depfile, interrupt, lock
 from outpost import inventory as inventory_file
 from outpost.errors import OutpostError
 from outpost.report import OutpostReporter
-from tasks import build, config, hosts
+from tasks import build, config, hosts, rollback
 
 try:
     INVENTORY = inventory_file.load(os.environ.get("OUTPOST_INVENTORY", "inventory.toml"))
@@ -113,3 +113,8 @@ def task_check():
 def task_deploy():
     """The whole pipeline for every host (deploy:<host> for one)."""
     yield from _tasks(hosts.deploy)
+
+
+def task_rollback():
+    """Go back: rollback:app puts every host on its previous app version (canary first, gated)."""
+    yield from _tasks(rollback.rollback)

@@ -101,9 +101,11 @@ def _nginx(site_name: str) -> dict:
     }
 
 
-def host_context(inventory, host) -> dict:
+def host_context(inventory, host, installs: bool = True) -> dict:
     """Everything a host's templates use, as dicts, lists, strings and numbers in a fixed
-    order: a doit config_changed value that changes exactly when a rendered file may."""
+    order: a doit config_changed value that changes exactly when a rendered file may.
+    installs=False leaves out the doas rules that follow the repository's versions (see
+    config_inputs)."""
     site = inventory.site
     return {
         "host": {"name": host.name, "address": host.address, "region": host.region,
@@ -118,8 +120,17 @@ def host_context(inventory, host) -> dict:
         "doas_rules": [{"user": user, "argv": list(argv)} for user, argv in
                        commands.doas_permits(host.user, inventory.repository,
                                              inventory.packages, host_files(inventory, host),
-                                             install_commands(inventory, host))],
+                                             install_commands(inventory, host)
+                                             if installs else ())],
     }
+
+
+def config_inputs(inventory, host) -> dict:
+    """The config step's doit config_changed value: host_context without the doas rules of
+    the repository's versions. Those change with every release, and the sync step installs
+    doas.conf with them before the upgrade needs them (commands.doas_conf_script), so config
+    need not run again for them."""
+    return host_context(inventory, host, installs=False)
 
 
 def install_commands(inventory, host) -> list[list[str]]:

@@ -245,6 +245,49 @@ def install_gated(inventory, host, versions: dict[str, str], step: str) -> dict:
     return {"installed": dict(versions)}
 
 
+def rollback_targets(inventory) -> dict[str, str]:
+    """The version of each package every host ran before its current one, by the hosts'
+    records; an error, before any host is touched, when a host has none or they differ, or
+    the repository no longer keeps it."""
+    targets = {}
+    for package in inventory.packages:
+        previous = {host.name: hoststate.previous(inventory, host, package.name)
+                    for host in inventory.hosts}
+        missing = [name for name, version in previous.items() if version is None]
+        if missing:
+            raise OutpostError(f"rollback: no earlier version of {package.name} is recorded for "
+                               f"host {', '.join(missing)} (build/rollout/<host>.json): there is "
+                               "nothing to go back to")
+        if len(set(previous.values())) > 1:
+            raise OutpostError(f"rollback: the hosts ran different versions of {package.name} "
+                               "before: " + ", ".join(f"{n} {v}" for n, v in previous.items())
+                               + "; deploy one version everywhere first")
+        version = previous[inventory.hosts[0].name]
+        for arch in inventory.arches:
+            kept = repo.versions(repo.repo_dir(inventory, arch)).get(package.name, [])
+            if version not in kept:
+                raise OutpostError(f"rollback: {package.name} {version} is no longer in the "
+                                   f"{arch} repository (it keeps {', '.join(kept)}; keep in "
+                                   "[repository])")
+        targets[package.name] = version
+    return targets
+
+
+def rollback_app(inventory):
+    """Every host back on the versions it ran before: the canary, then the batches, each
+    gated as an upgrade is (a host that fails goes back to what it ran, and the rollback
+    stops). Then the hold: deploys keep these versions until the template's version changes."""
+    targets = rollback_targets(inventory)
+    templates = template_versions(inventory)
+    for batch in rollout.batches(inventory.hosts, inventory.canary, inventory.rollout.batch_size):
+        for host in batch:
+            install_gated(inventory, host, targets, step="rollback")
+    hoststate.set_hold(inventory, {name: {"version": version, "instead_of": templates[name]}
+                                   for name, version in targets.items()})
+    say("rollback: every host runs " + ", ".join(f"{n} {v}" for n, v in targets.items())
+        + "; deploys keep it until a template's version changes")
+
+
 # --- content ----------------------------------------------------------------------------------
 
 def push_content(inventory, host):
@@ -305,6 +348,10 @@ def check(inventory, host):
     wanted = wanted_versions(inventory)
     package = render.served_package(inventory)
     digest = commands.content_digest(package.content) if package.content else None
+    for name, held in hoststate.hold(inventory).items():
+        if wanted.get(name) == held["version"]:
+            say(f"{host.name}: {name} held at {held['version']} by `doit rollback` instead of "
+                f"{held['instead_of']}; a new version in its template ends the hold")
     deadline = time.monotonic() + CHECK_WAIT
     while True:
         health = _health(inventory, host)
