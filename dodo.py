@@ -11,7 +11,7 @@ import sys
 
 from pathlib import Path
 
-from outpost import depfile, interrupt, lock
+from outpost import depfile, interrupt, lock, steps
 from outpost import inventory as inventory_file
 from outpost.errors import OutpostError
 from outpost.report import OutpostReporter
@@ -24,6 +24,11 @@ try:
 except OutpostError as err:
     # One clear line instead of doit's "error loading dodo" traceback.
     sys.exit(f"outpost: {err}")
+
+# Said by every command (list included); only the steps that need the package stop.
+if (_BROKEN := steps.broken_template(INVENTORY)) is not None:
+    sys.stderr.write(f"outpost: {_BROKEN}\n  (build, index, upgrade and rollback:app stop until "
+                     "it is fixed; the rest of the pipeline, check and fleet:down still run)\n")
 
 # A run takes the project lock when it first changes something (outpost.taskutil.action).
 lock.use(INVENTORY.root / "build" / "outpost.lock")

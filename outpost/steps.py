@@ -187,6 +187,25 @@ def template_versions(inventory) -> dict[str, str]:
     return {p.name: load_template(p.template_dir).version for p in inventory.packages}
 
 
+def broken_template(inventory) -> str | None:
+    """Why a package template can't be read, or None. A broken template stops only what needs
+    the package (build, index, upgrade, rollback); the rest of the pipeline goes on."""
+    try:
+        template_versions(inventory)
+    except OutpostError as error:
+        return str(error)
+    return None
+
+
+def fail(problem: str):
+    """The action of a step that can't run: fails with the problem."""
+    raise OutpostError(problem)
+
+
+def skip_upgrade(host, problem: str):
+    say(f"{host.name}: upgrade skipped, the host keeps what it runs: {problem}")
+
+
 def wanted_versions(inventory) -> dict[str, str]:
     """The version of each package that every host should run: what its template builds,
     unless `doit rollback:app` holds the package at an earlier one (until the template's
@@ -345,7 +364,16 @@ def _health(inventory, host) -> dict | str:
 def check(inventory, host):
     """Wait until the host serves the wanted version and the content here (over HTTPS, through
     nginx), then time CHECK_REQUESTS requests. Fails naming the host and what it serves."""
-    wanted = wanted_versions(inventory)
+    problem = broken_template(inventory)
+    if problem:
+        # The version the host last passed the gate with: what it should still serve.
+        wanted = {name: versions[-1] for name, versions
+                  in hoststate.history(inventory, host).items() if versions}
+        say(f"{host.name}: a template is broken, so the check expects the version the host "
+            f"runs ({', '.join(f'{n} {v}' for n, v in wanted.items()) or 'none recorded'}): "
+            f"{problem}")
+    else:
+        wanted = wanted_versions(inventory)
     package = render.served_package(inventory)
     digest = commands.content_digest(package.content) if package.content else None
     for name, held in hoststate.hold(inventory).items():
@@ -355,7 +383,7 @@ def check(inventory, host):
     deadline = time.monotonic() + CHECK_WAIT
     while True:
         health = _health(inventory, host)
-        ok = (isinstance(health, dict) and health.get("version") == wanted[package.name]
+        ok = (isinstance(health, dict) and health.get("version") == wanted.get(package.name)
               and (digest is None or health.get("content") == digest))
         if ok or time.monotonic() > deadline:
             break
@@ -365,7 +393,7 @@ def check(inventory, host):
                 if isinstance(health, dict) else health)
         raise OutpostError(f"host {host.name}, step check: https://{inventory.site.name}/_health "
                            f"at {host.address} does not serve {package.name} "
-                           f"{wanted[package.name]} with content {(digest or '-')[:12]}: "
+                           f"{wanted.get(package.name)} with content {(digest or '-')[:12]}: "
                            f"it gives {seen}")
     times = []
     for _ in range(CHECK_REQUESTS):

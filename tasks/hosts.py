@@ -42,6 +42,14 @@ def sync(inventory):
 
 
 def upgrade(inventory):
+    problem = steps.broken_template(inventory)
+    if problem:
+        # Hosts keep what they run; config, content and check go on for the current version.
+        for host in inventory.hosts:
+            yield {"name": host.name, "doc": f"Upgrade {host.name} (skipped: a template is broken)",
+                   "actions": [action(steps.skip_upgrade, host, problem, read_only=True)],
+                   "uptodate": [False]}
+        return
     wanted = steps.wanted_versions(inventory)
     # Canary first, then batches: each host's upgrade waits for the batch before it, and a
     # host that fails the gate stops every upgrade after it (doit runs no task whose

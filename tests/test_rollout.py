@@ -39,8 +39,8 @@ def served_version(inv, name):
     return re.search(r'"version": "([^"]+)"', body.decode()).group(1)
 
 
-def bump(project, broken=False):
-    """A new pkgrel of the app; broken: its daemon exits at start-up."""
+def bump(project, broken=False, by=1):
+    """pkgrel + by of the app; broken: its daemon exits at start-up."""
     app = project / APP
     text = app.read_text()
     text = text.replace(f"\n    raise SystemExit({BROKEN!r})\n", "\n")
@@ -48,7 +48,7 @@ def bump(project, broken=False):
         text = text.replace("\ndef main():\n", f"\ndef main():\n    raise SystemExit({BROKEN!r})\n")
     app.write_text(text + f"\n# bumped by the test at {time.time()}\n")
     template = project / TEMPLATE
-    template.write_text(re.sub(r"^pkgrel = (\d+)", lambda m: f"pkgrel = {int(m.group(1)) + 1}",
+    template.write_text(re.sub(r"^pkgrel = (\d+)", lambda m: f"pkgrel = {int(m.group(1)) + by}",
                                template.read_text(), flags=re.M))
     return template_version(project)
 
@@ -139,7 +139,9 @@ def test_reverting_the_template_converges_with_no_other_command(site):
 
 def test_fixing_the_version_converges_with_no_other_command(site):
     project, inv, _ = site
-    new = bump(project)
+    # A fix is a new version: the broken one's number stays taken (the repository never
+    # holds two packages with one name and version).
+    new = bump(project, by=2)
     proc = run_doit(project, "deploy")
     for name in HOSTS:
         assert f"{name}: linkedlist {new} passed the health gate" in proc.stdout
