@@ -194,7 +194,6 @@ def test_two_runs_at_once_one_works_the_other_fails_at_once_with_the_lock(site):
             loser[2]
         assert f"process {winner[0].pid}" in message[-1]
         assert "Traceback" not in loser[2]
-        assert not [t for t in ran_tasks(loser[1]) if t.startswith(("content:", "sync:"))]
         depfile.check(project / depfile.NAME)  # never damaged
     for name in HOSTS:
         assert served_version(inv, name) == template_version(project)
