@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from outpost import commands
+from outpost import commands, rollout
 from outpost.errors import OutpostError
 from outpost.inventory import Host, Package, Repository, Ssh
 
@@ -113,21 +113,13 @@ def test_health_url():
         commands.health_url(make_host(), make_package(port=None))
 
 
-def test_parse_installed_version():
-    output = ("fetch /var/lib/outpost/repo/x86_64/APKINDEX.tar.gz\n"
-              "OK: 1 distinct packages available\n"
-              "(1/1) Upgrading linkedlist (2.0.12-r1 -> 2.0.12-r2)\n"
-              "linkedlist-2.0.12-r2\n")
-    assert commands.parse_installed_version(output, "linkedlist") == "2.0.12-r2"
-    assert commands.parse_installed_version("linkedlist-doc-1_rc2-r0\nlinkedlist-1_rc2-r0\n",
-                                            "linkedlist") == "1_rc2-r0"
-    with pytest.raises(OutpostError, match="installed version of 'linkedlist'"):
-        commands.parse_installed_version("linkedlist-doc-1.0-r0\nOK\n", "linkedlist")
-
-
 def test_doas_rules_text():
+    installs = (rollout.doas_commands("linkedlist", ["2.0.13-r1", "2.0.12-r1"], "linkedlist",
+                                      "/var/log/linkedlist.log")
+                + rollout.doas_commands("other", ["1.0-r0"], None, None))
     rules = commands.doas_rules("deploy", REPOSITORY, [make_package(), make_package("other",
-                                                                                    None)])
+                                                                                    None)],
+                                installs=installs)
     lines = rules.splitlines()
     assert rules.endswith("\n")
     assert lines[1:] == [
@@ -136,22 +128,27 @@ def test_doas_rules_text():
         "permit nopass deploy as root cmd install args -d -o deploy -m 755 /var/lib/linkedlist/content",
         "permit nopass deploy as root cmd tee args /etc/apk/keys/outpost.rsa.pub",
         "permit nopass deploy as root cmd tee args /etc/apk/repositories.d/outpost.list",
-        "permit nopass deploy as root cmd apk args add nginx rsync",
+        "permit nopass deploy as root cmd apk args add nginx rsync curl",
         "permit nopass deploy as root cmd dinitctl args enable nginx",
         "permit nopass deploy as root cmd apk args update",
-        "permit nopass deploy as root cmd apk args add -u linkedlist",
+        "permit nopass deploy as root cmd apk args add linkedlist=2.0.13-r1",
+        "permit nopass deploy as root cmd apk args add linkedlist=2.0.12-r1",
         "permit nopass deploy as root cmd dinitctl args restart --ignore-unstarted linkedlist",
-        "permit nopass deploy as root cmd dinitctl args enable linkedlist",
         "permit nopass deploy as root cmd dinitctl args start linkedlist",
-        "permit nopass deploy as root cmd apk args add -u other",
+        "permit nopass deploy as root cmd dinitctl args enable linkedlist",
+        "permit nopass deploy as root cmd tail args -n 20 /var/log/linkedlist.log",
+        "permit nopass deploy as root cmd apk args add other=1.0-r0",
     ]
 
 
 def test_doas_permits_are_the_commands_without_doas_each_once():
+    installs = (rollout.doas_commands("linkedlist", ["2.0.12-r1"], "linkedlist", None)
+                + rollout.doas_commands("other", ["1.0-r0"], "other", None))
     permits = commands.doas_permits("deploy", REPOSITORY, [make_package(),
-                                                            make_package("other", "other")])
+                                                            make_package("other", "other")],
+                                    installs=installs)
     assert permits[7:9] == [("deploy", ["apk", "update"]),
-                            ("deploy", ["apk", "add", "-u", "linkedlist"])]
+                            ("deploy", ["apk", "add", "linkedlist=2.0.12-r1"])]
     assert permits.count(("deploy", ["apk", "update"])) == 1
     assert ("deploy", ["dinitctl", "start", "other"]) in permits
     assert all(argv[0] != "doas" for _, argv in permits)
@@ -281,49 +278,6 @@ def test_sync_script_fails_when_doas_refuses(fake_host):
     assert result.returncode != 0
     assert "not permitted" in result.stderr
     assert not fake_host.file("/etc/apk/keys/outpost.rsa.pub").exists()
-
-
-def test_upgrade_script_runs_in_order_and_reports_the_version(fake_host):
-    result = fake_host.run(commands.upgrade_script("linkedlist", "linkedlist"), RULES)
-    assert result.returncode == 0, result.stderr
-    assert fake_host.calls() == [
-        "doas apk update", "apk update",
-        "doas apk add -u linkedlist", "apk add -u linkedlist",
-        "doas dinitctl restart --ignore-unstarted linkedlist",
-        "dinitctl restart --ignore-unstarted linkedlist",
-        # Not enabled yet (this machine has no /etc/dinit.d/boot.d/linkedlist): enable it.
-        "doas dinitctl enable linkedlist", "dinitctl enable linkedlist",
-        "doas dinitctl start linkedlist", "dinitctl start linkedlist",
-        "apk info -e -v linkedlist",  # reading needs no root
-    ]
-    assert commands.parse_installed_version(result.stdout, "linkedlist") == "1.2.3-r4"
-
-
-def test_upgrade_script_enables_the_service_only_when_not_yet_enabled():
-    script = commands.upgrade_script("linkedlist", "linkedlist")
-    assert ("if [ ! -e /etc/dinit.d/boot.d/linkedlist ]; then doas dinitctl enable linkedlist; fi"
-            in script.splitlines())
-
-
-def test_upgrade_script_stops_at_the_first_failure(fake_host):
-    fake_host.env["APK_FAIL"] = "add"
-    result = fake_host.run(commands.upgrade_script("linkedlist", "linkedlist"), RULES)
-    assert result.returncode != 0
-    assert "unable to select packages" in result.stderr
-    assert not any(call.startswith("dinitctl") for call in fake_host.calls())
-
-
-def test_upgrade_script_without_a_service(fake_host):
-    rules = commands.doas_rules(USER, REPOSITORY, [make_package("tool", None)])
-    result = fake_host.run(commands.upgrade_script("tool", None), rules)
-    assert result.returncode == 0, result.stderr
-    assert not any("dinitctl" in call for call in fake_host.calls())
-
-
-def test_upgrade_script_refused_for_a_package_the_rules_do_not_name(fake_host):
-    result = fake_host.run(commands.upgrade_script("other", "other"), RULES)
-    assert result.returncode != 0
-    assert fake_host.calls()[-1] == "doas apk add -u other"  # refused: apk never ran
 
 
 # --- the content digest matches the app's -----------------------------------------------------
@@ -459,10 +413,10 @@ def test_bootstrap_script_is_idempotent(config_host):
                                        content_dirs=["/var/lib/linkedlist/content"])
     first = config_host.run(script, RULES)
     assert first.returncode == 0, first.stderr
-    assert "doas apk add nginx rsync" in config_host.calls()
+    assert "doas apk add nginx rsync curl" in config_host.calls()
     assert "doas dinitctl enable nginx" in config_host.calls()  # this machine has no boot.d link
     second = config_host.run(script, RULES)
     assert second.returncode == 0, second.stderr
     # The folders, key and list are in place now: only the package check runs again.
     assert [c for c in config_host.calls() if c.startswith("doas")] == [
-        "doas apk add nginx rsync", "doas dinitctl enable nginx"]
+        "doas apk add nginx rsync curl", "doas dinitctl enable nginx"]
