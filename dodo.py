@@ -15,7 +15,7 @@ from outpost import depfile, interrupt, lock, steps
 from outpost import inventory as inventory_file
 from outpost.errors import OutpostError
 from outpost.report import OutpostReporter
-from tasks import build, config, dns, hosts, rollback
+from tasks import acme, build, config, dns, hosts, rollback
 
 try:
     INVENTORY = inventory_file.load(os.environ.get("OUTPOST_INVENTORY", "inventory.toml"))
@@ -81,8 +81,21 @@ def task_fleet():
 
 
 def task_certificate():
-    """Make the site's TLS certificate (local CA), or renew it."""
-    return config.certificate(INVENTORY)
+    """The site's TLS certificate: on each host from the cert host (ACME), or the local CA's."""
+    if INVENTORY.acme is not None:
+        yield from _tasks(acme.certificate)
+    else:
+        yield {"basename": "certificate", **config.certificate(INVENTORY)}
+
+
+def task_acme():
+    """The cert host: set up lego, and have it issue the site's certificate."""
+    yield from _tasks(acme.acme_tasks)
+
+
+def task_gate():
+    """Each web host's lego-gate: what the cert host may do there."""
+    yield from _tasks(acme.gate)
 
 
 def task_bootstrap():

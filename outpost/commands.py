@@ -237,7 +237,7 @@ DOAS_CONF = "/etc/doas.conf"
 NGINX_REFUSED = 65
 
 
-def _folders(host_files) -> list[str]:
+def folders_of(host_files) -> list[str]:
     return sorted({str(PurePosixPath(f.remote_path).parent) for f in host_files})
 
 
@@ -268,8 +268,8 @@ def _service_actions(host_files) -> list[tuple[str, list[list[str]]]]:
     return sorted(actions.items())
 
 
-def _config_commands(host_files) -> list[list[str]]:
-    commands = [folder_command(folder) for folder in _folders(host_files)]
+def config_commands(host_files) -> list[list[str]]:
+    commands = [folder_command(folder) for folder in folders_of(host_files)]
     if any(f.remote_path == NGINX_CONF for f in host_files):
         commands.append(_nginx_check())
     commands += [install_file_command(STAGE, f) for f in host_files]
@@ -287,7 +287,7 @@ def stage_lines(stage: str, files) -> list[str]:
     copy is the SSH user's, readable by it alone), from base64 in the script itself."""
     q = shlex.quote
     lines = [f"rm -rf {q(stage)}"]
-    lines += [f"mkdir -p {q(stage + folder)}" for folder in _folders(files)]
+    lines += [f"mkdir -p {q(stage + folder)}" for folder in folders_of(files)]
     for f in files:
         lines.append(f"base64 -d > {q(stage + f.remote_path)} <<'OUTPOST_FILE'\n"
                      f"{base64.encodebytes(f.content).decode()}OUTPOST_FILE")
@@ -308,7 +308,7 @@ def install_changed_lines(stage: str, record: str, files, sha256s=None) -> list[
     gives the hash of files whose content is not in the script (default: hash .content)."""
     q = shlex.quote
     lines = [f"[ -d {q(folder)} ] || {shlex.join(folder_command(folder))}"
-             for folder in _folders(files)]
+             for folder in folders_of(files)]
     sha256s = sha256s or {}
     records = [f"{sha256s.get(f.remote_path) or hashlib.sha256(f.content).hexdigest()}  "
                f"{f.remote_path}" for f in files]
@@ -364,7 +364,7 @@ def doas_permits(user: str, repository, packages, host_files=(),
                  _write_file_command(list_path())]
     commands += _bootstrap_commands()
     commands += list(installs)
-    commands += _config_commands(host_files)
+    commands += config_commands(host_files)
     commands += list(extra)
     permits = []
     for doas, *argv in commands:

@@ -93,6 +93,7 @@ class Ssh:
 class Fleet:
     state: Path
     bridge: str
+    acme_server: str | None = None  # the fleet's ACME server (pebble) runs at this address
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,20 @@ class Dns:
 
 
 @dataclass(frozen=True)
+class Acme:
+    """[acme] and [cert_host]: certificates from an ACME server, made by lego on a cert host
+    (not a web host) and pushed from there to every web host."""
+    directory: str          # the ACME directory URL (Let's Encrypt's, or the fleet's pebble)
+    email: str              # the ACME account's contact
+    renew_days: int         # renew this many days before expiry
+    server_ca: Path | None  # a CA certificate the ACME server's own HTTPS uses (pebble's),
+                            # when it is not publicly trusted; installed on the cert host
+    roots: str | None       # where the check gets the ACME server's root (pebble's
+                            # management port); None: this machine's trust store
+    cert_host: Host
+
+
+@dataclass(frozen=True)
 class Inventory:
     path: Path
     site: Site
@@ -144,6 +159,7 @@ class Inventory:
     hosts: tuple[Host, ...]
     dns: Dns | None = None
     rollout: Rollout = Rollout(None, 1, 30.0)
+    acme: Acme | None = None
 
     @property
     def root(self) -> Path:
@@ -350,6 +366,15 @@ def _url(value: str) -> str | None:
     return None if re.fullmatch(r"https?://[^\s/]+(/\S*)?", value) else f"{value!r} is not a URL"
 
 
+def _email(value: str) -> str | None:
+    return None if re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value) else \
+        f"{value!r} is not an email address"
+
+
+def _renew_days(value: int) -> str | None:
+    return None if 1 <= value <= 60 else f"must be from 1 to 60 days, found {value}"
+
+
 def _builder_kind(value: str) -> str | None:
     if value in BUILDER_KINDS:
         return None
@@ -387,6 +412,24 @@ SCHEMA: dict[str, Table] = {
     "fleet": Table((
         Key("state", LOCAL_PATH),
         Key("bridge", STRING, "outpost0", _bridge),
+        # The address of the fleet's ACME server (pebble), when [acme] uses one.
+        Key("acme_server", STRING, None, _address),
+    ), required=False),
+    "acme": Table((
+        Key("directory", STRING, check=_url),
+        Key("email", STRING, check=_email),
+        Key("renew_days", INTEGER, 30, _renew_days),
+        Key("server_ca", LOCAL_PATH, None),
+        Key("roots", STRING, None, _url),
+    ), required=False),
+    # The machine that runs lego: it is not a web host (a small box at home, in the seed).
+    "cert_host": Table((
+        Key("name", STRING, check=_host_name),
+        Key("address", STRING, check=_address),
+        Key("user", STRING, None, _not_empty),
+        Key("port", INTEGER, None, _port),
+        Key("arch", STRING, check=_arch),
+        Key("region", STRING, "home", _not_empty),
     ), required=False),
     "packages": Table((
         Key("name", STRING, check=_package_name),
@@ -582,6 +625,23 @@ def _check_dns(dns: dict, hosts: list[dict], fleet, label: str, root: Path) -> D
                database=database, ttl=dns["ttl"], health=DnsHealth(**health), api=dns["api"])
 
 
+def _check_acme(acme, cert_host, hosts, ssh, label: str):
+    if (acme is None) != (cert_host is None):
+        raise InventoryError(f"{label}: [acme] and [cert_host] go together (the ACME server, "
+                             "and the machine that runs lego); give both or neither")
+    if acme is None:
+        return None
+    for host in hosts:
+        if host["name"] == cert_host["name"] or host["address"] == cert_host["address"]:
+            raise InventoryError(f"{label}: [cert_host]: {cert_host['name']} "
+                                 f"({cert_host['address']}) is also a web host ([[hosts]] "
+                                 f"{host['name']}); the cert host must be another machine")
+    host = Host(**{**cert_host, "groups": (),
+                   "user": cert_host["user"] if cert_host["user"] is not None else ssh["user"],
+                   "port": cert_host["port"] if cert_host["port"] is not None else ssh["port"]})
+    return Acme(**acme, cert_host=host)
+
+
 def load(path: str | Path) -> Inventory:
     """Read and validate an inventory. Errors name the file as `path` gives it."""
     label = str(path)
@@ -630,4 +690,5 @@ def load(path: str | Path) -> Inventory:
         dns=(_check_dns(checked["dns"], checked["hosts"], checked["fleet"], label, root)
              if checked["dns"] else None),
         rollout=Rollout(**rollout),
+        acme=_check_acme(checked["acme"], checked["cert_host"], checked["hosts"], ssh, label),
     )

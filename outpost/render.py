@@ -26,7 +26,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from outpost import commands, geodns, repo, rollout, tls
+from outpost import acme, commands, geodns, repo, rollout, tls
 from outpost.errors import OutpostError
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
@@ -82,11 +82,15 @@ def _package(package) -> dict:
             "content_dir": package.content_dir}
 
 
-def tls_paths(site_name: str) -> dict:
-    """The site's certificate (PEM, the chain nginx sends) and key, as nginx.conf names them:
-    relative, so beside the site file. nginx resolves them against the folder of the nginx.conf
-    it runs with, so a staged copy of the whole folder is checked (nginx -t -c) with its own
-    certificate, before anything is switched."""
+def tls_paths(inventory) -> dict:
+    """The site's certificate (PEM, the chain nginx sends) and key, as nginx.conf names them.
+    From ACME: the one file the cert host's lego pushes, chain and key together. From the
+    local CA: relative paths, so beside the site file; nginx resolves them against the folder
+    of the nginx.conf it runs with, so a staged copy of the whole folder is checked (nginx -t
+    -c) with its own certificate, before anything is switched."""
+    if inventory.acme is not None:
+        return {"certificate": acme.SITE_PEM, "key": acme.SITE_PEM}
+    site_name = inventory.site.name
     return {"certificate": f"{NGINX_SITES}/{site_name}.pem",
             "key": f"{NGINX_SITES}/{site_name}.key"}
 
@@ -113,7 +117,7 @@ def host_context(inventory, host, installs: bool = True) -> dict:
         "site": {"name": site.name, "url": f"https://{site.name}"},
         "packages": {p.name: _package(p) for p in inventory.packages},
         "app": _package(served_package(inventory)),
-        "tls": tls_paths(site.name),
+        "tls": tls_paths(inventory),
         "nginx": _nginx(site.name),
         "apk": {"list_line": commands.repo_list_line(INDEX_FORMATS[inventory.builder.kind],
                                                      inventory.repository.path)},
@@ -141,12 +145,16 @@ def install_commands(inventory, host) -> list[list[str]]:
 
 
 def doas_permits(inventory, host, installs: bool = True) -> list[tuple[str, list[str]]]:
-    """Every doas rule of a host (commands.doas_permits): with the upgrade's commands for the
-    repository's versions (unless installs=False) and the DNS step's."""
-    return commands.doas_permits(
+    """Every doas rule of a web host: the deploy user's commands (commands.doas_permits), with
+    the upgrade's for the repository's versions (unless installs=False), the DNS step's and
+    the ACME gate's; and lego's two when certificates come from ACME."""
+    extra = geodns.inventory_doas_commands(inventory)
+    if inventory.acme is not None:
+        extra = extra + acme.gate_commands()
+    permits = commands.doas_permits(
         host.user, inventory.repository, inventory.packages, host_files(inventory, host),
-        installs=install_commands(inventory, host) if installs else (),
-        extra=geodns.inventory_doas_commands(inventory))
+        installs=install_commands(inventory, host) if installs else (), extra=extra)
+    return permits + (acme.lego_permits() if inventory.acme is not None else [])
 
 
 def doas_conf(inventory, host) -> str:
@@ -165,14 +173,16 @@ def host_files(inventory, host) -> list[HostFile]:
         HostFile("nginx/nginx.conf.j2", nginx["conf"], 0o644, "nginx", "reload"),
         HostFile("nginx/site.conf.j2", str(nginx_dir / nginx["site"]), 0o644, "nginx", "reload"),
     ]
-    # The site certificate and key (the same on every host), beside the site file.
-    certificate, key = tls.site_paths(inventory.site.certificates)
-    tls_on_host = tls_paths(inventory.site.name)
-    files += [
-        HostFile(None, str(nginx_dir / tls_on_host["certificate"]), 0o644, "nginx", "reload",
-                 certificate),
-        HostFile(None, str(nginx_dir / tls_on_host["key"]), 0o600, "nginx", "reload", key),
-    ]
+    if inventory.acme is None:
+        # The local CA's site certificate and key (the same on every host), beside the site
+        # file. An ACME certificate comes from the cert host instead, never through here.
+        certificate, key = tls.site_paths(inventory.site.certificates)
+        tls_on_host = tls_paths(inventory)
+        files += [
+            HostFile(None, str(nginx_dir / tls_on_host["certificate"]), 0o644, "nginx",
+                     "reload", certificate),
+            HostFile(None, str(nginx_dir / tls_on_host["key"]), 0o600, "nginx", "reload", key),
+        ]
     for package in inventory.packages:
         if (TEMPLATES / f"{package.name}.env.j2").is_file():
             files.append(HostFile(f"{package.name}.env.j2", f"{ENV_DIR}/{package.name}", 0o644,

@@ -8,10 +8,11 @@ CHECK = "check:"
 
 def check_table(rows: list[dict]) -> str:
     """The table, from the check:<host> results (steps.check) and failures."""
-    header = ("host", "region", "status", "version", "median", "requests")
+    header = ("host", "region", "status", "version", "median", "requests", "certificate")
     lines = [header] + [
         (r["host"], r.get("region", ""), r["status"], r.get("version", "-"),
-         f"{r['median_ms']:.1f} ms" if "median_ms" in r else "-", str(r.get("requests", "-")))
+         f"{r['median_ms']:.1f} ms" if "median_ms" in r else "-", str(r.get("requests", "-")),
+         f"{r['certificate_days']} days" if "certificate_days" in r else "-")
         for r in sorted(rows, key=lambda r: r["host"])]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()

@@ -50,9 +50,9 @@ def fleet_down(inventory):
 
 
 def _hosts_up(inventory) -> list[bool]:
-    from outpost.fleet import running_pid
+    from outpost.fleet import machine_names, running_pid
     state = inventory.fleet.state.resolve()
-    return [running_pid(state, host.name) is not None for host in inventory.hosts]
+    return [running_pid(state, name) is not None for name in machine_names(inventory)]
 
 
 def fleet_is_up(inventory) -> bool:
@@ -318,6 +318,199 @@ def push_content(inventory, host):
                              host, inventory.ssh, step="content")
 
 
+def _certificate_days(inventory, host) -> int:
+    """Days left on the certificate the host serves, verified as site_context trusts it and
+    for the site's name (the handshake checks both)."""
+    connection = _SiteConnection(host.address, inventory.site.name, site_context(inventory), 5)
+    try:
+        connection.connect()
+        not_after = ssl.cert_time_to_seconds(connection.sock.getpeercert()["notAfter"])
+    except (OSError, ssl.SSLError) as error:
+        raise OutpostError(f"host {host.name}, step check: its certificate for "
+                           f"{inventory.site.name}: {error}") from None
+    finally:
+        connection.close()
+    return int((not_after - time.time()) // 86400)
+
+
+# --- ACME certificates (outpost.acme) ---------------------------------------------------------
+
+def acme_dir(inventory) -> Path:
+    """This machine's ACME files: lego's public SSH key and the site's public certificate. The
+    site's key is never here."""
+    return inventory.root / "build" / "acme"
+
+
+def lego_public_key(inventory) -> Path:
+    return acme_dir(inventory) / "lego.pub"
+
+
+def issued_certificate(inventory) -> Path:
+    return acme_dir(inventory) / "site.crt"
+
+
+def _web_known_hosts(inventory) -> str:
+    """The pinned keys of the web hosts, for the cert host's lego (nothing else of ours)."""
+    from outpost.remote import _known_hosts_name
+    names = {_known_hosts_name(host) for host in inventory.hosts}
+    try:
+        lines = inventory.ssh.known_hosts.read_text().splitlines()
+    except OSError as error:
+        raise OutpostError(f"{inventory.ssh.known_hosts}: cannot read the pinned host keys: "
+                           f"{error.strerror}") from None
+    return "".join(line + "\n" for line in lines
+                   if line.split() and line.split()[0] in names)
+
+
+def acme_setup(inventory):
+    """The cert host: lego, its scripts and daily renewal service, the web hosts' pinned keys;
+    keep lego's public SSH key here for the web hosts (gate)."""
+    from outpost import acme
+    cert_host = inventory.acme.cert_host
+    files = acme.certhost_files(inventory, _web_known_hosts(inventory))
+    output = remote.run_script(cert_host, acme.setup_script(inventory, files), inventory.ssh,
+                               step="acme:setup").stdout
+    key = acme.public_key(output)
+    if not key:
+        raise OutpostError(f"host {cert_host.name}, step acme:setup: lego's SSH key was not "
+                           f"reported; the output was:\n{output.strip()}")
+    _report(cert_host, "\n".join(line for line in output.splitlines()
+                                 if not line.startswith(acme.PUBLIC_KEY_MARK)))
+    render._write_if_changed(lego_public_key(inventory), key + "\n")
+
+
+def gate(inventory, host):
+    """The host's lego-gate, its challenge script and lego's key: what lets the cert host post
+    DNS-01 challenges here and install certificates, and nothing else."""
+    from outpost import acme
+    files = acme.gate_files(inventory, lego_public_key(inventory).read_text())
+    _report(host, remote.run_script(host, acme.gate_script(files), inventory.ssh,
+                                    step="gate").stdout)
+
+
+def acme_issue(inventory) -> dict:
+    """A certificate for the site's names from the ACME server, made by lego on the cert host
+    unless it has one for them; keep its public certificate here."""
+    from outpost import acme
+    cert_host = inventory.acme.cert_host
+    output = remote.run_script(cert_host, acme.driver_command("issue")
+                               + acme.driver_command("show"), inventory.ssh,
+                               step="acme:issue").stdout
+    begin = output.find("-----BEGIN CERTIFICATE-----")
+    status, certificate = (output[:begin], output[begin:]) if begin >= 0 else (output, "")
+    _report(cert_host, status)
+    _keep_issued(inventory, certificate)
+    return {"renew_by": _renew_by(inventory, certificate), "roots": _roots_digest(inventory)}
+
+
+def _keep_issued(inventory, certificate: str):
+    certificate = certificate[certificate.find("-----BEGIN CERTIFICATE-----"):]
+    if "BEGIN CERTIFICATE" not in certificate:
+        raise OutpostError(f"host {inventory.acme.cert_host.name}, step acme:issue: no "
+                           f"certificate came back: {certificate.strip()[:200]}")
+    render._write_if_changed(issued_certificate(inventory), certificate)
+
+
+def _leaf_der(pem: str) -> bytes:
+    """The first certificate of a PEM chain (the leaf), as DER."""
+    begin = pem.index("-----BEGIN CERTIFICATE-----")
+    return ssl.PEM_cert_to_DER_cert(pem[begin:pem.index("-----END CERTIFICATE-----") + 25])
+
+
+def _renew_by(inventory, certificate: str) -> float:
+    """When this machine should ask the cert host again: a day after the cert host's own daily
+    renewal should have renewed it (so a renewal nobody saw is found)."""
+    from cryptography import x509
+    leaf = x509.load_der_x509_certificate(_leaf_der(certificate))
+    return leaf.not_valid_after_utc.timestamp() - (inventory.acme.renew_days - 1) * 86400
+
+
+def _roots_digest(inventory) -> str | None:
+    roots = acme_roots(inventory)
+    return hashlib.sha256(roots.encode()).hexdigest() if roots else None
+
+
+def acme_issue_is_current(inventory, values: dict) -> bool:
+    """doit uptodate of acme:issue: a certificate is kept here, it is not yet time to look for
+    its renewal, and the ACME server's root is the one it was issued under (pebble makes a new
+    one at each start)."""
+    return (issued_certificate(inventory).exists() and time.time() < values.get("renew_by", 0)
+            and values.get("roots") == _roots_digest(inventory))
+
+
+_served: dict = {}
+_served_lock = threading.Lock()
+
+
+def _served_certificate(inventory, host) -> bytes | None:
+    """The leaf certificate (DER) the host's nginx presents for the site's name, unverified,
+    or None (no TLS there yet)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host.address, 443), timeout=5) as sock:
+            with context.wrap_socket(sock, server_hostname=inventory.site.name) as tls_sock:
+                return tls_sock.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return None
+
+
+def served_certificates(inventory) -> dict[str, bytes | None]:
+    """What every web host serves, asked once per run (the certificate tasks share it)."""
+    import concurrent.futures
+    with _served_lock:
+        if inventory.path not in _served:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+                _served[inventory.path] = dict(zip(
+                    [h.name for h in inventory.hosts],
+                    pool.map(lambda h: _served_certificate(inventory, h), inventory.hosts)))
+        return _served[inventory.path]
+
+
+def _newer_elsewhere(inventory, current: bytes) -> bool:
+    """True when some host serves a certificate issued after the one kept here: the cert
+    host renewed it since this machine last asked."""
+    from cryptography import x509
+    issued = x509.load_der_x509_certificate(current).not_valid_before_utc
+    return any(der and der != current
+               and x509.load_der_x509_certificate(der).not_valid_before_utc > issued
+               for der in served_certificates(inventory).values())
+
+
+_refreshed: set = set()
+_refresh_lock = threading.Lock()
+
+
+def host_certificate(inventory, host):
+    """Make the host serve the current certificate: if it serves another (a new host, one
+    that was down at a renewal), the cert host pushes it there, key and all, through the
+    host's lego-gate. Costs one TLS handshake per host when all is well: no SSH."""
+    from outpost import acme
+    cert_host = inventory.acme.cert_host
+    current = _leaf_der(issued_certificate(inventory).read_text())
+    served = served_certificates(inventory).get(host.name)
+    if served == current:
+        return
+    with _refresh_lock:
+        # Renewed on the cert host since this machine asked: ask once more, once per run.
+        if inventory.path not in _refreshed and _newer_elsewhere(inventory, current):
+            output = remote.run_script(cert_host, acme.driver_command("show"), inventory.ssh,
+                                       step=f"certificate:{host.name}").stdout
+            _keep_issued(inventory, output)
+            _refreshed.add(inventory.path)
+        current = _leaf_der(issued_certificate(inventory).read_text())
+    if served == current:
+        return
+    from outpost import lock
+    lock.hold()  # read-only until here: a host that serves the current certificate needs none
+    output = remote.run_script(cert_host, acme.driver_command("push", host.name), inventory.ssh,
+                               step=f"certificate:{host.name}").stdout
+    # The host's lego-gate checked the pair and switched it in, or the push failed (nginx
+    # serves it on 443 once config has given it the site; the check verifies that).
+    _report(cert_host, output)
+
+
 # --- dns -------------------------------------------------------------------------------------
 
 def fleet_database(inventory):
@@ -378,10 +571,46 @@ class _SiteConnection(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
+_roots_seen: dict = {}
+_roots_lock = threading.Lock()
+
+
+def acme_roots(inventory) -> str | None:
+    """The ACME server's root certificate (PEM) from `[acme] roots`, fetched once per run and
+    trusting only `[acme] server_ca` for that fetch; None when the roots are this machine's
+    trust store (Let's Encrypt)."""
+    acme_settings = inventory.acme
+    if acme_settings is None or acme_settings.roots is None:
+        return None
+    with _roots_lock:
+        if acme_settings.roots not in _roots_seen:
+            import urllib.request
+            cafile = str(acme_settings.server_ca) if acme_settings.server_ca else None
+            context = ssl.create_default_context(cafile=cafile)
+            try:
+                with urllib.request.urlopen(acme_settings.roots, context=context,
+                                            timeout=10) as answer:
+                    _roots_seen[acme_settings.roots] = answer.read().decode()
+            except (OSError, ValueError) as error:
+                raise OutpostError(f"{inventory.path}: [acme] roots: cannot fetch the ACME "
+                                   f"server's root from {acme_settings.roots}: {error}") from None
+        return _roots_seen[acme_settings.roots]
+
+
+def site_context(inventory) -> ssl.SSLContext:
+    """What a visitor's browser trusts, for this site: the ACME server's root (pebble's), this
+    machine's trust store (Let's Encrypt's), or the local CA when there is no [acme]."""
+    if inventory.acme is None:
+        return ssl.create_default_context(cafile=str(tls.ca_paths(inventory.site.ca)[0]))
+    roots = acme_roots(inventory)
+    return ssl.create_default_context(cadata=roots) if roots else ssl.create_default_context()
+
+
 def site_request(inventory, host, path: str, timeout: float = 5.0) -> tuple[int, dict, bytes]:
-    """GET path from host through nginx, trusting only the site's CA. (status, headers, body)."""
-    context = ssl.create_default_context(cafile=str(tls.ca_paths(inventory.site.ca)[0]))
-    connection = _SiteConnection(host.address, inventory.site.name, context, timeout)
+    """GET path from host through nginx, trusting only what site_context trusts.
+    (status, headers, body)."""
+    connection = _SiteConnection(host.address, inventory.site.name, site_context(inventory),
+                                 timeout)
     try:
         connection.request("GET", path)
         response = connection.getresponse()
@@ -448,7 +677,7 @@ def check(inventory, host):
                                f"at {host.address} answered HTTP {status}")
     result = {"host": host.name, "region": host.region, "status": "ok",
               "version": health["version"], "median_ms": round(statistics.median(times), 1),
-              "requests": CHECK_REQUESTS}
+              "requests": CHECK_REQUESTS, "certificate_days": _certificate_days(inventory, host)}
     if inventory.dns is not None and inventory.dns.provider == "gdnsd":
         result["dns"] = check_dns(inventory, host)
     return result

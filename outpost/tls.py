@@ -212,3 +212,34 @@ def ensure_site_certificate(ca_dir: Path, cert_dir: Path, site_name: str) -> tup
     _write(key_path, _key_pem(key), 0o600)
     _write(cert_path, _cert_pem(cert), 0o644)
     return cert_path, key_path
+
+
+def address_certificate(ca_dir: Path, address: str, days: int = 30) -> tuple[bytes, bytes]:
+    """A server certificate and key (PEM) for an IP address, from the local CA: for a service
+    of the local fleet reached by its address (the ACME server's own HTTPS). Made in memory,
+    afresh each time; the caller writes them where the service reads them."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert, ca_key = _load(*ensure_ca(ca_dir))
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return _cert_pem(cert), _key_pem(key)

@@ -49,6 +49,8 @@ def config(inventory):
             # The inventory values this host's templates use: change one, and only the hosts
             # whose files it changes run again.
             "uptodate": [config_changed(render.config_inputs(inventory, host))],
-            "task_dep": [f"upgrade:{host.name}"],
+            # nginx reads the certificate: from ACME, the host must have it first.
+            "task_dep": [f"upgrade:{host.name}"]
+            + ([f"certificate:{host.name}"] if inventory.acme is not None else []),
             "clean": [remove(out_dir)],
         }

@@ -1,5 +1,5 @@
 """GeoDNS: the local fleet's test country database, then per host its gdnsd config, zone and
-database (after config:<host>, which gives nginx the plain-HTTP health path gdnsd checks)."""
+database (after upgrade:<host>)."""
 from doit.tools import config_changed
 
 from outpost import geodns, geoip, render, steps
@@ -52,5 +52,9 @@ def dns(inventory):
             + ([str(database)] if database.is_file() or dns.database is None else []),
             "uptodate": [config_changed(geodns.dns_context(inventory, host)),
                          lambda: database.is_file()],
-            "task_dep": [f"config:{host.name}"],
+            # After upgrade (gdnsd may come from the repository), not after config: ACME's
+            # DNS-01 needs the nameservers before config's nginx can have its certificate.
+            # Until config gives nginx the health path, gdnsd's checks fail, and it answers
+            # as if every host were up.
+            "task_dep": [f"upgrade:{host.name}"],
         }

@@ -37,12 +37,20 @@ def fleet_project(parent, addresses: dict, bridge: str):
     from conftest import copy_project
 
     project = copy_project(parent)
-    text = (project / "inventory.toml").read_text()
-    for name, address in addresses.items():
-        text = re.sub(rf'(name = "{name}"\naddress = )"[^"]+"', rf'\1"{address}"', text)
-    text = text.replace('state = "build/fleet"', f'state = "build/fleet"\nbridge = "{bridge}"')
+    text = moved_fleet(project.joinpath("inventory.toml").read_text(), addresses, bridge)
     (project / "inventory.toml").write_text(text)
     return project
+
+
+def moved_fleet(text: str, addresses: dict, bridge: str) -> str:
+    """The default inventory's text with the web hosts at `addresses` and every other fleet
+    address (cert host, ACME server, its URLs) moved into the same /24, on `bridge`."""
+    new_net = next(iter(addresses.values())).rsplit(".", 1)[0] + "."
+    for name, address in addresses.items():
+        text, found = re.subn(rf'(name = "{name}"\naddress = )"[^"]+"', rf'\1"{address}"', text)
+        assert found == 1, f"inventory.toml has no host {name!r}"
+    text = text.replace("198.18.0.", new_net)
+    return text.replace('state = "build/fleet"', f'state = "build/fleet"\nbridge = "{bridge}"')
 
 
 def wait_for(condition, what, timeout=20.0):
@@ -54,3 +62,11 @@ def wait_for(condition, what, timeout=20.0):
             return value
         time.sleep(0.05)
     raise AssertionError(f"gave up waiting for {what}")
+
+
+def without_acme(text: str) -> str:
+    """An inventory's text with its [acme] and [cert_host] tables and the fleet's ACME server
+    taken out: certificates from the local CA, the explicit offline choice."""
+    text = re.sub(r"\n\[acme\]\n.*?(?=\n\[\[?[a-z_]+\]\]?\n)", "\n", text, flags=re.S)
+    text = re.sub(r"\n\[cert_host\]\n.*?(?=\n\[\[?[a-z_]+\]\]?\n)", "\n", text, flags=re.S)
+    return re.sub(r"\n(#[^\n]*\n)*acme_server = [^\n]*", "", text)

@@ -19,7 +19,7 @@ import pytest
 
 from fleet_helpers import accepted_connections, require_fleet_machine, ssh
 from helpers import wait_for
-from outpost import commands, geodns, render, rollout
+from outpost import acme, commands, geodns, render, rollout
 from outpost.errors import OutpostError
 from outpost.fleet import (Fleet, FleetHost, Provision, address_clashes, fleet_network,
                            from_inventory, known_hosts_text, veth_name, with_user)
@@ -374,13 +374,18 @@ region = "test"
 def test_from_inventory_hides_the_project_and_takes_the_pipelines_doas_rules():
     inventory = load_inventory(REPO / "inventory.toml")
     fleet = from_inventory(inventory)
+    # The web hosts, then the cert host and the ACME server (pebble).
     assert [(h.name, h.address) for h in fleet.hosts.values()] == [
-        ("au", "198.18.0.11"), ("ny", "198.18.0.12"), ("fr", "198.18.0.13")]
+        ("au", "198.18.0.11"), ("ny", "198.18.0.12"), ("fr", "198.18.0.13"),
+        ("home", "198.18.0.20"), ("acme", "198.18.0.30")]
     assert fleet.bridge == inventory.fleet.bridge == "outpost0"
     assert REPO in fleet.private and inventory.repository.signing_key.parent in fleet.private
     # The rules the config step pushes (render.doas_conf), so bootstrap and config may run.
-    assert fleet.provision.doas_rules == {
+    assert {name: fleet.provision.doas_rules[name] for name in ("au", "ny", "fr")} == {
         host.name: render.doas_conf(inventory, host) for host in inventory.hosts}
+    # The cert host's are its own: lego's commands, nothing of a web host's.
+    assert fleet.provision.doas_rules["home"] == acme.certhost_doas_conf(inventory)
+    assert "cmd nginx" not in fleet.provision.doas_rules["home"]
     assert "as _gdnsd cmd gdnsdctl args -c /etc/gdnsd reload-zones" in \
         fleet.provision.doas_rules["au"]
     assert "cmd nginx args -t" in fleet.provision.doas_rules["au"]

@@ -27,7 +27,7 @@ def with_dns(tmp_path, dns_text: str, fleet=True) -> Path:
     text = (REPO / "inventory.toml").read_text()
     text = re.sub(r"\n\[dns\].*?(?=\n\[\[packages\]\])", "\n" + dns_text, text, flags=re.S)
     if not fleet:
-        text = re.sub(r"\n\[fleet\]\n(#.*\n)*state = .*\n", "\n", text)
+        text = re.sub(r"\n\[fleet\]\n.*?(?=\n\[)", "\n", text, flags=re.S)
     path = tmp_path / "inventory.toml"
     path.write_text(text)
     return path

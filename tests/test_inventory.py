@@ -254,8 +254,8 @@ def test_unknown_key_in_ssh(error):
 
 def test_unknown_table(error):
     assert error(VALID + "[hostz]\nname = 'x'\n") == (
-        "unknown table 'hostz'; allowed: builder, dns, fleet, hosts, packages, repository, "
-        "rollout, site, ssh")
+        "unknown table 'hostz'; allowed: acme, builder, cert_host, dns, fleet, hosts, packages, "
+        "repository, rollout, site, ssh")
 
 
 def test_rollout_defaults_to_the_first_host_one_at_a_time(write):

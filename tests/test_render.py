@@ -28,6 +28,17 @@ def inventory():
     return load(REPO / "inventory.toml")
 
 
+@pytest.fixture
+def local_ca_inventory(tmp_path):
+    """The default inventory with certificates from the local CA instead of ACME."""
+    from helpers import without_acme
+    path = tmp_path / "inventory.toml"
+    path.write_text(without_acme((REPO / "inventory.toml").read_text()))
+    inventory = load(path)
+    assert inventory.acme is None
+    return inventory
+
+
 def inventory_variant(tmp_path, old, new, name="inventory.toml"):
     """The default inventory with one piece of text replaced, in tmp_path."""
     text = (REPO / "inventory.toml").read_text()
@@ -58,7 +69,8 @@ def line_of(path, text):
 
 # --- what the files say -------------------------------------------------------------------------
 
-def test_host_files_map_templates_to_paths_and_services(inventory):
+def test_host_files_map_templates_to_paths_and_services(local_ca_inventory):
+    inventory = local_ca_inventory
     files = render.host_files(inventory, inventory.host("au"))
     assert [(f.template, f.remote_path, oct(f.mode), f.service, f.action) for f in files] == [
         ("nginx/nginx.conf.j2", "/etc/nginx/nginx.conf", "0o644", "nginx", "reload"),
@@ -73,9 +85,22 @@ def test_host_files_map_templates_to_paths_and_services(inventory):
     assert files[1].local_path(Path("/b/hosts/au")) == Path(f"/b/hosts/au/etc/nginx/outpost/{SITE}.conf")
 
 
+def test_with_acme_no_certificate_or_key_goes_through_config(inventory):
+    # The cert host pushes them to each host; the deploy machine never holds the key.
+    files = render.host_files(inventory, inventory.host("au"))
+    assert [f.remote_path for f in files] == [
+        "/etc/nginx/nginx.conf", f"/etc/nginx/outpost/{SITE}.conf", "/etc/default/linkedlist",
+        "/etc/apk/repositories.d/outpost.list", "/etc/doas.conf"]
+    site = render.render("nginx/site.conf.j2", render.host_context(inventory, inventory.host("au")))
+    # Chain and key in one file, switched in by one rename.
+    assert 'ssl_certificate "/var/lib/lego/site.pem";' in site
+    assert 'ssl_certificate_key "/var/lib/lego/site.pem";' in site
+
+
 @pytest.mark.parametrize("name, served_by", [
     ("au", "au (oceania)"), ("ny", "ny (north-america)"), ("fr", "fr (europe)")])
-def test_nginx_site_for_each_default_host(inventory, name, served_by):
+def test_nginx_site_for_each_default_host(local_ca_inventory, name, served_by):
+    inventory = local_ca_inventory
     context = render.host_context(inventory, inventory.host(name))
     site = render.render("nginx/site.conf.j2", context)
     assert f'add_header X-Served-By "{served_by}" always;' in site
@@ -116,7 +141,8 @@ def test_apk_list_is_the_sync_steps_line(inventory, tmp_path):
             == "v3 /var/lib/outpost/repo\n")
 
 
-def test_doas_conf_is_commands_doas_rules(inventory):
+def test_doas_conf_is_commands_doas_rules(local_ca_inventory):
+    inventory = local_ca_inventory
     context = render.host_context(inventory, inventory.host("au"))
     assert render.render("doas.conf.j2", context) == commands.doas_rules(
         "deploy", inventory.repository, inventory.packages,

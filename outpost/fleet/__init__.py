@@ -16,9 +16,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from outpost import render
+from outpost import acme, render, tls
 from outpost.errors import OutpostError
-from outpost.fleet import keys, local, machine, network, provision
+from outpost.fleet import certhost, keys, local, machine, network, pebble, provision
 from outpost.fleet.keys import known_hosts_text
 from outpost.fleet.local import HOST_ENVIRONMENT, PROGRAM_DIRS, REQUIRED_PROGRAMS
 from outpost.fleet.machine import READY_TIMEOUT, FleetHost, host_state, running_pid
@@ -148,6 +148,20 @@ def _base_packages(inventory: Inventory) -> tuple:
     return (packaged_files("gdnsd", inventory.root / "cports-overlay/user/gdnsd/files", program),)
 
 
+# The name of the local fleet's ACME server machine (pebble), when [fleet] acme_server is set.
+ACME_SERVER = "acme"
+
+
+def machine_names(inventory: Inventory) -> list[str]:
+    """Every machine of the fleet: the web hosts, the cert host and the ACME server."""
+    names = [host.name for host in inventory.hosts]
+    if inventory.acme is not None:
+        names.append(inventory.acme.cert_host.name)
+    if inventory.fleet is not None and inventory.fleet.acme_server is not None:
+        names.append(ACME_SERVER)
+    return names
+
+
 def from_inventory(inventory: Inventory) -> Fleet:
     """The fleet an inventory describes (it must have a [fleet] table)."""
     if inventory.fleet is None:
@@ -161,17 +175,35 @@ def from_inventory(inventory: Inventory) -> Fleet:
         raise OutpostError(f"{inventory.path}: fleet hosts must share one ssh user, found "
                            + ", ".join(sorted(users)))
     user = users.pop() if users else "deploy"
+    # What the config step would push, so the steps it and bootstrap run are allowed.
+    doas_rules = {host.name: render.doas_conf(inventory, host) for host in inventory.hosts}
+    hosts = [FleetHost(h.name, h.address, h.arch) for h in inventory.hosts]
+    roles = {}
+    if inventory.acme is not None:
+        cert_host = inventory.acme.cert_host
+        hosts.append(FleetHost(cert_host.name, cert_host.address, cert_host.arch))
+        doas_rules[cert_host.name] = acme.certhost_doas_conf(inventory)
+        roles = {host.name: certhost.web_host_role() for host in inventory.hosts}
+        roles[cert_host.name] = certhost.cert_host_role()
+    if inventory.fleet.acme_server is not None:
+        address = inventory.fleet.acme_server
+        hosts.append(FleetHost(ACME_SERVER, address, inventory.hosts[0].arch))
+        doas_rules[ACME_SERVER] = render.render("doas.conf.j2", {"doas_rules": []})
+        # Made when the machine starts (the local CA signs its HTTPS certificate).
+        roles[ACME_SERVER] = lambda: pebble.role(
+            address, inventory.hosts[0].address,
+            *tls.address_certificate(inventory.site.ca, address))
     return Fleet(
         state_dir=inventory.fleet.state,
-        hosts=[FleetHost(h.name, h.address, h.arch) for h in inventory.hosts],
+        hosts=hosts,
         known_hosts=inventory.ssh.known_hosts,
         identity=inventory.ssh.identity,
         provision=Provision(
-            # What the config step would push, so the steps it and bootstrap run are allowed.
-            doas_rules={host.name: render.doas_conf(inventory, host) for host in inventory.hosts},
+            doas_rules=doas_rules,
             folders=(inventory.repository.path,
                      *(p.content_dir for p in inventory.packages if p.content_dir)),
-            base_packages=_base_packages(inventory)),
+            base_packages=_base_packages(inventory),
+            roles=roles),
         user=user,
         bridge=inventory.fleet.bridge,
         # The project folder holds the signing key: no host may see it.

@@ -17,6 +17,8 @@ REQUIRED_PROGRAMS = {
     # The stand-in dinit starts a service with `capabilities` through setpriv; at boot, the
     # packages' users and folders come from the real sysusers and tmpfiles tools.
     "setpriv": "util-linux", "systemd-sysusers": "systemd", "systemd-tmpfiles": "systemd",
+    # The cert host's ACME client and the fleet's ACME server.
+    "lego": "lego", "pebble": "pebble", "openssl": "openssl",
 }
 PROGRAM_DIRS = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # A host starts with a clean environment, as after a boot; nothing of the caller's leaks in.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -53,18 +53,32 @@ class BasePackage:
 
 
 @dataclass(frozen=True)
+class Role:
+    """What one machine needs beyond what every host gets, for its part in the fleet (a web
+    host's lego user, the cert host's, the ACME server's service): see certhost.py, pebble.py."""
+    users: tuple[tuple[str, str], ...] = ()  # (name, home): made as the deploy user is
+    files: tuple[tuple[str, str, int, str], ...] = ()  # (path, text, mode, owner's name)
+    enabled: tuple[str, ...] = ()  # services in /etc/dinit.d, enabled (started at boot)
+    provided: tuple[str, ...] = ()  # more packages this machine's base provides to apk
+    ssh_users: tuple[str, ...] = ()  # more users sshd lets in
+    sshd: str = ""  # lines at the end of sshd's config (Match blocks)
+
+
+@dataclass(frozen=True)
 class Provision:
     """What the pipeline needs on every host, from the inventory."""
     doas_rules: dict[str, str]  # host -> /etc/doas.conf: commands.doas_rules, the steps' root commands
     folders: tuple[str, ...]  # the repository path and content dirs: the user's, world-readable
     base_packages: tuple[BasePackage, ...] = ()  # e.g. gdnsd, when the hosts are nameservers
+    roles: dict = field(default_factory=dict)  # host -> Role
 
 
 # --- Pure: file contents -----------------------------------------------------------------------
 
-def sshd_config(address: str, user: str) -> str:
+def sshd_config(address: str, user: str, role: Role = Role()) -> str:
+    users = " ".join([user, *role.ssh_users])
     return f"""\
-# The local fleet's sshd (outpost/fleet/provision.py): keys only, one user, every connection logged.
+# The local fleet's sshd (outpost/fleet/provision.py): keys only, its users, every connection logged.
 ListenAddress {address}
 Port {SSH_PORT}
 HostKey {HOST_KEY}
@@ -73,11 +87,11 @@ LogLevel VERBOSE
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin no
-AllowUsers {user}
+AllowUsers {users}
 AuthorizedKeysFile .ssh/authorized_keys
 UsePAM no
 Subsystem sftp /usr/lib/openssh/sftp-server
-"""
+{role.sshd}"""
 
 
 def provided_packages(python_version: str, base_packages=()) -> str:
@@ -152,7 +166,8 @@ def dinit_services() -> dict[PurePosixPath, str]:
     }
 
 
-def with_user(passwd: str, group: str, shadow: str, user: str, home: str) -> tuple[str, str, str, int]:
+def with_user(passwd: str, group: str, shadow: str, user: str, home: str,
+              gecos: str = "Outpost deploy") -> tuple[str, str, str, int]:
     """passwd, group and shadow with `user` added (unchanged if it exists), and its uid."""
     for line in passwd.splitlines():
         fields = line.split(":")
@@ -166,7 +181,7 @@ def with_user(passwd: str, group: str, shadow: str, user: str, home: str) -> tup
         return text + ("" if text.endswith("\n") or not text else "\n") + line + "\n"
 
     # "*" (no password) rather than "!" (locked): sshd refuses locked accounts even for keys.
-    return (add(passwd, f"{user}:x:{uid}:{uid}:Outpost deploy:{home}:/bin/sh"),
+    return (add(passwd, f"{user}:x:{uid}:{uid}:{gecos}:{home}:/bin/sh"),
             add(group, f"{user}:x:{uid}:"),
             add(shadow, f"{user}:*:19000:0:99999:7:::"), uid)
 
@@ -191,29 +206,38 @@ def provision_host(host: FleetHost, upper: Path, user: str, identity: Path,
         mine = upper / path.lstrip("/")
         return (mine if mine.exists() else Path(path)).read_text()
 
+    role = provision.roles.get(host.name, Role())
+    role = role() if callable(role) else role  # made only as the machine starts
     passwd, group, shadow, uid = with_user(lower_or_upper("/etc/passwd"),
                                            lower_or_upper("/etc/group"),
                                            lower_or_upper("/etc/shadow"), user, home)
+    uids = {user: uid, "root": 0}
+    for name, role_home in role.users:
+        passwd, group, shadow, uids[name] = with_user(passwd, group, shadow, name, role_home,
+                                                      gecos=f"Outpost {name}")
     shadow_gid = _gid_of("shadow", group)
     files = {
         "/etc/passwd": (passwd, 0o644, 0, 0),
         "/etc/group": (group, 0o644, 0, 0),
         "/etc/shadow": (shadow, 0o640, 0, shadow_gid),
         "/etc/doas.conf": (provision.doas_rules[host.name], 0o400, 0, 0),
-        str(SSHD_CONFIG): (sshd_config(host.address, user), 0o644, 0, 0),
+        str(SSHD_CONFIG): (sshd_config(host.address, user, role), 0o644, 0, 0),
         "/etc/apk/arch": (host.arch + "\n", 0o644, 0, 0),
-        str(APK_PROVIDED): (provided_packages(python_version, provision.base_packages),
-                            0o644, 0, 0),
+        str(APK_PROVIDED): (provided_packages(python_version, provision.base_packages)
+                            + "".join(f"{name}\n" for name in role.provided), 0o644, 0, 0),
         f"{home}/.ssh/authorized_keys": (
             Path(f"{identity}.pub").read_text(), 0o600, uid, uid),
         **{str(path): (text, 0o644, 0, 0) for path, text in dinit_services().items()},
         **{path: (text, 0o644, 0, 0) for package in provision.base_packages
            for path, text in package.files},
+        **{path: (text, mode, uids[owner], uids[owner]) for path, text, mode, owner in role.files},
     }
     dirs = {home: (0o755, uid), f"{home}/.ssh": (0o700, uid), str(BOOT_D): (0o755, 0),
             # Folders the sync step writes into with `doas tee`.
             commands.KEYS_DIR: (0o755, 0), commands.LISTS_DIR: (0o755, 0),
-            **{folder: (0o755, uid) for folder in provision.folders}}
+            **{folder: (0o755, uid) for folder in provision.folders},
+            # A role's user's home is its own alone.
+            **{role_home: (0o700, uids[name]) for name, role_home in role.users}}
     for path, (mode, owner) in dirs.items():
         target = upper_dir(upper, path)
         os.chown(target, owner, owner)
@@ -221,11 +245,14 @@ def provision_host(host: FleetHost, upper: Path, user: str, identity: Path,
     for path, (text, mode, owner, gid) in files.items():
         target = upper_dir(upper, str(PurePosixPath(path).parent)) / PurePosixPath(path).name
         target.unlink(missing_ok=True)
-        target.write_text(text)
+        # Made with its mode: a key is never readable by others, not even briefly.
+        with os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as out:
+            out.write(text)
         os.chown(target, owner, gid)
         target.chmod(mode)
     # Links only where missing: boot.d also holds what was enabled on the host since.
-    for service, link_target in ENABLED_SERVICES.items():
+    for service, link_target in {**ENABLED_SERVICES,
+                                 **{name: f"../{name}" for name in role.enabled}}.items():
         link = upper / BOOT_D.relative_to("/") / service
         if not os.path.lexists(link):
             link.symlink_to(link_target)

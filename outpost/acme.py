@@ -1,0 +1,231 @@
+"""Certificates from ACME, as the seed makes them: lego on a cert host (not a web host) gets
+the site's certificate through DNS-01 on the site's own nameservers, and a renew hook pushes
+it from there to every web host. Pure builders of what each machine gets and runs;
+outpost.steps runs them.
+
+Who can do what:
+- On the cert host, the `lego` user holds the ACME account, the site's key and an SSH key of
+  its own. The deploy user may run `acme key|issue|show|push HOST` as lego (doas, exact
+  arguments) and nothing else as lego; `acme show` prints only the public certificate, so the
+  key never reaches the deploy machine.
+- On each web host, the `lego` user can run one program, lego-gate (sshd ForceCommand and
+  command= on its key): post a DNS-01 challenge for the site's names (checked again as
+  gdnsd's user), or install a certificate chain and key, checked as a pair and switched in
+  with one rename, then nginx reloads (`doas dinitctl signal HUP nginx`, its one other rule).
+
+    certhost_files(inventory, lego_home...)  the cert host's scripts, service and doas.conf
+    certhost_permits(inventory)     the cert host's doas rules
+    gate_files(inventory, lego_pub)  what a web host gets: lego-gate, acme-challenge, the key
+    gate_commands(), lego_permits()  the deploy user's and lego's rules on a web host
+    setup_script(...), gate_script(...), driver_command(...)  what the steps run
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from outpost import commands
+
+LIBEXEC = "/usr/libexec/outpost"
+LEGO_USER = "lego"
+LEGO_HOME = "/var/lib/lego"
+# On web hosts.
+GATE = f"{LIBEXEC}/lego-gate"
+CHALLENGE = f"{LIBEXEC}/acme-challenge"
+LEGO_KEYS = "/etc/outpost/lego_authorized_keys"  # root's file: lego can't add a key
+SITE_PEM = f"{LEGO_HOME}/site.pem"               # chain and key, one file: one rename
+GDNSD_USER = "_gdnsd"
+GDNSD_CONF = "/etc/gdnsd"
+# On the cert host.
+DRIVER = f"{LIBEXEC}/acme"
+HOOK = f"{LIBEXEC}/renew-hook"
+DNS_EXEC = f"{LIBEXEC}/dns-challenge"
+DAILY = f"{LIBEXEC}/renew-daily"
+SERVICE = "outpost-renew"
+SERVICE_FILE = f"/etc/dinit.d/{SERVICE}"
+KNOWN_HOSTS = "/etc/outpost/known_hosts"
+SERVER_CA = "/etc/outpost/acme-server-ca.pem"
+LEGO_PATH = f"{LEGO_HOME}/acme"       # lego --path: accounts/, certificates/
+SSH_KEY = f"{LEGO_HOME}/.ssh/id_ed25519"
+# The deploy user's staging on web hosts for the gate's files (its own folder, as config's).
+GATE_STAGE = f"{commands.CONFIG_DIR}/gate-stage"
+GATE_INSTALLED = f"{commands.CONFIG_DIR}/gate-installed.sha256"
+# Marks the line of setup_script's output that holds lego's public key.
+PUBLIC_KEY_MARK = "lego-public-key: "
+
+
+@dataclass(frozen=True)
+class File:
+    """A file for a host, with its content (commands.config_script's and stage_lines' shape)."""
+    remote_path: str
+    mode: int
+    content: bytes
+    service: str | None = None
+    action: str | None = None
+
+
+def names(inventory) -> list[str]:
+    """The names the certificate is for."""
+    return [inventory.site.name]
+
+
+def ssh_options() -> str:
+    """How lego's scripts on the cert host reach web hosts: its own key, pinned host keys."""
+    return shlex.join(["-F", "/dev/null", "-i", SSH_KEY, "-o", "IdentitiesOnly=yes",
+                       "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                       "-o", f"UserKnownHostsFile={KNOWN_HOSTS}",
+                       "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10"])
+
+
+def acme_context(inventory) -> dict:
+    """Everything templates/acme/ reads, as plain data (a doit config_changed value)."""
+    acme = inventory.acme
+    return {"acme": {
+        "names": names(inventory),
+        "directory": acme.directory,
+        "email": acme.email,
+        "renew_days": acme.renew_days,
+        "server_ca": SERVER_CA if acme.server_ca is not None else "",
+        # lego asks a nameserver of the site's own for what it needs to resolve.
+        "resolver": f"{inventory.hosts[0].address}:53",
+        "cert_host": acme.cert_host.name,
+        "hosts": [{"name": h.name, "address": h.address, "port": h.port}
+                  for h in inventory.hosts],
+        "home": LEGO_HOME, "lego_path": LEGO_PATH, "ssh_key": SSH_KEY,
+        "ssh_options": ssh_options(),
+        "driver": DRIVER, "hook": HOOK, "dns_exec": DNS_EXEC, "daily": DAILY,
+        "challenge": CHALLENGE, "site_pem": SITE_PEM,
+        "gdnsd_user": GDNSD_USER, "gdnsd_conf": GDNSD_CONF,
+    }}
+
+
+def _render(name: str, context: dict) -> bytes:
+    from outpost import render  # jinja2, only when rendering
+    return render.render(f"acme/{name}.j2", context).encode()
+
+
+# --- the cert host ----------------------------------------------------------------------------
+
+def certhost_commands(inventory) -> list[list[str]]:
+    """Every command, with doas, that the deploy user runs on the cert host."""
+    lego = ["doas", "-u", LEGO_USER, DRIVER]
+    user = inventory.acme.cert_host.user
+    return ([["doas", "install", "-d", "-o", user, "-m", "755", commands.CONFIG_DIR],
+             ["doas", "apk", "add", "lego"]]
+            + commands.config_commands(_certhost_file_list(inventory))
+            + [["doas", "dinitctl", "enable", SERVICE],
+               lego + ["key"], lego + ["issue"], lego + ["show"]]
+            + [lego + ["push", host.name] for host in inventory.hosts])
+
+
+def certhost_permits(inventory) -> list[tuple[str, list[str]]]:
+    user = inventory.acme.cert_host.user
+    permits = []
+    for _, *argv in certhost_commands(inventory):
+        if (user, argv) not in permits:
+            permits.append((user, argv))
+    return permits
+
+
+def certhost_doas_conf(inventory) -> str:
+    from outpost import render
+    return render.render("doas.conf.j2", {"doas_rules": [
+        commands.doas_rule(user, argv) for user, argv in certhost_permits(inventory)]})
+
+
+def _certhost_file_list(inventory, context=None, known_hosts="", server_ca="", doas_conf=""):
+    """The cert host's files (content empty when only their paths and modes are wanted)."""
+    def text(name):
+        return _render(name, context) if context is not None else b""
+    files = [
+        File(DRIVER, 0o755, text("acme")),
+        File(HOOK, 0o755, text("renew-hook")),
+        File(DNS_EXEC, 0o755, text("dns-challenge")),
+        File(DAILY, 0o755, text("renew-daily"), SERVICE, "restart"),
+        File(SERVICE_FILE, 0o644, text("outpost-renew"), SERVICE, "restart"),
+        File(KNOWN_HOSTS, 0o644, known_hosts.encode()),
+        # doas refuses a doas.conf others can write; nobody else needs to read it.
+        File(commands.DOAS_CONF, 0o400, doas_conf.encode()),
+    ]
+    if inventory.acme.server_ca is not None:
+        files.append(File(SERVER_CA, 0o644, server_ca.encode()))
+    return files
+
+
+def certhost_files(inventory, known_hosts: str) -> list[File]:
+    """The cert host's scripts (rendered from templates/acme/), its renewal service, the web
+    hosts' pinned keys, the ACME server's CA (when not public) and its doas.conf."""
+    server_ca = inventory.acme.server_ca.read_text() if inventory.acme.server_ca else ""
+    return _certhost_file_list(inventory, acme_context(inventory), known_hosts, server_ca,
+                               certhost_doas_conf(inventory))
+
+
+def setup_script(inventory, files: list[File]) -> str:
+    """One round trip on the cert host: the deploy user's folder, lego installed, the files
+    switched in (commands.config_script: staged, doas -C checked, installed when changed, the
+    renewal service restarted when its files changed), the service enabled, then lego's SSH
+    key made if missing and its public key printed after PUBLIC_KEY_MARK."""
+    user = inventory.acme.cert_host.user
+    enabled = f"{commands.BOOT_D}/{SERVICE}"
+    return "\n".join([
+        "set -eu",
+        f"[ -w {commands.CONFIG_DIR} ] || "
+        f"doas install -d -o {shlex.quote(user)} -m 755 {commands.CONFIG_DIR}",
+        "doas apk add lego >/dev/null",
+        commands.config_script(files).rstrip("\n"),
+        f"if [ ! -e {enabled} ]; then doas dinitctl enable {SERVICE} >/dev/null; "
+        f"echo enabled: {SERVICE}; fi",
+        f"printf '{PUBLIC_KEY_MARK}%s\\n' \"$(doas -u {LEGO_USER} {DRIVER} key)\"",
+    ]) + "\n"
+
+
+def public_key(output: str) -> str | None:
+    for line in output.splitlines():
+        if line.startswith(PUBLIC_KEY_MARK):
+            return line[len(PUBLIC_KEY_MARK):].strip()
+    return None
+
+
+def driver_command(*args: str) -> str:
+    """`acme ARGS` as lego, from the deploy user (one of its doas rules)."""
+    return shlex.join(["doas", "-u", LEGO_USER, DRIVER, *args]) + "\n"
+
+
+# --- the web hosts ----------------------------------------------------------------------------
+
+def authorized_key(lego_pub: str) -> str:
+    """lego's key on a web host: only lego-gate, no terminal, no forwarding of any kind."""
+    return f'restrict,command="{GATE}" {lego_pub.strip()}\n'
+
+
+def _gate_file_list(context=None, lego_pub="") -> list[File]:
+    def text(name):
+        return _render(name, context) if context is not None else b""
+    return [File(GATE, 0o755, text("lego-gate")),
+            File(CHALLENGE, 0o755, text("acme-challenge")),
+            File(LEGO_KEYS, 0o644, authorized_key(lego_pub).encode() if lego_pub else b"")]
+
+
+def gate_files(inventory, lego_pub: str) -> list[File]:
+    return _gate_file_list(acme_context(inventory), lego_pub)
+
+
+def gate_commands() -> list[list[str]]:
+    """The deploy user's commands, with doas, that install the gate's files on a web host."""
+    files = _gate_file_list()
+    return ([commands.folder_command(folder) for folder in commands.folders_of(files)]
+            + [commands.install_file_command(GATE_STAGE, f) for f in files])
+
+
+def lego_permits() -> list[tuple[str, list[str]]]:
+    """lego's two rules on a web host: the challenge script as gdnsd's user (its input comes on
+    stdin, so the rule allows no arguments at all), and nginx's reload."""
+    return [(LEGO_USER, ["-u", GDNSD_USER, CHALLENGE]),
+            (LEGO_USER, ["dinitctl", "signal", "HUP", "nginx"])]
+
+
+def gate_script(files: list[File]) -> str:
+    """One round trip on a web host: stage the gate's files, install those that changed."""
+    return "\n".join(["set -eu", "umask 077", *commands.stage_lines(GATE_STAGE, files),
+                      *commands.install_changed_lines(GATE_STAGE, GATE_INSTALLED, files),
+                      f"rm -rf {shlex.quote(GATE_STAGE)}"]) + "\n"
