@@ -1,0 +1,224 @@
+"""Certificates from ACME on a real fleet: real lego on the cert host, real pebble as the ACME
+server, DNS-01 through the site's own gdnsd, the renew hook pushing to every web host through
+its lego-gate. The tests share one fleet and run in order; each leaves it deployed.
+
+The cert host is `home`, the ACME server `acme`; lego's SSH key is on `home` alone, so the
+tests that play the lego user run ssh there, as that user (through the host's namespaces)."""
+import hashlib
+import re
+import ssl
+
+import pytest
+
+from fleet_helpers import accepted_connections
+from helpers import fleet_project, ran_tasks, run_doit, wait_for
+from outpost import acme, fleet, inventory, steps
+
+HOSTS = ("au", "fr", "ny")
+ADDRESSES = {"au": "198.19.81.11", "ny": "198.19.81.12", "fr": "198.19.81.13"}
+CERT_HOST = "home"
+KEY_ON_CERT_HOST = f"{acme.LEGO_PATH}/certificates/linkedlist.test.key"
+# Every doit run's output in this module: the site's key must be in none of them.
+OUTPUTS = []
+
+
+def doit(project, *args, **kwargs):
+    proc = run_doit(project, *args, **kwargs)
+    OUTPUTS.append(proc.stdout + proc.stderr)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, request):
+    project = fleet_project(tmp_path_factory.mktemp("acme"), ADDRESSES, "outpost-t6")
+    request.addfinalizer(lambda: run_doit(project, "fleet:down", check=False))
+    doit(project, "deploy")
+    inv = inventory.load(project / "inventory.toml")
+    return project, inv, fleet.from_inventory(inv)
+
+
+def served(inv, host) -> dict:
+    """The certificate the host serves for the site's name, verified against the ACME
+    server's root (pebble's, from its management port): serial, names, issuer."""
+    connection = steps._SiteConnection(host.address, inv.site.name, steps.site_context(inv), 5)
+    connection.connect()
+    try:
+        cert = connection.sock.getpeercert()
+        der = connection.sock.getpeercert(binary_form=True)
+    finally:
+        connection.close()
+    return {"serial": cert["serialNumber"], "names": [v for k, v in cert["subjectAltName"]],
+            "issuer": dict(x[0] for x in cert["issuer"])["commonName"],
+            "sha256": hashlib.sha256(der).hexdigest()}
+
+
+def serials(inv) -> dict:
+    return {host.name: served(inv, host)["serial"] for host in inv.hosts}
+
+
+def as_lego(hosts_fleet, argv, **kwargs):
+    """Run argv on the cert host as its lego user (the one whose key the web hosts accept)."""
+    return hosts_fleet.run_on(CERT_HOST, ["setpriv", "--reuid=lego", "--regid=lego",
+                                          "--init-groups", "--", *argv], **kwargs)
+
+
+def lego_ssh(hosts_fleet, inv, host_name, command, stdin=None):
+    """ssh from the cert host to a web host as lego, with lego's key and pinned host keys."""
+    host = inv.host(host_name)
+    return as_lego(hosts_fleet, ["ssh", *acme.ssh_options().split(), "-p", str(host.port),
+                                 f"lego@{host.address}", command], input=stdin)
+
+
+def test_every_host_serves_the_acme_certificate_for_the_sites_name(site):
+    project, inv, _ = site
+    certificates = [served(inv, host) for host in inv.hosts]
+    assert {c["sha256"] for c in certificates} == {certificates[0]["sha256"]}
+    assert certificates[0]["names"] == [inv.site.name]
+    assert certificates[0]["issuer"].startswith("Pebble Intermediate CA")
+    # Not the local CA's: that one would not verify against pebble's root.
+    local = ssl.create_default_context(cafile=str(inv.site.ca / "ca.pem"))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        connection = steps._SiteConnection(inv.hosts[0].address, inv.site.name, local, 5)
+        connection.connect()
+    proc = doit(project, "check")
+    table = proc.stdout[proc.stdout.index("host "):].splitlines()
+    assert table[0].split()[-1] == "certificate"
+    assert all(re.search(r"\b(8[5-9]|90) days$", line) for line in table[1:4]), table
+
+
+def test_the_deploy_machine_never_holds_the_site_key(site):
+    project, _, hosts_fleet = site
+    key = hosts_fleet.run_on(CERT_HOST, ["cat", KEY_ON_CERT_HOST]).stdout
+    body = "".join(line for line in key.splitlines() if "PRIVATE KEY" not in line)
+    assert "PRIVATE KEY" in key and len(body) > 40
+    # The fleet's host layers are the hosts' own disks (under build/fleet/hosts/): the web
+    # hosts do hold the key, as nginx needs it. Nothing else of the project does.
+    layers = project / "build/fleet/hosts"
+    for path in project.rglob("*"):
+        if path.is_file() and layers not in path.parents:
+            assert body[:40] not in path.read_text(errors="replace"), path
+    assert all(body[:40] not in output for output in OUTPUTS)
+
+
+def test_a_no_op_deploy_opens_no_ssh_connection_anywhere(site):
+    project, _, hosts_fleet = site
+    machines = (*HOSTS, CERT_HOST)
+    before = {name: accepted_connections(hosts_fleet, name) for name in machines}
+    proc = doit(project, "deploy")
+    assert [t for t in ran_tasks(proc.stdout)
+            if not t.startswith(("check:", "certificate:", "deploy"))] == []
+    assert {name: accepted_connections(hosts_fleet, name) for name in machines} == before
+
+
+def test_the_daily_renewal_runs_on_the_cert_host_under_dinit(site):
+    _, _, hosts_fleet = site
+    status = hosts_fleet.run_on(CERT_HOST, ["dinitctl", "status", acme.SERVICE])
+    assert "STARTED" in status.stdout.upper() or "started" in status.stdout, status.stdout
+    log = wait_for(lambda: hosts_fleet.run_on(CERT_HOST, ["cat", "/var/log/outpost-renew.log"]
+                                              ).stdout, "the renewal service's first check")
+    assert "renewal check" in log
+    # Not due: lego renews nothing until the last renew_days of the certificate.
+    assert "renewal failed" not in log
+
+
+def test_a_forced_renewal_reaches_every_host(site):
+    _, inv, hosts_fleet = site
+    before = serials(inv)
+    # As the schedule runs it, with "renew when fewer than 100 days are left": always due.
+    result = as_lego(hosts_fleet, [acme.DRIVER, "renew", "100"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = wait_for(lambda: (s := serials(inv)) and all(s[h] != before[h] for h in s) and s,
+                     "every host to serve the renewed certificate")
+    assert len(set(after.values())) == 1
+    for name in HOSTS:
+        assert f"{name}: installed:" in result.stdout + result.stderr
+
+
+def test_a_renewal_while_a_host_is_down_reaches_it_at_the_next_deploy(site):
+    project, inv, hosts_fleet = site
+    before = serials(inv)
+    hosts_fleet.stop_host("ny")
+    result = as_lego(hosts_fleet, [acme.DRIVER, "renew", "100"])
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "the certificate did not reach: ny" in output
+    for name in ("au", "fr"):
+        wait_for(lambda: served(inv, inv.host(name))["serial"] != before[name],
+                 f"{name} to serve the renewed certificate")
+    renewed = served(inv, inv.host("au"))["serial"]
+    # The next deploy starts ny again (fleet:up) and gives it the certificate it missed.
+    proc = doit(project, "deploy")
+    assert "certificate:ny" in ran_tasks(proc.stdout)
+    assert re.search(r"^home: ny: installed: serial=", proc.stdout, re.M), proc.stdout
+    assert serials(inv) == {name: renewed for name in HOSTS}
+
+
+def test_the_lego_user_may_post_a_challenge_for_the_site_and_nothing_else(site):
+    _, inv, hosts_fleet = site
+    value = "A" * 43
+    ok = lego_ssh(hosts_fleet, inv, "au", f"challenge {inv.site.name} {value}")
+    assert ok.returncode == 0, ok.stderr
+    import dns.resolver
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [ADDRESSES["au"]]
+    txt = wait_for(lambda: [r.to_text() for r in
+                            resolver.resolve(f"_acme-challenge.{inv.site.name}", "TXT")],
+                   "the challenge to be served")
+    assert f'"{value}"' in txt
+    refused = {
+        "a shell command": "sh -c id",
+        "any other program": "id",
+        "a challenge for another name": f"challenge example.org {value}",
+        "a value of the wrong shape": f"challenge {inv.site.name} short",
+        "a value that is a command": f"challenge {inv.site.name} $(id)",
+        "a file path for install": "install /etc/nginx/nginx.conf",
+        "gdnsd's other commands": "stop",
+    }
+    for what, command in refused.items():
+        result = lego_ssh(hosts_fleet, inv, "au", command)
+        assert result.returncode != 0, what
+        assert "refused" in result.stderr, (what, result.stderr)
+    # Half a pair never replaces the certificate: a key alone, a certificate alone.
+    chain = hosts_fleet.run_on(CERT_HOST, ["cat", f"{acme.LEGO_PATH}/certificates/"
+                                                  f"{inv.site.name}.crt"]).stdout
+    before = served(inv, inv.host("au"))["serial"]
+    result = lego_ssh(hosts_fleet, inv, "au", "install", stdin=chain)
+    assert result.returncode != 0 and "no private key" in result.stderr
+    assert served(inv, inv.host("au"))["serial"] == before
+    # No terminal, no forwarding, no file copy: sshd's settings and the key's restrict.
+    scp = as_lego(hosts_fleet, ["scp", *acme.ssh_options().split(), "/etc/hostname",
+                                f"lego@{ADDRESSES['au']}:/var/lib/lego/x"])
+    assert scp.returncode != 0
+
+
+def test_on_a_web_host_lego_may_reload_nginx_and_nothing_else_as_root(site):
+    _, _, hosts_fleet = site
+
+    def doas_as_lego(*argv):
+        return hosts_fleet.run_on("au", ["setpriv", "--reuid=lego", "--regid=lego",
+                                         "--init-groups", "--", "doas", "-n", *argv])
+
+    assert doas_as_lego("dinitctl", "signal", "HUP", "nginx").returncode == 0
+    for argv in (["dinitctl", "restart", "nginx"], ["dinitctl", "stop", "nginx"],
+                 ["sh", "-c", "id"], ["-u", "_gdnsd", "gdnsdctl", "-c", "/etc/gdnsd", "stop"],
+                 ["cat", "/etc/shadow"]):
+        assert doas_as_lego(*argv).returncode != 0, argv
+
+
+def test_a_host_added_to_the_inventory_gets_the_current_certificate(site):
+    project, _, hosts_fleet = site
+    inventory_file = project / "inventory.toml"
+    text = inventory_file.read_text()
+    text = text.replace('SA = ["fr", "ny"]', 'SA = ["fr", "ny"]\nAS = ["sg"]')
+    text += ('\n[[hosts]]\nname = "sg"\naddress = "198.19.81.14"\narch = "x86_64"\n'
+             'region = "asia"\ngroups = ["linkedlist_servers"]\n')
+    inventory_file.write_text(text)
+    proc = doit(project, "deploy")
+    inv = inventory.load(inventory_file)
+    assert re.search(r"^home: sg: installed: serial=", proc.stdout, re.M), proc.stdout
+    current = served(inv, inv.host("au"))["serial"]
+    assert serials(inv) == {name: current for name in (*HOSTS, "sg")}
+    # And the renew hook knows it from now on.
+    hook = hosts_fleet.run_on(CERT_HOST, ["cat", acme.HOOK]).stdout
+    assert "sg) " in hook and "198.19.81.14" in hook
+
