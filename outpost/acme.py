@@ -50,6 +50,11 @@ SSH_KEY = f"{LEGO_HOME}/.ssh/id_ed25519"
 # The deploy user's staging on web hosts for the gate's files (its own folder, as config's).
 GATE_STAGE = f"{commands.CONFIG_DIR}/gate-stage"
 GATE_INSTALLED = f"{commands.CONFIG_DIR}/gate-installed.sha256"
+# With [dns] provider = "gcore": lego's own gcore provider, with the token the admin puts in
+# this file on the cert host (mode 600, lego's); it never enters git or this machine.
+GCORE_TOKEN = f"{LEGO_HOME}/gcore.token"
+# Gcore's own nameservers answer for a zone it serves: where lego checks propagation.
+GCORE_RESOLVER = "ns1.gcorelabs.net:53"
 # Marks the line of setup_script's output that holds lego's public key.
 PUBLIC_KEY_MARK = "lego-public-key: "
 
@@ -80,14 +85,18 @@ def ssh_options() -> str:
 def acme_context(inventory) -> dict:
     """Everything templates/acme/ reads, as plain data (a doit config_changed value)."""
     acme = inventory.acme
+    gcore = inventory.dns is not None and inventory.dns.provider == "gcore"
     return {"acme": {
         "names": names(inventory),
+        # DNS-01: the site's own nameservers (exec, through each host's lego-gate), or Gcore.
+        "provider": "gcore" if gcore else "exec",
+        "gcore_token": GCORE_TOKEN,
         "directory": acme.directory,
         "email": acme.email,
         "renew_days": acme.renew_days,
         "server_ca": SERVER_CA if acme.server_ca is not None else "",
         # lego asks a nameserver of the site's own for what it needs to resolve.
-        "resolver": f"{inventory.hosts[0].address}:53",
+        "resolver": GCORE_RESOLVER if gcore else f"{inventory.hosts[0].address}:53",
         "cert_host": acme.cert_host.name,
         "hosts": [{"name": h.name, "address": h.address, "port": h.port}
                   for h in inventory.hosts],

@@ -1,0 +1,95 @@
+"""What the cert host and the web hosts get for ACME, without a network: the rendered scripts
+parse as sh, say what the inventory says, and every doas command they run is permitted."""
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from outpost import acme, commands, inventory, render
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def inv():
+    return inventory.load(REPO / "inventory.toml")
+
+
+def files_by_path(inv):
+    return {f.remote_path: f.content.decode() for f in acme.certhost_files(inv, "")}
+
+
+def test_every_script_is_valid_sh(inv):
+    scripts = {**files_by_path(inv),
+               **{f.remote_path: f.content.decode() for f in acme.gate_files(inv, "ssh-ed25519 AAAA x")}}
+    for path, text in scripts.items():
+        if text.startswith("#!/bin/sh"):
+            proc = subprocess.run(["sh", "-n"], input=text, capture_output=True, text=True)
+            assert proc.returncode == 0, (path, proc.stderr)
+
+
+def test_the_renew_hook_is_rendered_over_the_web_hosts(inv):
+    hook = files_by_path(inv)[acme.HOOK]
+    for host in inv.hosts:
+        assert f"    {host.name}) {{ push {host.address} {host.port};" in hook
+    assert "the certificate did not reach" in hook
+
+
+def test_dns01_goes_to_every_nameserver_or_to_gcore(inv, tmp_path):
+    files = files_by_path(inv)
+    assert 'dns_options="--dns exec --dns.resolvers 198.18.0.11:53 --dns.disable-cp"' \
+        in files[acme.DRIVER]
+    for host in inv.hosts:
+        assert f"lego@{host.address} challenge" in files[acme.DNS_EXEC]
+    text = (REPO / "inventory.toml").read_text().replace(
+        'default = "au"', 'default = "au"\nprovider = "gcore"')
+    (tmp_path / "inventory.toml").write_text(text)
+    driver = files_by_path(inventory.load(tmp_path / "inventory.toml"))[acme.DRIVER]
+    assert 'dns_options="--dns gcore --dns.resolvers ns1.gcorelabs.net:53"' in driver
+    assert f"GCORE_PERMANENT_API_TOKEN=$(cat {acme.GCORE_TOKEN})" in driver
+
+
+def test_the_cert_host_runs_only_permitted_doas_commands(inv):
+    permitted = {" ".join(argv) for _, argv in acme.certhost_permits(inv)}
+    script = acme.setup_script(inv, acme.certhost_files(inv, ""))
+    script += acme.driver_command("issue") + acme.driver_command("show")
+    script += "".join(acme.driver_command("push", h.name) for h in inv.hosts)
+    used = {c.strip().removeprefix("doas ") for c in re.findall(r"\bdoas [^\n;|&>)]*", script)}
+    # `doas -C FILE` only checks a file, and is any user's to run.
+    used = {u.replace("'", "") for u in used if not u.startswith("-C")}
+    for command in used:
+        assert command in permitted, command
+    # lego's work as lego, and nothing of a web host's.
+    assert "-u lego /usr/libexec/outpost/acme issue" in permitted
+    assert not any("nginx" in p for p in permitted)
+
+
+def test_a_web_hosts_rules_for_lego_are_two(inv):
+    rules = render.doas_conf(inv, inv.host("au"))
+    lego = [line for line in rules.splitlines() if line.startswith("permit nopass lego")]
+    assert lego == ["permit nopass lego as _gdnsd cmd /usr/libexec/outpost/acme-challenge args",
+                    "permit nopass lego as root cmd dinitctl args signal HUP nginx"]
+
+
+def test_lego_key_is_restricted_to_the_gate():
+    line = acme.authorized_key("ssh-ed25519 AAAAC3Nz lego@home\n")
+    assert line == 'restrict,command="/usr/libexec/outpost/lego-gate" ssh-ed25519 AAAAC3Nz lego@home\n'
+
+
+def test_the_challenge_script_checks_name_and_value_itself(inv, tmp_path):
+    text = next(f.content.decode() for f in acme.gate_files(inv, "k")
+                if f.remote_path == acme.CHALLENGE)
+    script = tmp_path / "acme-challenge"
+    # The same script with gdnsdctl replaced by echo: what would reach gdnsd.
+    script.write_text(text.replace("exec gdnsdctl", "exec echo gdnsdctl"))
+
+    def run(line):
+        return subprocess.run(["sh", str(script)], input=line, capture_output=True, text=True)
+
+    ok = run(f"linkedlist.test {'b' * 43}\n")
+    assert ok.returncode == 0 and ok.stdout.split()[-2:] == ["linkedlist.test", "b" * 43]
+    for line in (f"example.org {'b' * 43}", "linkedlist.test short",
+                 f"linkedlist.test {'b' * 42};", f"linkedlist.test {'b' * 43} extra",
+                 f"linkedlist.test $({'b' * 40})"):
+        assert run(line + "\n").returncode != 0, line
