@@ -25,6 +25,7 @@ import shlex
 from dataclasses import dataclass
 
 from outpost import commands
+from outpost.errors import OutpostError
 
 LIBEXEC = "/usr/libexec/outpost"
 LEGO_USER = "lego"
@@ -164,7 +165,14 @@ def _certhost_file_list(inventory, context=None, known_hosts="", server_ca="", d
 def certhost_files(inventory, known_hosts: str) -> list[File]:
     """The cert host's scripts (rendered from templates/acme/), its renewal service, the web
     hosts' pinned keys, the ACME server's CA (when not public) and its doas.conf."""
-    server_ca = inventory.acme.server_ca.read_text() if inventory.acme.server_ca else ""
+    server_ca = ""
+    if inventory.acme.server_ca is not None:
+        try:
+            server_ca = inventory.acme.server_ca.read_text()
+        except OSError as error:
+            raise OutpostError(f"{inventory.acme.server_ca}: cannot read the ACME server's CA "
+                               f"([acme] server_ca in {inventory.path}): {error.strerror}") \
+                from None
     return _certhost_file_list(inventory, acme_context(inventory), known_hosts, server_ca,
                                certhost_doas_conf(inventory))
 

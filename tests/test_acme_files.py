@@ -6,14 +6,25 @@ from pathlib import Path
 
 import pytest
 
-from outpost import acme, commands, inventory, render
+from outpost import acme, inventory, render
+from outpost.errors import OutpostError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def load_in(tmp_path, text):
+    """The inventory text in tmp_path, with a stand-in for the local CA's certificate that
+    [acme] server_ca names (the files only carry its text)."""
+    (tmp_path / "keys/ca").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "keys/ca/ca.pem").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n"
+                                             "-----END CERTIFICATE-----\n")
+    (tmp_path / "inventory.toml").write_text(text)
+    return inventory.load(tmp_path / "inventory.toml")
+
+
 @pytest.fixture
-def inv():
-    return inventory.load(REPO / "inventory.toml")
+def inv(tmp_path):
+    return load_in(tmp_path, (REPO / "inventory.toml").read_text())
 
 
 def files_by_path(inv):
@@ -36,6 +47,13 @@ def test_the_renew_hook_is_rendered_over_the_web_hosts(inv):
     assert "the certificate did not reach" in hook
 
 
+def test_a_missing_server_ca_is_an_error_naming_it(tmp_path):
+    inv = load_in(tmp_path, (REPO / "inventory.toml").read_text())
+    (tmp_path / "keys/ca/ca.pem").unlink()
+    with pytest.raises(OutpostError, match=r"keys/ca/ca\.pem: cannot read the ACME server's CA"):
+        acme.certhost_files(inv, "")
+
+
 def test_dns01_goes_to_every_nameserver_or_to_gcore(inv, tmp_path):
     files = files_by_path(inv)
     assert 'dns_options="--dns exec --dns.resolvers 198.18.0.11:53 --dns.disable-cp"' \
@@ -44,8 +62,7 @@ def test_dns01_goes_to_every_nameserver_or_to_gcore(inv, tmp_path):
         assert f"lego@{host.address} challenge" in files[acme.DNS_EXEC]
     text = (REPO / "inventory.toml").read_text().replace(
         'default = "au"', 'default = "au"\nprovider = "gcore"')
-    (tmp_path / "inventory.toml").write_text(text)
-    driver = files_by_path(inventory.load(tmp_path / "inventory.toml"))[acme.DRIVER]
+    driver = files_by_path(load_in(tmp_path / "gcore", text))[acme.DRIVER]
     assert 'dns_options="--dns gcore --dns.resolvers ns1.gcorelabs.net:53"' in driver
     assert f"GCORE_PERMANENT_API_TOKEN=$(cat {acme.GCORE_TOKEN})" in driver
 
