@@ -308,7 +308,7 @@ def render(template_name: str, context: dict) -> str:
         raise RenderError(f"{where}: {message}") from None
 
 
-def _write_if_changed(path: Path, text: str) -> bool:
+def write_if_changed(path: Path, text: str) -> bool:
     """Write atomically, and only when the content differs, so an unchanged file keeps its
     mtime (doit and rsync see no change). True when it wrote."""
     data = text.encode()
@@ -333,5 +333,5 @@ def render_host(inventory, host, out_dir: Path) -> list[Path]:
     texts = [render(f.template, context) for f in files]
     paths = [f.local_path(out_dir) for f in files]
     for path, text in zip(paths, texts):
-        _write_if_changed(path, text)
+        write_if_changed(path, text)
     return paths

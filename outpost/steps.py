@@ -376,7 +376,7 @@ def acme_setup(inventory):
                            f"reported; the output was:\n{output.strip()}")
     _report(cert_host, "\n".join(line for line in output.splitlines()
                                  if not line.startswith(acme.PUBLIC_KEY_MARK)))
-    render._write_if_changed(lego_public_key(inventory), key + "\n")
+    render.write_if_changed(lego_public_key(inventory), key + "\n")
 
 
 def gate(inventory, host):
@@ -408,7 +408,7 @@ def _keep_issued(inventory, certificate: str):
     if "BEGIN CERTIFICATE" not in certificate:
         raise OutpostError(f"host {inventory.acme.cert_host.name}, step acme:issue: no "
                            f"certificate came back: {certificate.strip()[:200]}")
-    render._write_if_changed(issued_certificate(inventory), certificate)
+    render.write_if_changed(issued_certificate(inventory), certificate)
 
 
 def _leaf_der(pem: str) -> bytes:
