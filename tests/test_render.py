@@ -184,7 +184,10 @@ def test_nginx_serves_the_one_package_with_a_port(tmp_path):
 
 # --- one host's change stays on that host -------------------------------------------------------
 
-def test_changing_one_hosts_region_changes_only_that_hosts_site_file(inventory, tmp_path):
+def test_changing_one_hosts_region_changes_only_that_hosts_site_file(tmp_path):
+    # Both in one folder: the same project, so the same repository (build/) behind them.
+    inventory = inventory_variant(tmp_path, 'region = "north-america"',
+                                  'region = "north-america"', name="original.toml")
     changed = inventory_variant(tmp_path, 'region = "north-america"', 'region = "americas"')
     for host in inventory.hosts:
         # What config's doit task compares (the repository's versions aside: they live in
