@@ -12,6 +12,9 @@ writes the doas.conf rules (templates/doas.conf.j2) that allow exactly those and
                                                    the repository path and each content_dir (sync)
     doas apk update                                (upgrade)
     doas apk add -u <package>                      (upgrade)
+    doas rm -f /etc/default/<package>.apk-new      (upgrade, when config owns that env-file)
+    doas dinitctl reload <svc>                     (upgrade, when its service file changed)
+    doas dinitctl stop <svc>                       (upgrade, when dinit won't reload it running)
     doas dinitctl restart --ignore-unstarted <svc> (upgrade)
     doas dinitctl start <svc>                      (upgrade)
 
@@ -169,21 +172,48 @@ def sync_script(repository, public_key_pem: str, list_line: str, *, user: str,
 
 # Where `dinitctl enable` links a service on Chimera (the boot service's waits-for.d).
 BOOT_D = "/etc/dinit.d/boot.d"
+# Where packages put their dinit service files (cbuild's install_service).
+SERVICE_DIR = "/usr/lib/dinit.d"
+# Where dinit writes its log on the local fleet (`dinit --log-file`). dinitctl prints only "error
+# in service description." and leaves the reason there, so a failed dinitctl shows what dinit
+# logged meanwhile. (A Chimera host's dinit logs to syslog; there the step shows no log.)
+DINIT_LOG = "/var/log/dinit.log"
+# apk keeps a config file the admin (here: config) changed and writes the package's as this.
+APK_NEW = ".apk-new"
 
 
-def _upgrade_steps(package_name: str, service: str | None) -> list[tuple[str | None, list[str]]]:
-    """(shell condition or None, argv) for each command of the upgrade, in order."""
+def _service_file_var(service: str) -> str:
+    return "service_file_" + re.sub(r"[^A-Za-z0-9]", "_", service)
+
+
+def _service_file_text(service: str) -> str:
+    path = shlex.quote(f"{SERVICE_DIR}/{service}")
+    return f"$(cat {path} 2>/dev/null || :)"
+
+
+def _upgrade_steps(package_name: str, service: str | None,
+                   env_file: str | None = None) -> list[tuple[str | None, list[str]]]:
+    """(shell condition or None, argv) for each command of the upgrade, in order. `env_file`:
+    the package's env-file when config owns it (render.host_files)."""
     steps = [
         # Remote indexes are cached; a local-path repository is not, but update is cheap and
         # makes the step right for either.
         (None, ["doas", "apk", "update"]),
         (None, ["doas", "apk", "add", "-u", package_name]),
     ]
+    if env_file:
+        # config renders it from templates/ and restarts the service when it changes, so the
+        # package's copy, which real apk leaves beside it on each upgrade, is not wanted.
+        steps.append((None, ["doas", "rm", "-f", env_file + APK_NEW]))
     if service:
-        # restart alone fails on a first install (the service isn't started yet), and start
-        # alone leaves the old process running: restart if started, then start if not.
-        # Enabled once, so the service comes back when the host reboots.
+        var = _service_file_var(service)
+        # dinit reads a service file once: a changed one is reloaded before the restart, or the
+        # restart would run the old one. restart alone fails on a first install (the service
+        # isn't started yet), and start alone leaves the old process running: restart if
+        # started, then start if not. Enabled once, so the service comes back at a reboot.
         steps += [
+            (f'[ -n "${var}" ] && [ "{_service_file_text(service)}" != "${var}" ]',
+             ["doas", "dinitctl", "reload", service]),
             (None, ["doas", "dinitctl", "restart", "--ignore-unstarted", service]),
             (f"[ ! -e {shlex.quote(f'{BOOT_D}/{service}')} ]",
              ["doas", "dinitctl", "enable", service]),
@@ -192,8 +222,38 @@ def _upgrade_steps(package_name: str, service: str | None) -> list[tuple[str | N
     return steps
 
 
-def _upgrade_commands(package_name: str, service: str | None) -> list[list[str]]:
-    return [argv for _, argv in _upgrade_steps(package_name, service)]
+def _reload_fallback(service: str) -> list[str]:
+    """dinit won't reload some changes into a running service (its log-type, its type): the
+    upgrade then stops it, reloads, and starts it again."""
+    return ["doas", "dinitctl", "stop", service]
+
+
+def _upgrade_commands(package_name: str, service: str | None,
+                      env_file: str | None = None) -> list[list[str]]:
+    commands = [argv for _, argv in _upgrade_steps(package_name, service, env_file)]
+    return commands + ([_reload_fallback(service)] if service else [])
+
+
+def dinit_failed_lines() -> list[str]:
+    """A shell function for `dinitctl ... || dinit_failed`: exit with dinitctl's status after
+    printing what dinit logged since the step began (the reason dinitctl leaves there), read as
+    a user would, from DINIT_LOG (world-readable; absent on Chimera, where nothing is printed)."""
+    log = shlex.quote(DINIT_LOG)
+    return [f"dinit_log_start=$(if [ -r {log} ]; then wc -c < {log}; else echo 0; fi)",
+            "dinit_failed() {\n"
+            "  status=$?\n"
+            f"  if [ -r {log} ]; then\n"
+            f"    echo 'dinit logged ({DINIT_LOG}):' >&2\n"
+            f"    tail -c +$((dinit_log_start + 1)) {log} >&2\n"
+            "  fi\n"
+            "  exit $status\n}"]
+
+
+def package_env_file(package_name: str, config_files) -> str | None:
+    """The package's env-file (/etc/default/<name>) when config installs it (among the
+    `config_files` paths), else None."""
+    path = f"/etc/default/{package_name}"
+    return path if path in config_files else None
 
 
 def installed_version_command(package_name: str) -> list[str]:
@@ -203,13 +263,21 @@ def installed_version_command(package_name: str) -> list[str]:
     return ["apk", "info", "-e", "-v", package_name]
 
 
-def upgrade_script(package_name: str, service: str | None) -> str:
-    """apk update + add -u + service restart, then print the installed version (last line,
-    see parse_installed_version)."""
-    lines = ["set -eu"]
-    for condition, argv in _upgrade_steps(package_name, service):
-        lines.append(f"if {condition}; then {shlex.join(argv)}; fi" if condition
-                     else shlex.join(argv))
+def upgrade_script(package_name: str, service: str | None, env_file: str | None = None) -> str:
+    """apk update + add -u (+ the env-file's .apk-new removed) + service reload if its file
+    changed + restart, then print the installed version (last line, see
+    parse_installed_version). A failed dinitctl prints what dinit logged (dinit_failed_lines)."""
+    lines = ["set -eu", *dinit_failed_lines()]
+    if service:
+        lines.append(f"{_service_file_var(service)}=\"{_service_file_text(service)}\"")
+    for condition, argv in _upgrade_steps(package_name, service, env_file):
+        command = shlex.join(argv)
+        if argv[1:3] == ["dinitctl", "reload"]:
+            command = (f"{command} 2>/dev/null || {{ {shlex.join(_reload_fallback(service))} "
+                       f">/dev/null && {command}; }}")
+        if argv[1] == "dinitctl":
+            command += " || dinit_failed"
+        lines.append(f"if {condition}; then {command}; fi" if condition else command)
     lines.append(shlex.join(installed_version_command(package_name)))
     return "\n".join(lines) + "\n"
 
@@ -391,8 +459,10 @@ def doas_permits(user: str, repository, packages, host_files=(),
     commands += [_write_file_command(key_path(repository.key_name)),
                  _write_file_command(list_path())]
     commands += _bootstrap_commands()
+    config_files = {f.remote_path for f in host_files}
     for package in packages:
-        commands += _upgrade_commands(package.name, package.service)
+        commands += _upgrade_commands(package.name, package.service,
+                                      package_env_file(package.name, config_files))
     commands += _config_commands(host_files)
     commands += list(extra)
     permits = []

@@ -187,9 +187,12 @@ def wanted_versions(inventory) -> dict[str, str]:
 
 
 def upgrade(inventory, host):
-    """apk update + add -u + restart for every package, in one round trip; checks and reports
-    the version now installed."""
-    script = "".join(commands.upgrade_script(p.name, p.service) for p in inventory.packages)
+    """apk update + add -u + reload (of a changed service file) + restart for every package,
+    in one round trip; checks and reports the version now installed."""
+    config_files = {f.remote_path for f in render.host_files(inventory, host)}
+    script = "".join(commands.upgrade_script(p.name, p.service,
+                                             commands.package_env_file(p.name, config_files))
+                     for p in inventory.packages)
     output = remote.run_script(host, script, inventory.ssh, step="upgrade").stdout
     wanted = wanted_versions(inventory)
     for package in inventory.packages:

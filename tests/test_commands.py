@@ -140,9 +140,11 @@ def test_doas_rules_text():
         "permit nopass deploy as root cmd dinitctl args enable nginx",
         "permit nopass deploy as root cmd apk args update",
         "permit nopass deploy as root cmd apk args add -u linkedlist",
+        "permit nopass deploy as root cmd dinitctl args reload linkedlist",
         "permit nopass deploy as root cmd dinitctl args restart --ignore-unstarted linkedlist",
         "permit nopass deploy as root cmd dinitctl args enable linkedlist",
         "permit nopass deploy as root cmd dinitctl args start linkedlist",
+        "permit nopass deploy as root cmd dinitctl args stop linkedlist",
         "permit nopass deploy as root cmd apk args add -u other",
     ]
 
@@ -179,6 +181,11 @@ esac
 
 DINITCTL_STUB = """#!/bin/sh
 echo "dinitctl $*" >> "$STUB_LOG"
+if [ "$1" = "${DINITCTL_FAIL:-}" ]; then
+    echo "dinit: Error in service description for '$2': run-as: no such user" >> /var/log/dinit.log
+    echo "dinitctl: error in service description." >&2
+    exit 1
+fi
 """
 
 
@@ -301,8 +308,56 @@ def test_upgrade_script_runs_in_order_and_reports_the_version(fake_host):
 
 def test_upgrade_script_enables_the_service_only_when_not_yet_enabled():
     script = commands.upgrade_script("linkedlist", "linkedlist")
-    assert ("if [ ! -e /etc/dinit.d/boot.d/linkedlist ]; then doas dinitctl enable linkedlist; fi"
-            in script.splitlines())
+    assert ("if [ ! -e /etc/dinit.d/boot.d/linkedlist ]; then doas dinitctl enable linkedlist "
+            "|| dinit_failed; fi" in script.splitlines())
+
+
+def test_upgrade_script_reloads_the_service_only_when_its_file_changed():
+    # dinit reads a service file once: a changed one must be reloaded before the restart. If
+    # dinit won't reload it while it runs (a new log-type), it is stopped, reloaded, started.
+    lines = commands.upgrade_script("linkedlist", "linkedlist").splitlines()
+    before = 'service_file_linkedlist="$(cat /usr/lib/dinit.d/linkedlist 2>/dev/null || :)"'
+    reload = ('if [ -n "$service_file_linkedlist" ] && [ "$(cat /usr/lib/dinit.d/linkedlist '
+              '2>/dev/null || :)" != "$service_file_linkedlist" ]; then doas dinitctl reload '
+              'linkedlist 2>/dev/null || { doas dinitctl stop linkedlist >/dev/null && doas '
+              'dinitctl reload linkedlist; } || dinit_failed; fi')
+    add = "doas apk add -u linkedlist"
+    restart = "doas dinitctl restart --ignore-unstarted linkedlist || dinit_failed"
+    assert lines.index(before) < lines.index(add) < lines.index(reload) < lines.index(restart)
+
+
+def test_upgrade_script_drops_the_apk_new_copy_of_an_env_file_config_owns(fake_host):
+    from outpost.render import HostFile
+    env_file = HostFile("linkedlist.env.j2", "/etc/default/linkedlist", 0o644, "linkedlist",
+                        "restart")
+    rules = commands.doas_rules(USER, REPOSITORY, [make_package()], [env_file])
+    assert f"permit nopass {USER} as root cmd rm args -f /etc/default/linkedlist.apk-new" in rules
+    leftover = fake_host.file("/etc/default/linkedlist.apk-new")
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text("the package's defaults\n")
+    script = commands.upgrade_script("linkedlist", "linkedlist",
+                                     commands.package_env_file("linkedlist", {"/etc/default/linkedlist"}))
+    result = fake_host.run(script, rules)
+    assert result.returncode == 0, result.stderr
+    assert "doas rm -f /etc/default/linkedlist.apk-new" in fake_host.calls()
+    # overlayfs marks a removed lower file with a whiteout (a character device) in the upper layer
+    assert not leftover.is_file()
+    assert commands.package_env_file("linkedlist", {"/etc/nginx/nginx.conf"}) is None
+
+
+def test_a_failed_dinitctl_shows_what_dinit_logged_during_the_step(fake_host):
+    # Real dinitctl says only "error in service description."; the reason is in dinit's log.
+    log = fake_host.file(commands.DINIT_LOG)
+    log.parent.mkdir(parents=True)
+    log.write_text("dinit: an old line from before the step\n")
+    fake_host.env["DINITCTL_FAIL"] = "start"
+    result = fake_host.run(commands.upgrade_script("linkedlist", "linkedlist"), RULES)
+    assert result.returncode == 1
+    assert "dinitctl: error in service description." in result.stderr
+    assert ("dinit logged (/var/log/dinit.log):\ndinit: Error in service description for "
+            "'linkedlist': run-as: no such user\n") in result.stderr
+    assert "old line" not in result.stderr
+    assert "apk info -e -v linkedlist" not in fake_host.calls()
 
 
 def test_upgrade_script_stops_at_the_first_failure(fake_host):
