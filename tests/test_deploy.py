@@ -130,6 +130,44 @@ def test_app_change_upgrades_and_restarts_every_host(site):
     assert_all_serve(project, inv)
 
 
+def change_service_file(project, old, new):
+    service = project / "cports-overlay/user/linkedlist/files/linkedlist"
+    assert old in service.read_text()
+    service.write_text(service.read_text().replace(old, new))
+    bump_app(project)
+
+
+def test_a_changed_service_file_is_live_after_the_upgrade(site):
+    # dinit reads a service file once, so the upgrade reloads it before the restart; without
+    # the reload the app would still write to the old logfile.
+    project, inv, hosts_fleet = site
+    change_service_file(project, "logfile = /var/log/linkedlist.log",
+                        "logfile = /var/log/linkedlistd.log")
+    run_doit(project, "deploy")
+    for name in HOSTS:
+        log = hosts_fleet.run_on(name, ["cat", "/var/log/linkedlistd.log"])
+        assert log.returncode == 0, (name, log.stderr)
+        assert f"linkedlistd {template_version(project)} serving" in log.stdout, name
+    assert_all_serve(project, inv)
+
+
+def test_a_service_dinit_cannot_load_fails_the_upgrade_with_dinits_reason(site):
+    # dinitctl says only "error in service description."; the step shows dinit's log.
+    project, inv, hosts_fleet = site
+    change_service_file(project, "run-as = _linkedlist", "run-as = _nosuchuser")
+    proc = run_doit(project, "deploy", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert sorted(re.findall(r"TaskFailed - taskid:(\S+)", out)) == [
+        f"upgrade:{name}" for name in HOSTS], out
+    assert "dinitctl: error in service description." in out, out
+    assert out.count('specified user "_nosuchuser" does not exist in system database.') >= 3, out
+    # Back to a good service file: the next deploy starts it again.
+    change_service_file(project, "run-as = _nosuchuser", "run-as = _linkedlist")
+    run_doit(project, "deploy")
+    assert_all_serve(project, inv)
+
+
 def test_host_stopped_mid_deploy_fails_alone_and_rerun_finishes(site):
     import sys
 

@@ -236,6 +236,45 @@ def test_apk_del_refuses_a_package_others_depend_on(repo):
     assert missing.returncode != 0 and "No such package: nope" in missing.stderr
 
 
+def test_apk_without_a_database_fails_as_real_apk_does(tmp_path):
+    # Real apk 3.0.6: it locks the database to change it and reads it for info; exit 99.
+    root = tmp_path / "bare"
+    root.mkdir()
+    for args, how in ((("add", "-u", "app"), "lock"), (("update",), "lock"),
+                      (("info", "-e", "-v", "app"), "read")):
+        refused = run("apk", "--root", root, *args, check=False)
+        assert (refused.returncode, refused.stdout) == (99, ""), args
+        assert refused.stderr == (f"ERROR: Unable to {how} database: No such file or directory\n"
+                                  "ERROR: Failed to open apk database: No such file or "
+                                  "directory\n"), args
+    made = run("apk", "--root", root, "add", "--initdb")
+    assert made.returncode == 0 and (root / "lib/apk/db/installed").is_file()
+    assert run("apk", "--root", root, "info").stdout == ""
+
+
+def test_apk_keeps_a_changed_config_file_and_writes_the_new_one_as_apk_new(repo):
+    repo.package("app", "1.0-r0", {"etc/default/app": "PORT=1\n", "usr/bin/app": "one\n"})
+    repo.index()
+    repo.apk("add", "app")
+    repo.package("app", "1.0-r1", {"etc/default/app": "PORT=2\n", "usr/bin/app": "two\n"})
+    repo.index()
+    repo.apk("add", "-u", "app")  # unchanged since installed: replaced
+    assert (repo.root / "etc/default/app").read_text() == "PORT=2\n"
+    assert not (repo.root / "etc/default/app.apk-new").exists()
+    (repo.root / "etc/default/app").write_text("PORT=8080\n")  # the admin's (config's) own
+    repo.package("app", "1.0-r2", {"etc/default/app": "PORT=3\n", "usr/bin/app": "three\n"})
+    repo.index()
+    repo.apk("add", "-u", "app")
+    assert (repo.root / "etc/default/app").read_text() == "PORT=8080\n"
+    assert (repo.root / "etc/default/app.apk-new").read_text() == "PORT=3\n"
+    assert (repo.root / "usr/bin/app").read_text() == "three\n"  # not a protected path
+    (repo.root / "etc/default/app.apk-new").unlink()
+    repo.package("app", "1.0-r3", {"etc/default/app": "PORT=8080\n", "usr/bin/app": "4\n"})
+    repo.index()
+    repo.apk("add", "-u", "app")  # the new one is what the admin has: nothing to keep apart
+    assert not (repo.root / "etc/default/app.apk-new").exists()
+
+
 def test_apk_versions_compare_as_apk_orders_them():
     from outpost.standins import _apk
     ordered = ["1.0_rc1-r0", "1.0-r0", "1.0-r1", "1.0-r10", "1.0_p1-r0", "1.0.1-r0", "1.2-r0",
