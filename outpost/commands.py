@@ -235,13 +235,13 @@ def _upgrade_commands(package_name: str, service: str | None,
 
 
 def dinit_failed_lines() -> list[str]:
-    """A shell function for `dinitctl ... || dinit_failed`: exit with dinitctl's status after
+    """A shell function for `dinitctl ... || dinit_failed [STATUS]`: exit with dinitctl's status after
     printing what dinit logged since the step began (the reason dinitctl leaves there), read as
     a user would, from DINIT_LOG (world-readable; absent on Chimera, where nothing is printed)."""
     log = shlex.quote(DINIT_LOG)
     return [f"dinit_log_start=$(if [ -r {log} ]; then wc -c < {log}; else echo 0; fi)",
             "dinit_failed() {\n"
-            "  status=$?\n"
+            "  status=${1:-$?}\n"
             f"  if [ -r {log} ]; then\n"
             f"    echo 'dinit logged ({DINIT_LOG}):' >&2\n"
             f"    tail -c +$((dinit_log_start + 1)) {log} >&2\n"
@@ -273,9 +273,13 @@ def upgrade_script(package_name: str, service: str | None, env_file: str | None 
     for condition, argv in _upgrade_steps(package_name, service, env_file):
         command = shlex.join(argv)
         if argv[1:3] == ["dinitctl", "reload"]:
+            # A description dinit refuses leaves the old one loaded: the service is started
+            # again with it (it may have been stopped for the retry) before the step fails.
+            start = shlex.join(["doas", "dinitctl", "start", service])
             command = (f"{command} 2>/dev/null || {{ {shlex.join(_reload_fallback(service))} "
-                       f">/dev/null && {command}; }}")
-        if argv[1] == "dinitctl":
+                       f">/dev/null && {command}; }} || {{ reload_status=$?; {start} >/dev/null "
+                       f"2>&1 || :; dinit_failed $reload_status; }}")
+        elif argv[1] == "dinitctl":
             command += " || dinit_failed"
         lines.append(f"if {condition}; then {command}; fi" if condition else command)
     lines.append(shlex.join(installed_version_command(package_name)))

@@ -320,7 +320,8 @@ def test_upgrade_script_reloads_the_service_only_when_its_file_changed():
     reload = ('if [ -n "$service_file_linkedlist" ] && [ "$(cat /usr/lib/dinit.d/linkedlist '
               '2>/dev/null || :)" != "$service_file_linkedlist" ]; then doas dinitctl reload '
               'linkedlist 2>/dev/null || { doas dinitctl stop linkedlist >/dev/null && doas '
-              'dinitctl reload linkedlist; } || dinit_failed; fi')
+              'dinitctl reload linkedlist; } || { reload_status=$?; doas dinitctl start '
+              'linkedlist >/dev/null 2>&1 || :; dinit_failed $reload_status; }; fi')
     add = "doas apk add -u linkedlist"
     restart = "doas dinitctl restart --ignore-unstarted linkedlist || dinit_failed"
     assert lines.index(before) < lines.index(add) < lines.index(reload) < lines.index(restart)

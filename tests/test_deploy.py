@@ -155,16 +155,24 @@ def test_a_service_dinit_cannot_load_fails_the_upgrade_with_dinits_reason(site):
     # dinitctl says only "error in service description."; the step shows dinit's log.
     project, inv, hosts_fleet = site
     change_service_file(project, "run-as = _linkedlist", "run-as = _nosuchuser")
-    proc = run_doit(project, "deploy", check=False)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert sorted(re.findall(r"TaskFailed - taskid:(\S+)", out)) == [
-        f"upgrade:{name}" for name in HOSTS], out
-    assert "dinitctl: error in service description." in out, out
-    assert out.count('specified user "_nosuchuser" does not exist in system database.') >= 3, out
-    # Back to a good service file: the next deploy starts it again.
-    change_service_file(project, "run-as = _nosuchuser", "run-as = _linkedlist")
-    run_doit(project, "deploy")
+    try:
+        proc = run_doit(project, "deploy", check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0
+        assert sorted(re.findall(r"TaskFailed - taskid:(\S+)", out)) == [
+            f"upgrade:{name}" for name in HOSTS], out
+        assert ("dinitctl: could not reload service; service in wrong state, incompatible "
+                "change, or bad service description.") in out, out
+        assert out.count('specified user "_nosuchuser" does not exist in system database.') >= 3
+        # dinit kept the old description: the app runs on, with the new package's program.
+        for name in HOSTS:
+            status = hosts_fleet.run_on(name, ["dinitctl", "status", "linkedlist"])
+            assert "STARTED" in status.stdout.upper(), (name, status.stdout)
+    finally:
+        # Back to a good service file: the next deploy reloads and restarts it. (A host that
+        # rebooted with the refused file enabled would not boot: dinit stops at its load error.)
+        change_service_file(project, "run-as = _nosuchuser", "run-as = _linkedlist")
+        run_doit(project, "deploy")
     assert_all_serve(project, inv)
 
 

@@ -341,6 +341,8 @@ DESCRIPTION_ERROR = ("dinitctl: error in service description.\n"
                      "information.\n")
 LOAD_ERROR = ("dinitctl: error loading service (or dependency of service).\n"
               "dinitctl: try 'dinit-check <service-name>' or check log for more information.\n")
+RELOAD_ERROR = ("dinitctl: could not reload service; service in wrong state, incompatible change, "
+                "or bad service description.\n")
 SLEEPER = f"type = process\ncommand = {sys.executable} -c \"import time; time.sleep(600)\"\n"
 
 
@@ -584,8 +586,9 @@ def test_reload_refuses_a_new_log_type_for_a_running_service(dinit, tmp_path):
     dinit.ctl("start", "web")
     dinit.service("web", SLEEPER + f"logfile = {tmp_path}/web.log\n")
     refused = dinit.ctl("reload", "web", check=False)
-    assert (refused.returncode, refused.stderr) == (1, LOAD_ERROR)
-    assert "cannot change log-type for running service." in dinit.logged()
+    assert (refused.returncode, refused.stderr) == (1, RELOAD_ERROR)
+    assert "Could not reload service web: cannot change log-type for running service." in \
+        dinit.logged()
     dinit.ctl("stop", "web")
     dinit.ctl("reload", "web")
     dinit.ctl("start", "web")

@@ -459,24 +459,30 @@ class Supervisor:
             old = self.services.get(name)
             if old is None:
                 return self.load(name)
-            with open(old.desc.path, encoding="utf-8") as f:
-                desc = parse_description(name, old.desc.path, f.read())
-            new = self._prepare(desc, (name,))
-            if old.state != STOPPED:
-                if new.desc.type != old.desc.type:
-                    raise ServiceLoadError("load", f"service '{name}': could not reload service; "
-                                           "the type of a running service cannot be changed")
-                if bool(new.desc.logfile) != bool(old.desc.logfile):
-                    raise ServiceLoadError("load", f"service '{name}': could not reload service; "
-                                           "cannot change log-type for running service.")
-                for dep in new.desc.depends_on:
-                    if self.services[dep].state != STARTED:
-                        raise ServiceLoadError("load", f"service '{name}': could not reload "
-                                               f"service; new dependency '{dep}' is not started")
+            try:
+                new = self._reloaded(name, old)
+            except ServiceLoadError as err:
+                # dinit keeps the loaded description; dinitctl gives one message for every cause.
+                raise ServiceLoadError("reload", f"Could not reload service {name}: {err}") from None
             for attr in ("state", "explicit", "process", "stop_reason", "exitcode", "restarts"):
                 setattr(new, attr, getattr(old, attr))
             self.services[name] = new
             return new
+
+    def _reloaded(self, name, old):
+        """The service `name` from its file read again, if dinit would take it in its state."""
+        with open(old.desc.path, encoding="utf-8") as f:
+            desc = parse_description(name, old.desc.path, f.read())
+        new = self._prepare(desc, (name,))
+        if old.state != STOPPED:  # dinit's check_settings_for_reload (load-service.cc)
+            if new.desc.type != old.desc.type:
+                raise ServiceLoadError("load", "cannot change type of non-stopped service.")
+            if bool(new.desc.logfile) != bool(old.desc.logfile):
+                raise ServiceLoadError("load", "cannot change log-type for running service.")
+            for dep in new.desc.depends_on:
+                if self.services[dep].state != STARTED:
+                    raise ServiceLoadError("load", f"cannot add non-started dependency '{dep}'.")
+        return new
 
     # starting
 
@@ -1185,6 +1191,9 @@ def format_reply(command, name, reply, ignore_unstarted=False):
         return 0, "", ""  # as real dinitctl: silent, exit 0, the reason in dinit's log
     if error in ("missing", "description", "load"):
         return 1, "", load_error_text(reply)
+    if error == "reload":
+        return 1, "", ("dinitctl: could not reload service; service in wrong state, incompatible "
+                       "change, or bad service description.\n")
     if command in ("enable", "disable"):
         return format_enable(command, name, reply)
     if error in SIGNAL_ERRORS:
