@@ -9,16 +9,30 @@
 import os
 import sys
 
+from pathlib import Path
+
+from outpost import depfile, interrupt, lock, steps
 from outpost import inventory as inventory_file
 from outpost.errors import OutpostError
 from outpost.report import OutpostReporter
-from tasks import build, config, dns, hosts
+from tasks import build, config, dns, hosts, rollback
 
 try:
     INVENTORY = inventory_file.load(os.environ.get("OUTPOST_INVENTORY", "inventory.toml"))
+    # Read before doit opens it, so damage is one line instead of doit's traceback.
+    depfile.check(Path(depfile.NAME))
 except OutpostError as err:
     # One clear line instead of doit's "error loading dodo" traceback.
     sys.exit(f"outpost: {err}")
+
+# Said by every command (list included); only the steps that need the package stop.
+if (_BROKEN := steps.broken_template(INVENTORY)) is not None:
+    sys.stderr.write(f"outpost: {_BROKEN}\n  (build, index, upgrade and rollback:app stop until "
+                     "it is fixed; the rest of the pipeline, check and fleet:down still run)\n")
+
+# A run takes the project lock when it first changes something (outpost.taskutil.action).
+lock.use(INVENTORY.root / "build" / "outpost.lock")
+interrupt.install()
 
 DOIT_CONFIG = {
     "default_tasks": ["deploy"],
@@ -32,6 +46,9 @@ DOIT_CONFIG = {
     "cleandep": True,
     # doit's console output, plus the health check's table at the end.
     "reporter": OutpostReporter,
+    # The backend that survives crashes and a reader beside a writer: see outpost/depfile.py.
+    "backend": depfile.BACKEND,
+    "dep_file": depfile.NAME,
 }
 
 
@@ -111,3 +128,8 @@ def task_check():
 def task_deploy():
     """The whole pipeline for every host (deploy:<host> for one)."""
     yield from _tasks(hosts.deploy)
+
+
+def task_rollback():
+    """Go back: rollback:app puts every host on its previous app version (canary first, gated)."""
+    yield from _tasks(rollback.rollback)

@@ -106,6 +106,32 @@ class IndexEntry:
 # ---------------------------------------------------------------- keys
 
 
+# apk's version order (apk-tools src/version.c): numbers, a letter, _suffixes, then -rN.
+PRE_SUFFIXES = {"alpha": 0, "beta": 1, "pre": 2, "rc": 3}
+POST_SUFFIXES = {"cvs": 5, "svn": 6, "git": 7, "hg": 8, "p": 9}
+RELEASE = (4, 0)
+VERSION = re.compile(r"(\d+(?:\.\d+)*)([a-z]?)((?:_[a-z]+\d*)*)(?:~[0-9a-f]+)?(?:-r(\d+))?")
+
+
+def version_key(version: str) -> tuple:
+    """A sort key ordering apk versions as apk does. ValueError for a malformed version."""
+    match = VERSION.fullmatch(version)
+    if not match:
+        raise ValueError(f"package version is invalid: {version}")
+    numbers, letter, suffixes, release = match.groups()
+    ranks = []
+    for suffix in filter(None, suffixes.split("_")):
+        word, number = re.fullmatch(r"([a-z]+)(\d*)", suffix).groups()
+        if word in PRE_SUFFIXES:
+            ranks.append((PRE_SUFFIXES[word], int(number or 0)))
+        elif word in POST_SUFFIXES:
+            ranks.append((POST_SUFFIXES[word], int(number or 0)))
+        else:
+            raise ValueError(f"package version is invalid: {version}")
+    return (tuple(int(n) for n in numbers.split(".")), letter, tuple(ranks) + (RELEASE,),
+            int(release or 0))
+
+
 def generate_key(private_path: Path) -> tuple[Path, Path]:
     """Make a PEM RSA key at private_path (mode 0600) and its public half at private_path.pub,
     as `cbuild keygen` does. Never overwrites an existing key."""

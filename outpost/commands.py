@@ -11,12 +11,14 @@ writes the doas.conf rules (templates/doas.conf.j2) that allow exactly those and
     doas install -d -o <user> -m 755 <dir>         a folder the user then writes with rsync:
                                                    the repository path and each content_dir (sync)
     doas apk update                                (upgrade)
-    doas apk add -u <package>                      (upgrade)
+    doas apk add <package>=<version>               (upgrade, rollback: one rule per version
+                                                   the repository keeps; see outpost.rollout)
     doas rm -f /etc/default/<package>.apk-new      (upgrade, when config owns that env-file)
     doas dinitctl reload <svc>                     (upgrade, when its service file changed)
     doas dinitctl stop <svc>                       (upgrade, when dinit won't reload it running)
     doas dinitctl restart --ignore-unstarted <svc> (upgrade)
-    doas dinitctl start <svc>                      (upgrade)
+    doas dinitctl start|enable <svc>               (upgrade)
+    doas tail -n 20 <the service's logfile>        (upgrade: why a host failed the gate)
 
 A rule with `cmd` makes doas look the command up in its own safe PATH, and `args` must match
 the whole argument list, so the user can't widen any of these. Note what they grant all the
@@ -155,155 +157,63 @@ def _ensure_file(path: str, content: str) -> str:
 
 
 def sync_script(repository, public_key_pem: str, list_line: str, *, user: str,
-                content_dirs=()) -> str:
+                content_dirs=(), doas_conf: str | None = None) -> str:
     """Make the host ready for the repository rsync and for apk to trust it: the folders the
     user rsyncs into (repository path, content dirs) exist and are the user's, the public key
     is /etc/apk/keys/<key_name>, and the list file holds list_line. Each file is written only
-    when its content differs. Prints `changed: <path>` for what it changed."""
+    when its content differs. With doas_conf, /etc/doas.conf is installed as config installs
+    it (doas_conf_script). Prints `changed: <path>` for what it changed."""
     parts = ["set -eu\n", "umask 022\n"]
     for path in (repository.path, CONFIG_DIR, *content_dirs):
         parts.append(_ensure_owned_dir(user, path))
     parts.append(_ensure_file(key_path(repository.key_name), public_key_pem))
     parts.append(_ensure_file(list_path(), list_line + "\n"))
+    if doas_conf is not None:
+        parts.append(doas_conf_script(doas_conf))
     return "".join(parts)
 
 
-# --- upgrade: package and service -------------------------------------------------------------
+def doas_conf_script(text: str) -> str:
+    """Install /etc/doas.conf (mode 400) the way config_script does, with the same doas rule:
+    staged, checked by `doas -C`, installed only when config's record of installed files has
+    another sha256 for it, and that record then updated. The sync step uses it, so the rules
+    for a new version are on the host before the upgrade runs it."""
+    q = shlex.quote
+    staged = STAGE + DOAS_CONF
+    record = f"{hashlib.sha256(text.encode()).hexdigest()}  {DOAS_CONF}"
+    install = ["doas", "install", "-m", "400", staged, DOAS_CONF]
+    return (f"if ! grep -qxF {q(record)} {q(INSTALLED)} 2>/dev/null; then\n"
+            f"  rm -rf {q(STAGE)} && mkdir -p {q(STAGE + '/etc')}\n"
+            f"  printf '%s' {q(text)} > {q(staged)}\n"
+            f"  doas -C {q(staged)} || {{ echo 'doas -C refused the new doas.conf' >&2; "
+            f"exit {NGINX_REFUSED}; }}\n"
+            f"  {shlex.join(install)}\n"
+            f"  {{ grep -vF {q('  ' + DOAS_CONF)} {q(INSTALLED)} 2>/dev/null || true; "
+            f"echo {q(record)}; }} > {q(INSTALLED + '.new')}\n"
+            f"  mv {q(INSTALLED + '.new')} {q(INSTALLED)}\n"
+            f"  rm -rf {q(STAGE)}\n"
+            f"  echo changed: {DOAS_CONF}\n"
+            f"fi\n")
+
 
 # Where `dinitctl enable` links a service on Chimera (the boot service's waits-for.d).
 BOOT_D = "/etc/dinit.d/boot.d"
 # Where packages put their dinit service files (cbuild's install_service).
 SERVICE_DIR = "/usr/lib/dinit.d"
 # Where dinit writes its log on the local fleet (`dinit --log-file`). dinitctl prints only "error
-# in service description." and leaves the reason there, so a failed dinitctl shows what dinit
-# logged meanwhile. (A Chimera host's dinit logs to syslog; there the step shows no log.)
+# in service description." and leaves the reason there, so a failed upgrade shows what dinit
+# logged meanwhile (outpost.rollout). (A Chimera host's dinit logs to syslog; there the step
+# shows no log.)
 DINIT_LOG = "/var/log/dinit.log"
 # apk keeps a config file the admin (here: config) changed and writes the package's as this.
 APK_NEW = ".apk-new"
 
 
-def _service_file_var(service: str) -> str:
-    return "service_file_" + re.sub(r"[^A-Za-z0-9]", "_", service)
-
-
-def _service_file_text(service: str) -> str:
-    path = shlex.quote(f"{SERVICE_DIR}/{service}")
-    return f"$(cat {path} 2>/dev/null || :)"
-
-
-def _upgrade_steps(package_name: str, service: str | None,
-                   env_file: str | None = None) -> list[tuple[str | None, list[str]]]:
-    """(shell condition or None, argv) for each command of the upgrade, in order. `env_file`:
-    the package's env-file when config owns it (render.host_files)."""
-    steps = [
-        # Remote indexes are cached; a local-path repository is not, but update is cheap and
-        # makes the step right for either.
-        (None, ["doas", "apk", "update"]),
-        (None, ["doas", "apk", "add", "-u", package_name]),
-    ]
-    if env_file:
-        # config renders it from templates/ and restarts the service when it changes, so the
-        # package's copy, which real apk leaves beside it on each upgrade, is not wanted.
-        steps.append((None, ["doas", "rm", "-f", env_file + APK_NEW]))
-    if service:
-        var = _service_file_var(service)
-        # dinit reads a service file once: a changed one is reloaded before the restart, or the
-        # restart would run the old one. restart alone fails on a first install (the service
-        # isn't started yet), and start alone leaves the old process running: restart if
-        # started, then start if not. Enabled once, so the service comes back at a reboot.
-        steps += [
-            (f'[ -n "${var}" ] && [ "{_service_file_text(service)}" != "${var}" ]',
-             ["doas", "dinitctl", "reload", service]),
-            (None, ["doas", "dinitctl", "restart", "--ignore-unstarted", service]),
-            (f"[ ! -e {shlex.quote(f'{BOOT_D}/{service}')} ]",
-             ["doas", "dinitctl", "enable", service]),
-            (None, ["doas", "dinitctl", "start", service]),
-        ]
-    return steps
-
-
-def _reload_fallback(service: str) -> list[str]:
-    """dinit won't reload some changes into a running service (its log-type, its type): the
-    upgrade then stops it, reloads, and starts it again."""
-    return ["doas", "dinitctl", "stop", service]
-
-
-def _upgrade_commands(package_name: str, service: str | None,
-                      env_file: str | None = None) -> list[list[str]]:
-    commands = [argv for _, argv in _upgrade_steps(package_name, service, env_file)]
-    return commands + ([_reload_fallback(service)] if service else [])
-
-
-def dinit_failed_lines() -> list[str]:
-    """A shell function for `dinitctl ... || dinit_failed [STATUS]`: exit with dinitctl's status after
-    printing what dinit logged since the step began (the reason dinitctl leaves there), read as
-    a user would, from DINIT_LOG (world-readable; absent on Chimera, where nothing is printed)."""
-    log = shlex.quote(DINIT_LOG)
-    return [f"dinit_log_start=$(if [ -r {log} ]; then wc -c < {log}; else echo 0; fi)",
-            "dinit_failed() {\n"
-            "  status=${1:-$?}\n"
-            f"  if [ -r {log} ]; then\n"
-            f"    echo 'dinit logged ({DINIT_LOG}):' >&2\n"
-            f"    tail -c +$((dinit_log_start + 1)) {log} >&2\n"
-            "  fi\n"
-            "  exit $status\n}"]
-
-
-def package_env_file(package_name: str, config_files) -> str | None:
-    """The package's env-file (/etc/default/<name>) when config installs it (among the
-    `config_files` paths), else None."""
-    path = f"/etc/default/{package_name}"
-    return path if path in config_files else None
-
-
-def installed_version_command(package_name: str) -> list[str]:
-    # apk-tools src/app_info.c: `info -e` prints the installed package one line each, and
-    # with -v that line is "<name>-<version>"; it exits non-zero when it isn't installed.
-    # (`apk info -v NAME` without -e prints description/webpage/size fields instead.)
-    return ["apk", "info", "-e", "-v", package_name]
-
-
-def upgrade_script(package_name: str, service: str | None, env_file: str | None = None) -> str:
-    """apk update + add -u (+ the env-file's .apk-new removed) + service reload if its file
-    changed + restart, then print the installed version (last line, see
-    parse_installed_version). A failed dinitctl prints what dinit logged (dinit_failed_lines)."""
-    lines = ["set -eu", *dinit_failed_lines()]
-    if service:
-        lines.append(f"{_service_file_var(service)}=\"{_service_file_text(service)}\"")
-    for condition, argv in _upgrade_steps(package_name, service, env_file):
-        command = shlex.join(argv)
-        if argv[1:3] == ["dinitctl", "reload"]:
-            # A description dinit refuses leaves the old one loaded: the service is started
-            # again with it (it may have been stopped for the retry) before the step fails.
-            start = shlex.join(["doas", "dinitctl", "start", service])
-            command = (f"{command} 2>/dev/null || {{ {shlex.join(_reload_fallback(service))} "
-                       f">/dev/null && {command}; }} || {{ reload_status=$?; {start} >/dev/null "
-                       f"2>&1 || :; dinit_failed $reload_status; }}")
-        elif argv[1] == "dinitctl":
-            command += " || dinit_failed"
-        lines.append(f"if {condition}; then {command}; fi" if condition else command)
-    lines.append(shlex.join(installed_version_command(package_name)))
-    return "\n".join(lines) + "\n"
-
-
-def parse_installed_version(output: str, package_name: str) -> str:
-    """The version from the `<name>-<version>` line of `apk info -e -v <name>`, e.g.
-    "2.0.12-r1". Other output (apk update's) can come before it."""
-    # apk versions are <digits...>[letters/_suffixes]-r<N>; they hold no "-" before -r, so a
-    # package named "<name>-doc" can't be mistaken for <name>.
-    pattern = re.compile(rf"{re.escape(package_name)}-(\d[^\s-]*-r\d+)")
-    for line in reversed(output.splitlines()):
-        match = pattern.fullmatch(line.strip())
-        if match:
-            return match.group(1)
-    raise OutpostError(f"apk did not report an installed version of {package_name!r}; "
-                       f"its output was:\n{output.strip()}")
-
-
 # --- bootstrap: what a fresh host needs before the first sync --------------------------------
 
-# What the pipeline itself runs on a host: nginx in front of the app, rsync for the pushes.
-BASE_PACKAGES = ("nginx", "rsync")
+# What the pipeline itself runs on a host: nginx in front of the app, rsync for the pushes,
+# curl for the upgrade's health gate (outpost.rollout).
+BASE_PACKAGES = ("nginx", "rsync", "curl")
 
 
 def _bootstrap_steps() -> list[tuple[str | None, list[str]]]:
@@ -452,21 +362,20 @@ def config_script(files) -> str:
 # --- doas.conf for the hosts ------------------------------------------------------------------
 
 def doas_permits(user: str, repository, packages, host_files=(),
-                 extra=()) -> list[tuple[str, list[str]]]:
+                 *, installs=(), extra=()) -> list[tuple[str, list[str]]]:
     """(user, argv without doas) for each root command the scripts above and below run (see the
-    module docstring), for this repository, these packages and these config files (objects
-    with .remote_path, .mode, .service, .action, such as outpost.render.HostFile), and `extra`
-    (other steps' commands with doas, such as geodns.doas_commands), in order and each once."""
+    module docstring), for this repository, these packages, these config files (objects
+    with .remote_path, .mode, .service, .action, such as outpost.render.HostFile), the
+    upgrade's commands (`installs`, argv lists from outpost.rollout.doas_commands: one
+    `apk add NAME=VERSION` per version the repository keeps) and `extra` (other steps'
+    commands with doas, such as geodns.doas_commands), in order and each once."""
     commands = [_owned_dir_command(user, path)
                 for path in (repository.path, CONFIG_DIR, *(p.content_dir for p in packages
                                                              if p.content_dir))]
     commands += [_write_file_command(key_path(repository.key_name)),
                  _write_file_command(list_path())]
     commands += _bootstrap_commands()
-    config_files = {f.remote_path for f in host_files}
-    for package in packages:
-        commands += _upgrade_commands(package.name, package.service,
-                                      package_env_file(package.name, config_files))
+    commands += list(installs)
     commands += _config_commands(host_files)
     commands += list(extra)
     permits = []
@@ -484,12 +393,14 @@ def doas_rule(user: str, argv: list[str]) -> dict:
     return {"user": user, "as": "root", "argv": argv}
 
 
-def doas_rules(user: str, repository, packages, host_files=(), extra=()) -> str:
+def doas_rules(user: str, repository, packages, host_files=(), *, installs=(),
+               extra=()) -> str:
     """doas.conf text (templates/doas.conf.j2) allowing `user` exactly doas_permits."""
     from outpost import render  # render imports this module
     return render.render("doas.conf.j2", {"doas_rules": [
         doas_rule(permit_user, argv)
-        for permit_user, argv in doas_permits(user, repository, packages, host_files, extra)]})
+        for permit_user, argv in doas_permits(user, repository, packages, host_files,
+                                              installs=installs, extra=extra)]})
 
 
 # --- check: the app's health endpoint ---------------------------------------------------------

@@ -61,6 +61,7 @@ class Package:
 class Repository:
     signing_key: Path
     path: str
+    keep: int = 3  # versions of each package kept, so hosts can go back without a rebuild
 
     @property
     def public_key(self) -> Path:
@@ -92,6 +93,13 @@ class Ssh:
 class Fleet:
     state: Path
     bridge: str
+
+
+@dataclass(frozen=True)
+class Rollout:
+    canary: str | None     # the host that gets a new version first; None: the first host
+    batch_size: int        # hosts upgraded together after the canary passed
+    health_timeout: float  # seconds a host has to serve the new version before it goes back
 
 
 @dataclass(frozen=True)
@@ -135,10 +143,15 @@ class Inventory:
     packages: tuple[Package, ...]
     hosts: tuple[Host, ...]
     dns: Dns | None = None
+    rollout: Rollout = Rollout(None, 1, 30.0)
 
     @property
     def root(self) -> Path:
         return self.path.parent
+
+    @property
+    def canary(self) -> Host:
+        return self.host(self.rollout.canary) if self.rollout.canary else self.hosts[0]
 
     @property
     def arches(self) -> tuple[str, ...]:
@@ -213,6 +226,12 @@ def _port(value: int) -> str | None:
 
 def _positive(value: float) -> str | None:
     return None if value > 0 else f"must be more than 0, found {value}"
+
+
+def _at_least(least: int):
+    def check(value: int) -> str | None:
+        return None if value >= least else f"must be {least} or more, found {value}"
+    return check
 
 
 def _remote_path(value: str) -> str | None:
@@ -348,6 +367,8 @@ SCHEMA: dict[str, Table] = {
     "repository": Table((
         Key("signing_key", LOCAL_PATH),
         Key("path", STRING, check=_remote_path),
+        # Going back one version needs the one before the current.
+        Key("keep", INTEGER, 3, _at_least(2)),
     )),
     "builder": Table((
         Key("kind", STRING, "local", _builder_kind),
@@ -384,6 +405,11 @@ SCHEMA: dict[str, Table] = {
         Key("ttl", INTEGER, 30, _at_least_one),
         Key("health", Type("a table ([dns.health])", lambda v: isinstance(v, dict)), {}),
         Key("api", STRING, "https://api.gcore.com", _url),
+    ), required=False),
+    "rollout": Table((
+        Key("canary", STRING, None, _host_name),
+        Key("batch_size", INTEGER, 1, _at_least(1)),
+        Key("health_timeout", NUMBER, 30.0, _positive),
     ), required=False),
     "hosts": Table((
         Key("name", STRING, check=_host_name),
@@ -579,6 +605,13 @@ def load(path: str | Path) -> Inventory:
     _check_builder(builder, label)
     _check_package_content(checked["packages"], label)
 
+    rollout = checked["rollout"] or _check_table({}, SCHEMA["rollout"], f"{label}: [rollout]",
+                                                 root)
+    if rollout["canary"] is not None and rollout["canary"] not in {
+            h["name"] for h in checked["hosts"]}:
+        raise InventoryError(f"{label}: [rollout]: key 'canary': no host named "
+                             f"{rollout['canary']!r}; hosts: "
+                             + ", ".join(h["name"] for h in checked["hosts"]))
     ssh = checked["ssh"]
     return Inventory(
         path=inventory_path,
@@ -596,4 +629,5 @@ def load(path: str | Path) -> Inventory:
             for values in checked["hosts"]),
         dns=(_check_dns(checked["dns"], checked["hosts"], checked["fleet"], label, root)
              if checked["dns"] else None),
+        rollout=Rollout(**rollout),
     )

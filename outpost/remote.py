@@ -12,6 +12,8 @@ Every failure raises RemoteError, whose message names the host (and the step, wh
 from __future__ import annotations
 
 import atexit
+import os
+import signal
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -40,6 +42,8 @@ class Result:
 _connections: dict = {}
 _opening: dict = {}
 _lock = threading.Lock()
+# Local programs (rsync) running now, for stop_children.
+_children: set = set()
 
 
 # The command the host runs: it reads the script from stdin to its end, then runs it. The
@@ -49,8 +53,9 @@ _lock = threading.Lock()
 RUN_STDIN = """sh -c 'eval "$(cat)"'"""
 
 
-def run_script(host, script: str, ssh, step: str | None = None) -> Result:
-    """Run a POSIX sh script on host in one round trip and return its output."""
+def run_script(host, script: str, ssh, step: str | None = None, ok_exits=(0,)) -> Result:
+    """Run a POSIX sh script on host in one round trip and return its output; an exit status
+    outside ok_exits is a RemoteError."""
     where = _where(host, step)
     connection = _connection(host, ssh, where)
     try:
@@ -66,7 +71,7 @@ def run_script(host, script: str, ssh, step: str | None = None) -> Result:
         _forget(host, ssh)
         raise RemoteError(f"{where}: the connection was lost before the script finished"
                           + _tail(stderr))
-    if exited != 0:
+    if exited not in ok_exits:
         raise RemoteError(f"{where} failed (exit {exited})" + _tail(stderr), exited)
     return Result(stdout, stderr, exited)
 
@@ -107,13 +112,42 @@ def run_local(argv: list[str], host, ssh, step: str | None = None) -> Result:
     commands.ssh_options), with the same error messages as run_script."""
     where = _where(host, step)
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        # A session of its own: stop_children() ends rsync and the ssh it started together.
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     except FileNotFoundError:
         raise RemoteError(f"{where}: {argv[0]} is not installed on this machine "
                           f"(apt-get install {argv[0]})") from None
+    with _lock:
+        _children.add(child)
+    try:
+        stdout, stderr = child.communicate()
+    finally:
+        with _lock:
+            _children.discard(child)
+    proc = subprocess.CompletedProcess(argv, child.returncode, stdout, stderr)
     if proc.returncode != 0:
         raise RemoteError(f"{where}: " + _local_failure(argv[0], proc, host, ssh))
     return Result(proc.stdout, proc.stderr, proc.returncode)
+
+
+def stop_children() -> int:
+    """End every local program run_local started that is still running (with its ssh), and
+    close the connections: what an interrupted run leaves behind. Returns how many it ended."""
+    with _lock:
+        children = list(_children)
+    for child in children:
+        try:
+            os.killpg(child.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for child in children:
+        try:
+            child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+    close_all()
+    return len(children)
 
 
 def close_all() -> None:

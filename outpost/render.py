@@ -26,7 +26,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from outpost import commands, geodns, tls
+from outpost import commands, geodns, repo, rollout, tls
 from outpost.errors import OutpostError
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
@@ -101,9 +101,11 @@ def _nginx(site_name: str) -> dict:
     }
 
 
-def host_context(inventory, host) -> dict:
+def host_context(inventory, host, installs: bool = True) -> dict:
     """Everything a host's templates use, as dicts, lists, strings and numbers in a fixed
-    order: a doit config_changed value that changes exactly when a rendered file may."""
+    order: a doit config_changed value that changes exactly when a rendered file may.
+    installs=False leaves out the doas rules that follow the repository's versions (see
+    config_inputs)."""
     site = inventory.site
     return {
         "host": {"name": host.name, "address": host.address, "region": host.region,
@@ -115,12 +117,45 @@ def host_context(inventory, host) -> dict:
         "nginx": _nginx(site.name),
         "apk": {"list_line": commands.repo_list_line(INDEX_FORMATS[inventory.builder.kind],
                                                      inventory.repository.path)},
-        "doas_rules": [commands.doas_rule(user, list(argv)) for user, argv in
-                       commands.doas_permits(host.user, inventory.repository,
-                                             inventory.packages, host_files(inventory, host),
-                                             geodns.inventory_doas_commands(inventory))],
+        "doas_rules": [commands.doas_rule(user, list(argv))
+                       for user, argv in doas_permits(inventory, host, installs)],
         "health_path": geodns.HEALTH_PATH,
     }
+
+
+def config_inputs(inventory, host) -> dict:
+    """The config step's doit config_changed value: host_context without the doas rules of
+    the repository's versions. Those change with every release, and the sync step installs
+    doas.conf with them before the upgrade needs them (commands.doas_conf_script), so config
+    need not run again for them."""
+    return host_context(inventory, host, installs=False)
+
+
+def install_commands(inventory, host) -> list[list[str]]:
+    """The root commands the upgrade may run on host: apk add NAME=VERSION for each version
+    the host's arch folder of the repository keeps, the env-file's .apk-new removed, the
+    reload and restart, the service's log."""
+    kept = repo.versions(repo.repo_dir(inventory, host.arch))
+    config_files = {f.remote_path for f in host_files(inventory, host)}
+    return [argv for p in inventory.packages
+            for argv in rollout.doas_commands(p.name, kept.get(p.name, []), p.service,
+                                              rollout.service_logfile(p.template_dir, p.service),
+                                              rollout.env_file(p.name, config_files))]
+
+
+def doas_permits(inventory, host, installs: bool = True) -> list[tuple[str, list[str]]]:
+    """Every doas rule of a host (commands.doas_permits): with the upgrade's commands for the
+    repository's versions (unless installs=False) and the DNS step's."""
+    return commands.doas_permits(
+        host.user, inventory.repository, inventory.packages, host_files(inventory, host),
+        installs=install_commands(inventory, host) if installs else (),
+        extra=geodns.inventory_doas_commands(inventory))
+
+
+def doas_conf(inventory, host) -> str:
+    """/etc/doas.conf for host: what config renders from templates/doas.conf.j2."""
+    return render("doas.conf.j2", {"doas_rules": [commands.doas_rule(user, list(argv))
+                                                  for user, argv in doas_permits(inventory, host)]})
 
 
 def host_files(inventory, host) -> list[HostFile]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,33 @@ INDEX_V3 = "Packages.adb"
 
 def repo_dir(inventory, arch: str) -> Path:
     return inventory.root / "build" / "repo" / arch
+
+
+# <name>-<version>-r<release>.apk; apk versions start with a digit and hold no "-" before -r.
+APK_FILE = re.compile(r"(.+?)-(\d[^-]*-r\d+)\.apk")
+
+
+def versions(repo_dir: Path) -> dict[str, list[str]]:
+    """{package name: [versions in the folder, newest first]}."""
+    found: dict[str, list[str]] = {}
+    for path in repo_dir.glob("*.apk") if repo_dir.is_dir() else ():
+        match = APK_FILE.fullmatch(path.name)
+        if match:
+            found.setdefault(match.group(1), []).append(match.group(2))
+    return {name: sorted(found[name], key=apk.version_key, reverse=True) for name in sorted(found)}
+
+
+def prune(repo_dir: Path, keep: int, published: list[Path]) -> list[Path]:
+    """Remove all but the `keep` newest versions of each package, never one just published
+    (a template taken back to an older version keeps it). Returns what it removed."""
+    removed = []
+    for name, kept in versions(repo_dir).items():
+        for version in kept[keep:]:
+            path = repo_dir / f"{name}-{version}.apk"
+            if path.name not in {p.name for p in published}:
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def place(src: Path, dest: Path, template_path: Path | None, link: bool = True) -> Path:
@@ -57,10 +85,12 @@ def replace(src: Path, dest: Path, link: bool = True) -> None:
     os.replace(tmp, dest)
 
 
-def publish(arch: str, apk_paths: list[Path], repo_dir: Path, builder, key_path: Path) -> list[Path]:
+def publish(arch: str, apk_paths: list[Path], repo_dir: Path, builder, key_path: Path,
+            keep: int = 3) -> list[Path]:
     """Put the packages built for `arch` into repo_dir and index them.
 
-    v2 (local builder): the packages (noarch ones included) go in, then a signed
+    v2 (local builder): the packages (noarch ones included) go in, the `keep` newest versions
+    of each package stay (so hosts can go back without a rebuild), then a signed
     APKINDEX.tar.gz over every .apk in repo_dir is written with key_path.
     v3 (cbuild): cbuild already indexed and signed its folder with its own key; its
     Packages.adb lists every package in that folder, so all of them go in, with Packages.adb
@@ -70,6 +100,7 @@ def publish(arch: str, apk_paths: list[Path], repo_dir: Path, builder, key_path:
     if builder.index_format == "v2":
         for path in apk_paths:
             place(path, repo_dir / path.name, builder.template_path_of(path.name))
+        prune(repo_dir, keep, apk_paths)
         index = repo_dir / INDEX_V2
         # arch=: apk fetches a package from <repo>/<its index A: arch>/, so noarch packages
         # are listed under this folder's arch (abuild: apk index --rewrite-arch).

@@ -23,9 +23,16 @@ def dns_table(rows: list[dict]) -> str:
     nameservers = sorted({r["nameserver"] for r in rows})
     continents = sorted({r["continent"] for r in rows})
     cell = {(r["continent"], r["nameserver"]): r["answer"] for r in rows}
-    # A host the map puts first that is down: its next healthy host is what is expected.
-    expected = {r["continent"]: r["expected"] if r["expected"] == r.get("first", r["expected"])
-                else f"{r['expected']} ({r['first']} down)" for r in rows}
+    # A host the map puts first that is down: its next healthy host is what is expected. Each
+    # nameserver's check saw the hosts' health at its own moment: a host restarting during a
+    # rollout may be down for one and up for the next, so one row can expect two hosts.
+    expected = {}
+    for r in rows:
+        text = (r["expected"] if r["expected"] == r.get("first", r["expected"])
+                else f"{r['expected']} ({r['first']} down)")
+        if text not in expected.setdefault(r["continent"], []):
+            expected[r["continent"]].append(text)
+    expected = {continent: " or ".join(texts) for continent, texts in expected.items()}
     lines = [("continent", "expected", *(f"ns {n}" for n in nameservers))]
     lines += [(c, expected[c], *(cell.get((c, n), "-") for n in nameservers)) for c in continents]
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]

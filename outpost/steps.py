@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from outpost import commands, geodns, remote, render, repo, tls
+from outpost import commands, geodns, hoststate, remote, render, repo, rollout, tls
 from outpost.errors import OutpostError
 from outpost.template import load_template
 
@@ -172,7 +172,10 @@ def sync_settings(inventory, host) -> dict:
 
 def sync(inventory, host):
     """Make the host trust the repository (key, list line, folders), then rsync its arch folder."""
-    script = commands.sync_script(**_trust_settings(inventory, host))
+    # The doas rules go with the repository: one `apk add NAME=VERSION` rule per version it
+    # keeps, there before the upgrade needs them.
+    script = commands.sync_script(**_trust_settings(inventory, host),
+                                  doas_conf=render.doas_conf(inventory, host))
     _report(host, remote.run_script(host, script, inventory.ssh, step="sync").stdout)
     remote.run_local(commands.repo_rsync_argv(repo.repo_dir(inventory, host.arch).parent, host,
                                               inventory.repository, inventory.ssh),
@@ -181,27 +184,132 @@ def sync(inventory, host):
 
 # --- upgrade ----------------------------------------------------------------------------------
 
-def wanted_versions(inventory) -> dict[str, str]:
-    """The version of each package that every host should run: what its template builds."""
+def template_versions(inventory) -> dict[str, str]:
+    """The version of each package its template builds."""
     return {p.name: load_template(p.template_dir).version for p in inventory.packages}
 
 
+def broken_template(inventory) -> str | None:
+    """Why a package template can't be read, or None. A broken template stops only what needs
+    the package (build, index, upgrade, rollback); the rest of the pipeline goes on."""
+    try:
+        template_versions(inventory)
+    except OutpostError as error:
+        return str(error)
+    return None
+
+
+def fail(problem: str):
+    """The action of a step that can't run: fails with the problem."""
+    raise OutpostError(problem)
+
+
+def skip_upgrade(host, problem: str):
+    say(f"{host.name}: upgrade skipped, the host keeps what it runs: {problem}")
+
+
+def wanted_versions(inventory) -> dict[str, str]:
+    """The version of each package that every host should run: what its template builds,
+    unless `doit rollback:app` holds the package at an earlier one (until the template's
+    version changes)."""
+    wanted = template_versions(inventory)
+    for name, held in hoststate.hold(inventory).items():
+        if wanted.get(name) == held.get("instead_of"):
+            wanted[name] = held["version"]
+    return wanted
+
+
+class HostRuns:
+    """doit uptodate of upgrade:<host>: the host's record says it runs `wanted`. Named, so
+    `doit info upgrade:<host>` says what it compared."""
+
+    def __init__(self, inventory, host, wanted: dict[str, str]):
+        self.inventory, self.host, self.wanted = inventory, host, wanted
+
+    def __call__(self) -> bool:
+        return hoststate.runs(self.inventory, self.host, self.wanted)
+
+    def __repr__(self):
+        ran = hoststate.history(self.inventory, self.host)
+        return (f"{self.host.name} should run " + ", ".join(
+            f"{name} {version} (its record: {(ran.get(name) or ['nothing'])[-1]})"
+            for name, version in self.wanted.items()))
+
+
 def upgrade(inventory, host):
-    """apk update + add -u + reload (of a changed service file) + restart for every package,
-    in one round trip; checks and reports the version now installed."""
+    """Install the wanted versions (reloading a changed service file) and gate them, in one
+    round trip (outpost.rollout); a host that fails the gate, or whose service file dinit
+    refuses, goes back to what it ran, and the step fails saying why."""
+    return install_gated(inventory, host, wanted_versions(inventory), step="upgrade")
+
+
+def install_gated(inventory, host, versions: dict[str, str], step: str) -> dict:
     config_files = {f.remote_path for f in render.host_files(inventory, host)}
-    script = "".join(commands.upgrade_script(p.name, p.service,
-                                             commands.package_env_file(p.name, config_files))
-                     for p in inventory.packages)
-    output = remote.run_script(host, script, inventory.ssh, step="upgrade").stdout
-    wanted = wanted_versions(inventory)
+    installs = [rollout.Install(p.name, versions[p.name], p.service, p.port,
+                                rollout.service_logfile(p.template_dir, p.service),
+                                rollout.env_file(p.name, config_files))
+                for p in inventory.packages]
+    script = rollout.install_script(installs, inventory.rollout.health_timeout)
+    result = remote.run_script(host, script, inventory.ssh, step=step,
+                               ok_exits=(0, rollout.GATE_FAILED))
+    report = rollout.parse_report(result.stdout)
+    for name, version in report.back.items():
+        hoststate.went_back(inventory, host, name, version)
+    if report.failed:
+        raise OutpostError(f"{step}: " + rollout.gate_failure(host, report))
     for package in inventory.packages:
-        installed = commands.parse_installed_version(output, package.name)
-        if installed != wanted[package.name]:
-            raise OutpostError(f"host {host.name}, step upgrade: {package.name} {installed} is "
-                               f"installed, but the repository should give {wanted[package.name]}")
-        say(f"{host.name}: {package.name} {installed} installed")
-    return {"installed": {p.name: wanted[p.name] for p in inventory.packages}}
+        version = report.ok.get(package.name)
+        if version != versions[package.name]:
+            raise OutpostError(f"host {host.name}, step {step}: {package.name} "
+                               f"{versions[package.name]} was not confirmed:\n{result.stdout}")
+        before = report.before.get(package.name)
+        hoststate.record(inventory, host, package.name, version)
+        change = "unchanged" if before == version else f"was {before or 'not installed'}"
+        say(f"{host.name}: {package.name} {version} passed the health gate ({change})")
+    return {"installed": dict(versions)}
+
+
+def rollback_targets(inventory) -> dict[str, str]:
+    """The version of each package every host ran before its current one, by the hosts'
+    records; an error, before any host is touched, when a host has none or they differ, or
+    the repository no longer keeps it."""
+    targets = {}
+    for package in inventory.packages:
+        previous = {host.name: hoststate.previous(inventory, host, package.name)
+                    for host in inventory.hosts}
+        missing = [name for name, version in previous.items() if version is None]
+        if missing:
+            raise OutpostError(f"rollback: no earlier version of {package.name} is recorded for "
+                               f"host {', '.join(missing)} (build/rollout/<host>.json): there is "
+                               "nothing to go back to")
+        if len(set(previous.values())) > 1:
+            raise OutpostError(f"rollback: the hosts ran different versions of {package.name} "
+                               "before: " + ", ".join(f"{n} {v}" for n, v in previous.items())
+                               + "; deploy one version everywhere first")
+        version = previous[inventory.hosts[0].name]
+        for arch in inventory.arches:
+            kept = repo.versions(repo.repo_dir(inventory, arch)).get(package.name, [])
+            if version not in kept:
+                raise OutpostError(f"rollback: {package.name} {version} is no longer in the "
+                                   f"{arch} repository (it keeps {', '.join(kept)}; keep in "
+                                   "[repository])")
+        targets[package.name] = version
+    return targets
+
+
+def rollback_app(inventory):
+    """Every host back on the versions it ran before: the canary, then the batches, each
+    gated as an upgrade is (a host that fails goes back to what it ran, and the rollback
+    stops). Then the hold: deploys keep these versions until the template's version changes."""
+    targets = rollback_targets(inventory)
+    templates = template_versions(inventory)
+    for batch in rollout.batches(inventory.hosts, inventory.canary, inventory.rollout.batch_size):
+        for host in batch:
+            install_gated(inventory, host, targets, step="rollback")
+    hoststate.set_hold(inventory, {name: {"version": version, "instead_of": templates[name]}
+                                   for name, version in targets.items()})
+    say("rollback: every host runs " + ", ".join(f"{n} {v}" for n, v in targets.items())
+        + "; deploys keep it until a template's version changes")
 
 
 # --- content ----------------------------------------------------------------------------------
@@ -302,13 +410,26 @@ def _health(inventory, host) -> dict | str:
 def check(inventory, host):
     """Wait until the host serves the wanted version and the content here (over HTTPS, through
     nginx), then time CHECK_REQUESTS requests. Fails naming the host and what it serves."""
-    wanted = wanted_versions(inventory)
+    problem = broken_template(inventory)
+    if problem:
+        # The version the host last passed the gate with: what it should still serve.
+        wanted = {name: versions[-1] for name, versions
+                  in hoststate.history(inventory, host).items() if versions}
+        say(f"{host.name}: a template is broken, so the check expects the version the host "
+            f"runs ({', '.join(f'{n} {v}' for n, v in wanted.items()) or 'none recorded'}): "
+            f"{problem}")
+    else:
+        wanted = wanted_versions(inventory)
     package = render.served_package(inventory)
     digest = commands.content_digest(package.content) if package.content else None
+    for name, held in hoststate.hold(inventory).items():
+        if wanted.get(name) == held["version"]:
+            say(f"{host.name}: {name} held at {held['version']} by `doit rollback` instead of "
+                f"{held['instead_of']}; a new version in its template ends the hold")
     deadline = time.monotonic() + CHECK_WAIT
     while True:
         health = _health(inventory, host)
-        ok = (isinstance(health, dict) and health.get("version") == wanted[package.name]
+        ok = (isinstance(health, dict) and health.get("version") == wanted.get(package.name)
               and (digest is None or health.get("content") == digest))
         if ok or time.monotonic() > deadline:
             break
@@ -318,7 +439,7 @@ def check(inventory, host):
                 if isinstance(health, dict) else health)
         raise OutpostError(f"host {host.name}, step check: https://{inventory.site.name}/_health "
                            f"at {host.address} does not serve {package.name} "
-                           f"{wanted[package.name]} with content {(digest or '-')[:12]}: "
+                           f"{wanted.get(package.name)} with content {(digest or '-')[:12]}: "
                            f"it gives {seen}")
     times = []
     for _ in range(CHECK_REQUESTS):

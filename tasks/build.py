@@ -3,7 +3,7 @@ import os
 
 from doit.tools import config_changed
 
-from outpost import builders, repo
+from outpost import builders, repo, steps
 from outpost.taskutil import action, files_under, remove
 
 
@@ -18,9 +18,21 @@ def keygen(inventory):
     }
 
 
+def _broken(inventory, task, names, what):
+    """Tasks that fail with the template's problem, so only what needs the package stops."""
+    problem = steps.broken_template(inventory)
+    for name in names if problem else ():
+        yield {"name": name, "doc": f"{what} (a template is broken: `doit {task}:{name}` says how)",
+               "actions": [action(steps.fail, problem)], "uptodate": [False]}
+    return problem is not None
+
+
 def packages(inventory):
     builder = builders.make_builder(inventory)
     key = inventory.repository.signing_key
+    if (yield from _broken(inventory, "build", builder.build_arches(inventory.arches),
+                           "Build the packages")):
+        return
     for arch in builder.build_arches(inventory.arches):
         targets = builder.targets(arch)
         yield {
@@ -38,14 +50,18 @@ def packages(inventory):
 def index(inventory):
     builder = builders.make_builder(inventory)
     key = inventory.repository.signing_key
+    if (yield from _broken(inventory, "index", inventory.arches, "Publish the packages")):
+        return
     for arch in inventory.arches:
         apks = [t for build_arch in builder.sources(arch) for t in builder.targets(build_arch)]
         repo_dir = repo.repo_dir(inventory, arch)
         yield {
             "name": arch,
             "doc": f"Publish the {arch} packages and sign the repository index",
-            "actions": [action(repo.publish, arch, apks, repo_dir, builder, key)],
+            "actions": [action(repo.publish, arch, apks, repo_dir, builder, key,
+                               inventory.repository.keep)],
             "file_dep": [str(a) for a in apks] + [str(key)],
             "targets": [str(repo_dir / "APKINDEX.tar.gz")],
+            "uptodate": [config_changed({"keep": inventory.repository.keep})],
             "clean": [remove(repo_dir)],
         }

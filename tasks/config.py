@@ -48,7 +48,7 @@ def config(inventory):
             "targets": [str(f.local_path(out_dir)) for f in files if f.template is not None],
             # The inventory values this host's templates use: change one, and only the hosts
             # whose files it changes run again.
-            "uptodate": [config_changed(render.host_context(inventory, host))],
+            "uptodate": [config_changed(render.config_inputs(inventory, host))],
             "task_dep": [f"upgrade:{host.name}"],
             "clean": [remove(out_dir)],
         }

@@ -3,7 +3,7 @@ fleet:up -> bootstrap:<host> -> sync:<host> -> upgrade:<host> -> config:<host>
 -> content:<host> -> check:<host> -> deploy:<host>  (bootstrap and config: tasks/config.py)."""
 from doit.tools import config_changed
 
-from outpost import steps
+from outpost import rollout, steps
 from outpost.taskutil import action, files_under
 
 
@@ -42,17 +42,34 @@ def sync(inventory):
 
 
 def upgrade(inventory):
+    problem = steps.broken_template(inventory)
+    if problem:
+        # Hosts keep what they run; config, content and check go on for the current version.
+        for host in inventory.hosts:
+            yield {"name": host.name, "doc": f"Upgrade {host.name} (skipped: a template is broken)",
+                   "actions": [action(steps.skip_upgrade, host, problem, read_only=True)],
+                   "uptodate": [False]}
+        return
     wanted = steps.wanted_versions(inventory)
-    for host in inventory.hosts:
-        yield {
-            "name": host.name,
-            "doc": f"Upgrade the packages on {host.name} and restart their services",
-            "actions": [action(steps.upgrade, inventory, host)],
-            "file_dep": steps.host_marker(inventory, host),
-            # Runs when the version the host should have changed, not on every sync.
-            "uptodate": [config_changed(wanted)],
-            "task_dep": [f"sync:{host.name}"],
-        }
+    # Canary first, then batches: each host's upgrade waits for the batch before it, and a
+    # host that fails the gate stops every upgrade after it (doit runs no task whose
+    # task_dep failed). `doit info upgrade:<host>` shows whom it waits for.
+    order = rollout.batches(inventory.hosts, inventory.canary, inventory.rollout.batch_size)
+    for number, batch in enumerate(order):
+        waits_for = [f"upgrade:{h.name}" for h in order[number - 1]] if number else []
+        for host in batch:
+            role = "the canary" if number == 0 else f"batch {number}"
+            yield {
+                "name": host.name,
+                "doc": f"Upgrade {host.name} ({role}) and gate it on its health path",
+                "actions": [action(steps.upgrade, inventory, host)],
+                "file_dep": steps.host_marker(inventory, host),
+                # Up to date when the host's record (written when it passed the gate) says
+                # it runs the wanted versions: no connection, and a failed or reverted
+                # host is tried again by the next run.
+                "uptodate": [steps.HostRuns(inventory, host, wanted)],
+                "task_dep": [f"sync:{host.name}"] + waits_for,
+            }
 
 
 def content(inventory):
@@ -86,7 +103,7 @@ def check(inventory):
             "name": host.name,
             "doc": f"Check over HTTPS that {host.name} serves the app and the pushed content",
             # No inputs: it always runs. It only reads, so a no-op deploy stays a no-op.
-            "actions": [action(steps.check, inventory, host)],
+            "actions": [action(steps.check, inventory, host, read_only=True)],
             "task_dep": [f"content:{host.name}"] + dns_tasks(inventory, host),
             "verbosity": 2,
         }

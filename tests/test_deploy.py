@@ -124,7 +124,8 @@ def test_app_change_upgrades_and_restarts_every_host(site):
                                      for step in ("sync", "upgrade", "check"))
     assert template_version(project) != old_version
     for name in HOSTS:
-        assert f"{name}: linkedlist {template_version(project)} installed" in proc.stdout
+        assert (f"{name}: linkedlist {template_version(project)} passed the health gate"
+                in proc.stdout)
         # Restarted: dinit reports another process.
         assert hosts_fleet.run_on(name, ["dinitctl", "status", "linkedlist"]).stdout != pids[name]
     assert_all_serve(project, inv)
@@ -151,26 +152,37 @@ def test_a_changed_service_file_is_live_after_the_upgrade(site):
     assert_all_serve(project, inv)
 
 
-def test_a_service_dinit_cannot_load_fails_the_upgrade_with_dinits_reason(site):
-    # dinitctl says only "error in service description."; the step shows dinit's log.
+def test_a_service_dinit_cannot_load_fails_the_canary_with_dinits_reason_and_it_goes_back(site):
+    # dinitctl says only "could not reload service"; the step shows dinit's log. The canary
+    # fails as a failed health gate does: it goes back, and no other host is touched.
     project, inv, hosts_fleet = site
+    old = template_version(project)
+    others = [n for n in HOSTS if n != "au"]  # au is the first host: the canary by default
+    before = {n: hosts_fleet.run_on(n, ["dinitctl", "status", "linkedlist"]).stdout
+              for n in others}
     change_service_file(project, "run-as = _linkedlist", "run-as = _nosuchuser")
+    new = template_version(project)
     try:
         proc = run_doit(project, "deploy", check=False)
         out = proc.stdout + proc.stderr
         assert proc.returncode != 0
-        assert sorted(re.findall(r"TaskFailed - taskid:(\S+)", out)) == [
-            f"upgrade:{name}" for name in HOSTS], out
-        assert ("dinitctl: could not reload service; service in wrong state, incompatible "
-                "change, or bad service description.") in out, out
-        assert out.count('specified user "_nosuchuser" does not exist in system database.') >= 3
-        # dinit kept the old description: the app runs on, with the new package's program.
-        for name in HOSTS:
-            status = hosts_fleet.run_on(name, ["dinitctl", "status", "linkedlist"])
-            assert "STARTED" in status.stdout.upper(), (name, status.stdout)
+        assert re.findall(r"TaskFailed - taskid:(\S+)", out) == ["upgrade:au"], out
+        assert (f"host au: linkedlist {new} was not loaded (dinit refused its new service "
+                "file: dinitctl: could not reload service; service in wrong state, incompatible "
+                f"change, or bad service description.); it is back on {old}") in out, out
+        assert "dinit logged (/var/log/dinit.log):" in out, out
+        assert 'specified user "_nosuchuser" does not exist in system database.' in out, out
+        # au kept the old description through the refusal, then went back: it serves the old
+        # version. The others were not even restarted.
+        assert health(inv, inv.host("au"))["version"] == old
+        for name in others:
+            assert health(inv, inv.host(name))["version"] == old
+            assert (hosts_fleet.run_on(name, ["dinitctl", "status", "linkedlist"]).stdout
+                    == before[name])
     finally:
-        # Back to a good service file: the next deploy reloads and restarts it. (A host that
-        # rebooted with the refused file enabled would not boot: dinit stops at its load error.)
+        # Back to a good service file (a new version): the next deploy reloads and restarts it.
+        # (A host that rebooted with the refused file enabled would not boot: dinit stops at
+        # its load error.)
         change_service_file(project, "run-as = _nosuchuser", "run-as = _linkedlist")
         run_doit(project, "deploy")
     assert_all_serve(project, inv)
@@ -180,6 +192,7 @@ def test_host_stopped_mid_deploy_fails_alone_and_rerun_finishes(site):
     import sys
 
     project, inv, hosts_fleet = site
+    old_version = template_version(project)
     bump_app(project)
     entry = sorted((project / "content/entries").glob("*.txt"))[-1]
     entry.write_text(entry.read_text() + "\nAnother line.\n")
@@ -197,16 +210,18 @@ def test_host_stopped_mid_deploy_fails_alone_and_rerun_finishes(site):
     failed = re.findall(r"TaskFailed - taskid:(\S+)", output)
     assert failed and all(t.endswith(":ny") for t in failed), output
     assert re.search(r"host ny|ny \(", output), output
-    # The other hosts finished.
-    for host in inv.hosts:
-        if host.name != "ny":
-            assert health(inv, host)["version"] == template_version(project)
+    # The rollout goes au (the canary), ny, fr: au finished; fr, after the host that failed,
+    # was not touched (the rollout stops at a failed host) and still serves the old version.
+    assert health(inv, inv.host("au"))["version"] == template_version(project)
+    assert health(inv, inv.host("fr"))["version"] == old_version
+    assert "upgrade:fr" not in ran_tasks(output)
 
     # Bring ny back (deploy does it: fleet:up), run again: only ny's pending steps run.
     proc = run_doit(project, "deploy")
     ran = host_tasks(ran_tasks(proc.stdout))
-    assert [t for t in ran if not t.startswith("check:") and not t.endswith(":ny")] == [], ran
-    assert "upgrade:ny" in ran
+    assert [t for t in ran if not t.startswith("check:") and not t.endswith((":ny", ":fr"))
+            ] == [], ran
+    assert "upgrade:ny" in ran and "upgrade:fr" in ran
     assert_all_serve(project, inv)
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from fleet_helpers import accepted_connections, require_fleet_machine, ssh
 from helpers import wait_for
-from outpost import commands, geodns, render
+from outpost import commands, geodns, render, rollout
 from outpost.errors import OutpostError
 from outpost.fleet import (Fleet, FleetHost, Provision, address_clashes, find_chimera_tools,
                            fleet_network, from_inventory, known_hosts_text, veth_name, with_user)
@@ -32,7 +32,9 @@ BRIDGE = f"otest{os.getpid()}"[:15]
 REPOSITORY = SimpleNamespace(path="/var/lib/outpost/repo", key_name="outpost.rsa.pub")
 PACKAGES = [SimpleNamespace(name="linkedlist", service="linkedlist",
                             content_dir="/var/lib/linkedlist/content")]
-DOAS_RULES = commands.doas_rules("deploy", REPOSITORY, PACKAGES)
+DOAS_RULES = commands.doas_rules(
+    "deploy", REPOSITORY, PACKAGES,
+    installs=rollout.doas_commands("linkedlist", ["1.0-r0"], "linkedlist", None))
 PROVISION = Provision(doas_rules={name: DOAS_RULES for name in ("alpha", "beta", "gamma", "delta")},
                       folders=(REPOSITORY.path, PACKAGES[0].content_dir))
 
@@ -210,7 +212,8 @@ def test_doas_allows_the_deploy_user_only_what_the_pipeline_needs(fleet):
     assert fleet.run_on("alpha", ["cat", key]).stdout == "key\n"
     for command in ("doas -n true", "echo x | doas -n tee /etc/passwd",
                     "echo x | doas -n tee /etc/apk/keys/other.rsa.pub",
-                    "doas -n apk add -u other", "doas -n dinitctl stop sshd"):
+                    "doas -n apk add -u other", "doas -n apk add linkedlist=9.9-r9",
+                    "doas -n dinitctl stop sshd"):
         refused = ssh(fleet, "alpha", command)
         assert refused.returncode != 0 and "not permitted" in refused.stderr, command
 
@@ -220,11 +223,12 @@ def test_dinit_finds_local_target_and_apk_knows_the_base_system(fleet):
     started = fleet.run_on("alpha", ["dinitctl", "start", "local.target"])
     assert started.returncode == 0, started.stderr
     python = fleet.run_on("alpha", ["python3", "-c", "import platform; print(platform.python_version())"])
-    base = [f"python={python.stdout.strip()}", "openssh", "dinit-chimera", "nginx", "rsync"]
+    base = [f"python={python.stdout.strip()}", "openssh", "dinit-chimera", "nginx", "rsync",
+            "curl"]
     if find_chimera_tools().apk:
         # Real apk: an empty package for each (apk add --virtual), in its database.
         installed = fleet.run_on("alpha", ["apk", "info", "-e", "-v", "python", "openssh",
-                                           "dinit-chimera", "nginx", "rsync"])
+                                           "dinit-chimera", "nginx", "rsync", "curl"])
         assert installed.returncode == 0, installed.stderr
         assert installed.stdout.split()[0] == f"python-{python.stdout.strip()}"
         assert len(installed.stdout.split()) == len(base)
@@ -263,14 +267,22 @@ def test_up_leaves_running_hosts_alone(fleet):
     assert host_pid1(fleet, "alpha") == pid
 
 
+def cmdline(pid) -> bytes | None:
+    """A process's command line, or None if it ended since it was listed (ssh's own
+    short-lived processes on the host do)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def test_stop_host_ends_everything_on_it_and_start_brings_back_its_files(fleet):
     marker = f"/var/lib/outpost/repo/kept-{uuid.uuid4().hex}"
     seconds = random.randint(10_000, 99_999)  # tells our sleep from any other
     started = ssh(fleet, "beta", f"touch {marker}; nohup sleep {seconds} >/dev/null 2>&1 </dev/null &")
     assert started.returncode == 0, started.stderr
     on_host = pids_in("pid", namespace(host_pid1(fleet, "beta"), "pid"))
-    sleeps = [pid for pid in on_host
-              if Path(f"/proc/{pid}/cmdline").read_bytes() == f"sleep\0{seconds}\0".encode()]
+    sleeps = [pid for pid in on_host if cmdline(pid) == f"sleep\0{seconds}\0".encode()]
     assert len(sleeps) == 1
 
     assert fleet.stop_host("beta") is True
@@ -387,12 +399,9 @@ def test_from_inventory_hides_the_project_and_takes_the_pipelines_doas_rules():
         ("au", "198.18.0.11"), ("ny", "198.18.0.12"), ("fr", "198.18.0.13")]
     assert fleet.bridge == inventory.fleet.bridge == "outpost0"
     assert REPO in fleet.private and inventory.repository.signing_key.parent in fleet.private
-    # The rules the config step pushes (render.host_files), so bootstrap and config may run.
+    # The rules the config step pushes (render.doas_conf), so bootstrap and config may run.
     assert fleet.provision.doas_rules == {
-        host.name: commands.doas_rules("deploy", inventory.repository, inventory.packages,
-                                       render.host_files(inventory, host),
-                                       geodns.inventory_doas_commands(inventory))
-        for host in inventory.hosts}
+        host.name: render.doas_conf(inventory, host) for host in inventory.hosts}
     assert "as _gdnsd cmd gdnsdctl args -c /etc/gdnsd reload-zones" in \
         fleet.provision.doas_rules["au"]
     assert "cmd nginx args -t" in fleet.provision.doas_rules["au"]

@@ -254,8 +254,28 @@ def test_unknown_key_in_ssh(error):
 
 def test_unknown_table(error):
     assert error(VALID + "[hostz]\nname = 'x'\n") == (
-        "unknown table 'hostz'; allowed: builder, dns, fleet, hosts, packages, repository, site, "
-        "ssh")
+        "unknown table 'hostz'; allowed: builder, dns, fleet, hosts, packages, repository, "
+        "rollout, site, ssh")
+
+
+def test_rollout_defaults_to_the_first_host_one_at_a_time(write):
+    inv = load(write(VALID))
+    assert (inv.canary.name, inv.rollout.batch_size, inv.repository.keep) == ("au", 1, 3)
+    inv = load(write(VALID + "[rollout]\ncanary = 'ny'\nbatch_size = 2\n"))
+    assert (inv.canary.name, inv.rollout.batch_size) == ("ny", 2)
+
+
+def test_rollout_canary_must_be_a_host(error):
+    assert error(VALID + "[rollout]\ncanary = 'zz'\n").startswith(
+        "[rollout]: key 'canary': no host named 'zz'; hosts: ")
+
+
+def test_rollout_and_keep_values_are_checked(error):
+    assert error(VALID + "[rollout]\nbatch_size = 0\n") == (
+        "[rollout]: key 'batch_size': must be 1 or more, found 0")
+    assert error(variant('path = "/var/lib/outpost/repo"',
+                         'path = "/var/lib/outpost/repo"\nkeep = 1')) == (
+        "[repository]: key 'keep': must be 2 or more, found 1")
 
 
 def test_wrong_type_says_expected_and_found(error):

@@ -157,3 +157,32 @@ def test_missing_signing_key_in_build_is_made_by_keygen_not_overwritten(project)
     assert proc.returncode != 0
     assert "keys/outpost.rsa" in proc.stdout + proc.stderr
     assert (project / "keys/outpost.rsa").read_bytes() == key
+
+
+def test_the_repository_keeps_the_last_versions(project):
+    text = (project / "inventory.toml").read_text()
+    (project / "inventory.toml").write_text(
+        text.replace('path = "/var/lib/outpost/repo"', 'path = "/var/lib/outpost/repo"\nkeep = 2'))
+    versions = []
+    for _ in range(3):
+        run_doit(project, "index")
+        versions.append(template_version(project))
+        change_app(project)
+        bump_pkgrel(project)
+    kept = sorted(p.name for p in (project / "build/repo/x86_64").glob("*.apk"))
+    assert kept == [f"linkedlist-{v}.apk" for v in versions[1:]]
+    keys = {"outpost.rsa.pub": (project / "keys/outpost.rsa.pub").read_bytes()}
+    entries = apk.verify_index(project / "build/repo/x86_64/APKINDEX.tar.gz", keys)
+    assert sorted(e.fields["V"] for e in entries) == versions[1:]
+
+
+def test_a_broken_template_stops_only_what_needs_the_package(project):
+    template = project / "cports-overlay/user/linkedlist/template.py"
+    template.write_text(template.read_text() + "\nthis is not python(\n")
+    listed = run_doit(project, "list")  # still works, and says what is broken
+    assert f"outpost: {template}:" in listed.stderr and "SyntaxError" in listed.stderr
+    assert "fleet:down" in run_doit(project, "list", "--all").stdout
+    build = run_doit(project, "build", check=False)
+    assert build.returncode != 0
+    assert "SyntaxError" in build.stdout + build.stderr
+    assert "Traceback" not in build.stdout + build.stderr

@@ -34,6 +34,9 @@ def inventory_variant(tmp_path, old, new, name="inventory.toml"):
     assert text.count(old) == 1, old
     path = tmp_path / name
     path.write_text(text.replace(old, new))
+    # The templates the doas rules read (the service's log file), as in the project.
+    if not (tmp_path / "cports-overlay").exists():
+        (tmp_path / "cports-overlay").symlink_to(REPO / "cports-overlay")
     return load(path)
 
 
@@ -118,7 +121,10 @@ def test_doas_conf_is_commands_doas_rules(inventory):
     assert render.render("doas.conf.j2", context) == commands.doas_rules(
         "deploy", inventory.repository, inventory.packages,
         render.host_files(inventory, inventory.host("au")),
-        geodns.inventory_doas_commands(inventory))
+        installs=render.install_commands(inventory, inventory.host("au")),
+        extra=geodns.inventory_doas_commands(inventory))
+    assert render.render("doas.conf.j2", context) == render.doas_conf(inventory,
+                                                                      inventory.host("au"))
 
 
 def test_doas_words_with_spaces_or_quotes_are_quoted():

@@ -106,6 +106,23 @@ def test_apk_upgrade_replaces_files_and_removes_stale_ones(repo):
     assert repo.apk("info", "-e", "-v", "app").stdout == "app-1.0-r1\n"
 
 
+def test_apk_add_name_equals_version_pins_it_and_goes_back_to_an_older_one(repo):
+    for release in ("1.0-r0", "1.0-r1"):
+        repo.package("app", release, {"usr/bin/app": f"{release}\n"})
+    repo.index()
+    repo.apk("add", "-u", "app")
+    assert repo.apk("info", "-e", "-v", "app").stdout == "app-1.0-r1\n"
+    back = repo.apk("add", "app=1.0-r0")
+    assert "(1/1) Downgrading app (1.0-r1 -> 1.0-r0)" in back.stdout
+    assert (repo.root / "usr/bin/app").read_text() == "1.0-r0\n"
+    # world holds one constraint per name: the new one replaced "app"
+    assert (repo.root / "etc/apk/world").read_text() == "app=1.0-r0\n"
+    # the pin holds against -u; a new pin moves it
+    assert "Upgrading" not in repo.apk("add", "-u", "app=1.0-r0").stdout
+    assert "Upgrading app (1.0-r0 -> 1.0-r1)" in repo.apk("add", "app=1.0-r1").stdout
+    assert (repo.root / "etc/apk/world").read_text() == "app=1.0-r1\n"
+
+
 def test_apk_del_removes_files_and_the_record(repo):
     repo.package("app", "1.0-r0", {"usr/bin/app": "one\n"})
     repo.index()

@@ -18,7 +18,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from outpost import commands, geodns, render
+from outpost import render
 from outpost.errors import OutpostError
 from outpost.fleet import keys, local, machine, network, provision
 from outpost.fleet.keys import known_hosts_text
@@ -175,11 +175,7 @@ def from_inventory(inventory: Inventory) -> Fleet:
         identity=inventory.ssh.identity,
         provision=Provision(
             # What the config step would push, so the steps it and bootstrap run are allowed.
-            doas_rules={host.name: commands.doas_rules(user, inventory.repository,
-                                                       inventory.packages,
-                                                       render.host_files(inventory, host),
-                                                       geodns.inventory_doas_commands(inventory))
-                        for host in inventory.hosts},
+            doas_rules={host.name: render.doas_conf(inventory, host) for host in inventory.hosts},
             folders=(inventory.repository.path,
                      *(p.content_dir for p in inventory.packages if p.content_dir)),
             base_packages=_base_packages(inventory)),

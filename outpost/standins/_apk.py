@@ -32,12 +32,6 @@ REPO_FILES = ("etc/apk/repositories",)
 PROTECTED, UNPROTECTED, APK_NEW = "etc/", "etc/apk/", ".apk-new"
 REPO_DIRS = ("etc/apk/repositories.d", "lib/apk/repositories.d")
 
-PRE_SUFFIXES = {"alpha": 0, "beta": 1, "pre": 2, "rc": 3}
-POST_SUFFIXES = {"cvs": 5, "svn": 6, "git": 7, "hg": 8, "p": 9}
-RELEASE = (4, 0)
-VERSION = re.compile(r"(\d+(?:\.\d+)*)([a-z]?)((?:_[a-z]+\d*)*)(?:~[0-9a-f]+)?(?:-r(\d+))?")
-DEPENDENCY = re.compile(r"(!?)([^<>=~!\s]+)(?:(<=|>=|<|>|=|~)(\S+))?")
-
 
 class ApkError(OutpostError):
     """A failure apk reports as "ERROR: ..." and exits non-zero for."""
@@ -45,24 +39,15 @@ class ApkError(OutpostError):
 
 # -- versions and dependencies (pure) -------------------------------------------------------
 
+DEPENDENCY = re.compile(r"(!?)([^<>=~!\s]+)(?:(<=|>=|<|>|=|~)(\S+))?")
+
 
 def version_key(version):
-    """A sort key ordering apk versions as apk does: numbers, letter, _suffixes, -rN."""
-    match = VERSION.fullmatch(version)
-    if not match:
-        raise ApkError(f"package version is invalid: {version}")
-    numbers, letter, suffixes, release = match.groups()
-    ranks = []
-    for suffix in filter(None, suffixes.split("_")):
-        word, number = re.fullmatch(r"([a-z]+)(\d*)", suffix).groups()
-        if word in PRE_SUFFIXES:
-            ranks.append((PRE_SUFFIXES[word], int(number or 0)))
-        elif word in POST_SUFFIXES:
-            ranks.append((POST_SUFFIXES[word], int(number or 0)))
-        else:
-            raise ApkError(f"package version is invalid: {version}")
-    return (tuple(int(n) for n in numbers.split(".")), letter, tuple(ranks) + (RELEASE,),
-            int(release or 0))
+    """A sort key ordering apk versions as apk does (outpost.apk.version_key)."""
+    try:
+        return apk.version_key(version)
+    except ValueError as err:
+        raise ApkError(str(err)) from None
 
 
 def compare_versions(a, b):
@@ -457,8 +442,11 @@ class Database:
             if name in planned:
                 return
             old = self.installed.get(name)
-            if old and compare_versions(fields["V"], old.version) <= 0:
-                return  # the installed one is as new
+            if (old and dependency.allows(old.version)
+                    and compare_versions(fields["V"], old.version) <= 0):
+                return  # the installed one is as new, and allowed
+            # (An installed version the dependency rules out, as `name=older` does, is
+            # replaced: apk's solver downgrades to satisfy world.)
             planned[name] = Installed(dict(fields))
             sources[name] = repo
             for word in fields.get("D", "").split():
@@ -693,8 +681,10 @@ def cmd_add(db, names, upgrade):
     db.load_repositories()
     planned, sources = db.plan(names, upgrade)
     for spec in names:
-        if spec not in db.world:
-            db.world.append(spec)
+        # As apk_deps_add does: a name already in world gets the new constraint in its place.
+        name = parse_dependency(spec.partition("@")[0]).name
+        db.world = [w for w in db.world if parse_dependency(w.partition("@")[0]).name != name]
+        db.world.append(spec)
     errors = db.install(planned, sources)
     db.save()
     summary = f"{errors} error{'s' if errors > 1 else ''};" if errors else "OK:"

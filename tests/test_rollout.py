@@ -1,0 +1,272 @@
+"""Safe rollouts on a real local fleet: canary first and health-gated, a failed host put back,
+convergence after a fix, the project lock, rollback, Ctrl-C and SIGKILL mid-push.
+
+One three-host fleet for the module; the tests run in order and each leaves it deployed."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import fleet_project, ran_tasks, run_doit, template_version, wait_for
+from outpost import depfile, fleet, inventory, steps
+
+HOSTS = ("au", "fr", "ny")
+ADDRESSES = {"au": "198.19.79.11", "ny": "198.19.79.12", "fr": "198.19.79.13"}
+APP = "cports-overlay/user/linkedlist/files/linkedlistd"
+TEMPLATE = "cports-overlay/user/linkedlist/template.py"
+BROKEN = "linkedlistd: broken on purpose by the test, exiting at start-up"
+ORIGINAL = {}  # the app's files before the test broke them: put back to revert
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, request):
+    project = fleet_project(tmp_path_factory.mktemp("rollout"), ADDRESSES, "outpost-t3")
+    inv = inventory.load(project / "inventory.toml")
+    request.addfinalizer(lambda: run_doit(project, "fleet:down", check=False))
+    run_doit(project, "deploy")
+    return project, inv, fleet.from_inventory(inv)
+
+
+def served_version(inv, name):
+    status, _, body = steps.site_request(inv, inv.host(name), "/_health")
+    assert status == 200, (name, status)
+    return re.search(r'"version": "([^"]+)"', body.decode()).group(1)
+
+
+def bump(project, broken=False, by=1):
+    """pkgrel + by of the app; broken: its daemon exits at start-up."""
+    app = project / APP
+    text = app.read_text()
+    text = text.replace(f"\n    raise SystemExit({BROKEN!r})\n", "\n")
+    if broken:
+        text = text.replace("\ndef main():\n", f"\ndef main():\n    raise SystemExit({BROKEN!r})\n")
+    app.write_text(text + f"\n# bumped by the test at {time.time()}\n")
+    template = project / TEMPLATE
+    template.write_text(re.sub(r"^pkgrel = (\d+)", lambda m: f"pkgrel = {int(m.group(1)) + by}",
+                               template.read_text(), flags=re.M))
+    return template_version(project)
+
+
+class Poller(threading.Thread):
+    """GET /_health through one host's nginx until stopped (at most `limit` requests),
+    counting the requests that failed."""
+
+    def __init__(self, inv, name, limit=5000):
+        super().__init__(daemon=True)
+        self.inv, self.name, self.limit = inv, name, limit
+        self.ok = self.failed = 0
+        self.errors = []
+        self.stop = threading.Event()
+
+    def run(self):
+        for _ in range(self.limit):
+            if self.stop.is_set():
+                return
+            try:
+                status, _, _ = steps.site_request(self.inv, self.inv.host(self.name), "/_health",
+                                                  timeout=3)
+                if status == 200:
+                    self.ok += 1
+                else:
+                    self.failed += 1
+                    self.errors.append(f"HTTP {status}")
+            except OSError as error:
+                self.failed += 1
+                self.errors.append(str(error))
+            time.sleep(0.02)
+
+
+def service_status(hosts_fleet, name):
+    return hosts_fleet.run_on(name, ["dinitctl", "status", "linkedlist"]).stdout
+
+
+def test_a_daemon_that_exits_at_start_up_touches_only_the_canary_and_it_goes_back(site):
+    project, inv, hosts_fleet = site
+    old = template_version(project)
+    others = [n for n in HOSTS if n != "au"]  # au is the first host: the canary by default
+    before = {n: service_status(hosts_fleet, n) for n in others}
+    ORIGINAL.update({project / APP: (project / APP).read_text(),
+                     project / TEMPLATE: (project / TEMPLATE).read_text()})
+    pollers = [Poller(inv, n) for n in others]
+    for poller in pollers:
+        poller.start()
+    try:
+        new = bump(project, broken=True)
+        proc = run_doit(project, "deploy", check=False)
+    finally:
+        for poller in pollers:
+            poller.stop.set()
+            poller.join()
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert (f"host au: linkedlist {new} failed the health gate (the health path does not "
+            f"answer") in out, out
+    assert f"it is back on {old}" in out, out
+    assert BROKEN in out, out  # the service's own log line
+    ran = ran_tasks(proc.stdout)
+    assert "upgrade:au" in ran and not any(f"upgrade:{n}" in ran for n in others), ran
+    assert served_version(inv, "au") == old
+    for poller in pollers:
+        assert poller.ok > 0 and poller.failed == 0, (poller.name, poller.errors[:3])
+    for name in others:
+        assert served_version(inv, name) == old
+        assert service_status(hosts_fleet, name) == before[name]  # not even restarted
+
+
+def test_reverting_the_template_converges_with_no_other_command(site):
+    project, inv, _ = site
+    for path, text in ORIGINAL.items():
+        path.write_text(text)
+    proc = run_doit(project, "deploy")
+    # Every host already runs the reverted version (au went back): an upgrade that runs
+    # (doit forgets the steps of a failed run) installs and restarts nothing, and the newer,
+    # broken package left in the repository is never picked (exact versions).
+    version = template_version(project)
+    for task in ran_tasks(proc.stdout):
+        if task.startswith("upgrade:"):
+            name = task.partition(":")[2]
+            assert f"{name}: linkedlist {version} passed the health gate (unchanged)" \
+                in proc.stdout
+    for name in HOSTS:
+        assert served_version(inv, name) == version
+
+
+def test_fixing_the_version_converges_with_no_other_command(site):
+    project, inv, _ = site
+    # A fix is a new version: the broken one's number stays taken (the repository never
+    # holds two packages with one name and version).
+    new = bump(project, by=2)
+    proc = run_doit(project, "deploy")
+    for name in HOSTS:
+        assert f"{name}: linkedlist {new} passed the health gate" in proc.stdout
+        assert served_version(inv, name) == new
+
+
+def test_rollback_returns_every_host_to_the_previous_version_and_holds(site):
+    project, inv, _ = site
+    current = template_version(project)
+    previous = steps.hoststate.history(inv, inv.host("ny"))["linkedlist"][-2]
+    proc = run_doit(project, "rollback")
+    for name in HOSTS:
+        assert f"{name}: linkedlist {previous} passed the health gate" in proc.stdout
+        assert served_version(inv, name) == previous
+    # The next deploy keeps the rollback: it upgrades nothing and checks the held version.
+    again = run_doit(project, "deploy")
+    assert not [t for t in ran_tasks(again.stdout) if t.startswith("upgrade:")]
+    assert f"held at {previous}" in again.stdout + again.stderr
+    # A new version ends the hold: it rolls out, canary first.
+    new = bump(project)
+    assert new != current
+    run_doit(project, "deploy")
+    for name in HOSTS:
+        assert served_version(inv, name) == new
+
+
+def change_content(project, tag):
+    entry = sorted((project / "content/entries").glob("*.txt"))[0]
+    entry.write_text(entry.read_text() + f"\nA change: {tag}.\n")
+
+
+def doit_proc(project, *args):
+    return subprocess.Popen([sys.executable, "-m", "doit", *args], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_runs_at_once_one_works_the_other_fails_at_once_with_the_lock(site):
+    project, inv, _ = site
+    for attempt in range(5):
+        change_content(project, f"lock attempt {attempt}")
+        first, second = doit_proc(project, "deploy"), doit_proc(project, "deploy")
+        results = [(p, *p.communicate(timeout=300)) for p in (first, second)]
+        winners = [r for r in results if r[0].returncode == 0]
+        losers = [r for r in results if r[0].returncode != 0]
+        assert len(winners) == 1 and len(losers) == 1, [(r[0].returncode, r[2][-500:])
+                                                        for r in results]
+        loser, winner = losers[0], winners[0]
+        message = [line for line in loser[2].splitlines() if line.strip()]
+        assert message[-1].startswith("outpost: another Outpost run holds the project lock"), \
+            loser[2]
+        assert f"process {winner[0].pid}" in message[-1]
+        assert "Traceback" not in loser[2]
+        depfile.check(project / depfile.NAME)  # never damaged
+    for name in HOSTS:
+        assert served_version(inv, name) == template_version(project)
+
+
+def descendants(pid):
+    """Every process below pid (children, grandchildren...)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+
+
+def big_content_change(project, tag):
+    folder = project / "content/static/blobs"
+    folder.mkdir(exist_ok=True)
+    for n in range(20):
+        (folder / f"{tag}-{n}.bin").write_bytes(os.urandom(1 << 20))
+
+
+def rsync_running(doit):
+    return [p for p in descendants(doit.pid)
+            if Path(f"/proc/{p}/comm").exists()
+            and Path(f"/proc/{p}/comm").read_text().strip() in ("rsync", "ssh")]
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_an_interrupt_mid_content_push_leaves_a_run_that_converges(site, how):
+    project, inv, _ = site
+    big_content_change(project, how)
+    doit = doit_proc(project, "deploy")
+    children = wait_for(lambda: rsync_running(doit), "an rsync of the content", timeout=120)
+    os.kill(doit.pid, getattr(signal, how))
+    out, err = doit.communicate(timeout=60)
+    if how == "SIGINT":
+        assert doit.returncode == 130, (out, err)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("outpost: interrupted"), err
+        assert "Traceback" not in out + err
+        # No child left: rsync and the ssh under it were stopped.
+        wait_for(lambda: not any(alive(p) for p in children), "the children to end", 10)
+    else:
+        assert doit.returncode == -signal.SIGKILL
+    proc = run_doit(project, "deploy")
+    assert "content:" in proc.stdout
+    digest = steps.commands.content_digest(project / "content")
+    for name in HOSTS:
+        status, _, body = steps.site_request(inv, inv.host(name), "/_health")
+        assert digest in body.decode(), name
+
+
+def test_a_no_op_deploy_opens_no_ssh_connection(site):
+    project, _, hosts_fleet = site
+    run_doit(project, "deploy")
+    before = {n: hosts_fleet.ssh_log(n).read_text().count("Accepted publickey") for n in HOSTS}
+    proc = run_doit(project, "deploy")
+    assert [t for t in ran_tasks(proc.stdout) if not t.startswith("check:")] == []
+    assert {n: hosts_fleet.ssh_log(n).read_text().count("Accepted publickey")
+            for n in HOSTS} == before
