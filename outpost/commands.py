@@ -13,6 +13,9 @@ writes the doas.conf rules (templates/doas.conf.j2) that allow exactly those and
     doas apk update                                (upgrade)
     doas apk add <package>=<version>               (upgrade, rollback: one rule per version
                                                    the repository keeps; see outpost.rollout)
+    doas rm -f /etc/default/<package>.apk-new      (upgrade, when config owns that env-file)
+    doas dinitctl reload <svc>                     (upgrade, when its service file changed)
+    doas dinitctl stop <svc>                       (upgrade, when dinit won't reload it running)
     doas dinitctl restart --ignore-unstarted <svc> (upgrade)
     doas dinitctl start|enable <svc>               (upgrade)
     doas tail -n 20 <the service's logfile>        (upgrade: why a host failed the gate)
@@ -195,6 +198,15 @@ def doas_conf_script(text: str) -> str:
 
 # Where `dinitctl enable` links a service on Chimera (the boot service's waits-for.d).
 BOOT_D = "/etc/dinit.d/boot.d"
+# Where packages put their dinit service files (cbuild's install_service).
+SERVICE_DIR = "/usr/lib/dinit.d"
+# Where dinit writes its log on the local fleet (`dinit --log-file`). dinitctl prints only "error
+# in service description." and leaves the reason there, so a failed upgrade shows what dinit
+# logged meanwhile (outpost.rollout). (A Chimera host's dinit logs to syslog; there the step
+# shows no log.)
+DINIT_LOG = "/var/log/dinit.log"
+# apk keeps a config file the admin (here: config) changed and writes the package's as this.
+APK_NEW = ".apk-new"
 
 
 # --- bootstrap: what a fresh host needs before the first sync --------------------------------

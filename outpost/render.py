@@ -137,11 +137,14 @@ def config_inputs(inventory, host) -> dict:
 
 def install_commands(inventory, host) -> list[list[str]]:
     """The root commands the upgrade may run on host: apk add NAME=VERSION for each version
-    the host's arch folder of the repository keeps, the restart, the service's log."""
+    the host's arch folder of the repository keeps, the env-file's .apk-new removed, the
+    reload and restart, the service's log."""
     kept = repo.versions(repo.repo_dir(inventory, host.arch))
+    config_files = {f.remote_path for f in host_files(inventory, host)}
     return [argv for p in inventory.packages
             for argv in rollout.doas_commands(p.name, kept.get(p.name, []), p.service,
-                                              rollout.service_logfile(p.template_dir, p.service))]
+                                              rollout.service_logfile(p.template_dir, p.service),
+                                              rollout.env_file(p.name, config_files))]
 
 
 def doas_permits(inventory, host, installs: bool = True) -> list[tuple[str, list[str]]]:

@@ -6,9 +6,14 @@ with the wanted version GATE_PASSES times in a row, GATE_INTERVAL apart, within 
 health_timeout. A daemon that exits at start-up never answers; one that starts and then dies
 within about a second breaks the run of answers.
 
-When a host fails the gate, the same script puts back the version it ran before (kept in the
+A changed service file is reloaded before the restart (dinit reads one only when it loads the
+service). A file dinit refuses fails the host as a failed gate does: the old description stays
+loaded and running, and the host goes back.
+
+When a host fails, the same script puts back the version it ran before (kept in the
 repository, see [repository] keep), restarts the service, gates that too, and prints the
-service's last log lines. The script's report is `outpost: ...` lines (parse_report).
+service's last log lines and what dinit logged meanwhile (dinitctl leaves the reason of a
+refused file there). The script's report is `outpost: ...` lines (parse_report).
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from outpost.commands import BOOT_D
+from outpost.commands import APK_NEW, BOOT_D, DINIT_LOG, SERVICE_DIR
 
 GATE_PASSES = 3
 GATE_INTERVAL = 0.5
@@ -28,13 +33,15 @@ GATE_FAILED = 70
 
 @dataclass(frozen=True)
 class Install:
-    """One package to put on a host: the exact version, its service and health port, and the
-    service's log file (None when its service file names none)."""
+    """One package to put on a host: the exact version, its service and health port, the
+    service's log file (None when its service file names none) and the package's env-file
+    when config installs it (env_file)."""
     name: str
     version: str
     service: str | None
     port: int | None
     logfile: str | None
+    env_file: str | None = None
 
 
 def batches(hosts, canary, batch_size: int) -> list[list]:
@@ -59,17 +66,40 @@ def enable_command(service: str) -> list[str]:
     return ["doas", "dinitctl", "enable", service]
 
 
+def reload_commands(service: str) -> list[list[str]]:
+    """reload, and stop for the retry: dinit won't reload some changes into a running service
+    (its log-type, its type), so the service is stopped, reloaded and started again."""
+    return [["doas", "dinitctl", "reload", service], ["doas", "dinitctl", "stop", service]]
+
+
+def env_file(package_name: str, config_files) -> str | None:
+    """The package's env-file (/etc/default/<name>) when config installs it (among the
+    `config_files` paths), else None."""
+    path = f"/etc/default/{package_name}"
+    return path if path in config_files else None
+
+
+def apk_new_command(path: str) -> list[str]:
+    # config renders the env-file from templates/ and restarts the service when it changes, so
+    # the package's copy, which real apk leaves beside it on each upgrade, is not wanted.
+    return ["doas", "rm", "-f", path + APK_NEW]
+
+
 def log_command(logfile: str) -> list[str]:
     return ["doas", "tail", "-n", str(LOG_LINES), logfile]
 
 
-def doas_commands(name: str, versions, service: str | None, logfile: str | None):
+def doas_commands(name: str, versions, service: str | None, logfile: str | None,
+                  env_file: str | None = None):
     """Every root command install_script may run for this package, with these versions
     installable (for commands.doas_permits)."""
     commands = [["doas", "apk", "update"]]
     commands += [install_command(name, version) for version in versions]
+    if env_file:
+        commands.append(apk_new_command(env_file))
     if service:
-        commands += restart_commands(service) + [enable_command(service)]
+        commands += (restart_commands(service) + [enable_command(service)]
+                     + reload_commands(service))
     if logfile:
         commands.append(log_command(logfile))
     return commands
@@ -105,14 +135,44 @@ def _installed(name: str) -> str:
     return f"apk info -e -v {q} 2>/dev/null | sed -n 's/^'{q}'-//p' | tail -n 1"
 
 
+def _reload(install: Install, version_var: str) -> list[str]:
+    """Lines (after the apk add) that reload the service when its file changed. A file dinit
+    refuses leaves the old description loaded: the service is started again with it (the
+    retry may have stopped it), and the host fails (outpost_failed) with dinitctl's words."""
+    reload, stop = (shlex.join(argv) for argv in reload_commands(install.service))
+    start = shlex.join(restart_commands(install.service)[1])
+    path = shlex.quote(f"{SERVICE_DIR}/{install.service}")
+    return [
+        f'if [ -n "$outpost_unit" ] && [ "$(cat {path} 2>/dev/null || :)" != "$outpost_unit" ]; then',
+        f"  if ! {reload} 2>/dev/null; then",
+        f"    {stop} >/dev/null 2>&1",
+        f"    if ! outpost_said=$({reload} 2>&1); then",
+        f"      {start} >/dev/null 2>&1",
+        "      outpost_failed=1",
+        f'      outpost_reason="dinit refused its new service file: $outpost_said"',
+        f'      echo "outpost: refused {install.name} ${version_var}"',
+        "    fi",
+        "  fi",
+        "fi",
+    ]
+
+
 def _put(install: Install, version_var: str) -> list[str]:
-    """Lines that install the version in $version_var and restart the service if it changed."""
+    """Lines that install the version in $version_var and, if it changed, reload the service's
+    changed file and restart it (neither after a refused file: outpost_failed)."""
     q = shlex.quote
     name_var = f"$(" + _installed(install.name) + ")"
-    lines = [f'if [ "{name_var}" != "${version_var}" ]; then',
-             f'  doas apk add {q(install.name)}="${version_var}" >&2 || exit 1']
+    lines = [f'if [ "{name_var}" != "${version_var}" ]; then']
     if install.service:
-        lines.append(f"  {shlex.join(restart_commands(install.service)[0])} >&2")
+        path = q(f"{SERVICE_DIR}/{install.service}")
+        lines.append(f"  outpost_unit=$(cat {path} 2>/dev/null || :)")
+    lines.append(f'  doas apk add {q(install.name)}="${version_var}" >&2 || exit 1')
+    if install.env_file:
+        lines.append(f"  {shlex.join(apk_new_command(install.env_file))} >&2")
+    if install.service:
+        lines += [f"  {line}" for line in _reload(install, version_var)]
+        lines.append(f'  [ -n "$outpost_failed" ] || '
+                     f"{shlex.join(restart_commands(install.service)[0])} >&2")
     lines.append("fi")
     if install.service:
         lines += [f"[ -e {q(f'{BOOT_D}/{install.service}')} ] || "
@@ -121,36 +181,57 @@ def _put(install: Install, version_var: str) -> list[str]:
     return lines
 
 
+def _dinit_log_since_start() -> str:
+    """What dinit logged since the script began, as `outpost: dinit LINE` lines: read as a user
+    would, from DINIT_LOG (world-readable; absent on Chimera, where nothing is printed)."""
+    log = shlex.quote(DINIT_LOG)
+    return (f"[ -r {log} ] && tail -c +$((outpost_dinit_log_start + 1)) {log} | "
+            "sed 's/^/outpost: dinit /'")
+
+
 def install_script(installs: list[Install], health_timeout: float) -> str:
     """One round trip: for each package, note the version installed now, install the wanted
-    one (only when it differs: an unchanged host restarts nothing), and gate it. On a failed
-    gate: print the reason and the service's log lines, put the version it ran before back,
-    gate that, and exit GATE_FAILED. Prints, per package:
+    one (only when it differs: an unchanged host restarts nothing; a changed service file is
+    reloaded first), and gate it. When dinit refuses the service file or the gate fails: print
+    the reason, the service's log lines and dinit's, put the version it ran before back, gate
+    that, and exit GATE_FAILED. Prints, per package:
 
         outpost: before NAME VERSION|none
         outpost: ok NAME VERSION                    (passed the gate)
+        outpost: refused NAME VERSION               (dinit refused its service file)
         outpost: failed NAME VERSION: REASON
         outpost: log LINE                           (each of the service's last log lines)
+        outpost: dinit LINE                         (each line dinit logged meanwhile)
         outpost: back NAME VERSION                  (went back, and that passed the gate)
         outpost: not-back NAME VERSION|none: WHY    (could not go back)
     """
     timeout = max(1, round(health_timeout))
-    lines = ["set -u", _GATE, "doas apk update >&2"]
+    log = shlex.quote(DINIT_LOG)
+    lines = ["set -u", _GATE,
+             f"outpost_dinit_log_start=$(if [ -r {log} ]; then wc -c < {log}; else echo 0; fi)",
+             "doas apk update >&2"]
     for n, install in enumerate(installs):
         q = shlex.quote
         name = q(install.name)
         before, wanted = f"outpost_before_{n}", f"outpost_wanted_{n}"
         lines += [f"{before}=$({_installed(install.name)})",
                   f"{wanted}={q(install.version)}",
-                  f'echo "outpost: before {install.name} ${{{before}:-none}}"']
+                  f'echo "outpost: before {install.name} ${{{before}:-none}}"',
+                  "outpost_failed="]
         lines += _put(install, wanted)
-        if install.port is None:
-            lines.append(f'echo "outpost: ok {install.name} ${wanted}"')
-            continue
+
+        def gate(version_var: str) -> str:
+            # Without a health port the gate is only that dinit took the service file.
+            took = '[ -z "$outpost_failed" ]'
+            if install.port is None:
+                return took
+            return f'{took} && outpost_gate {install.port} "${version_var}" {timeout}'
+
         logs = ([f"{shlex.join(log_command(install.logfile))} 2>/dev/null | "
                  "sed 's/^/outpost: log /'"] if install.logfile else [])
+        logs.append(_dinit_log_since_start())
         lines += [
-            f"if outpost_gate {install.port} \"${wanted}\" {timeout}; then",
+            f"if {gate(wanted)}; then",
             f'  echo "outpost: ok {install.name} ${wanted}"',
             "else",
             f'  echo "outpost: failed {install.name} ${wanted}: $outpost_reason"',
@@ -159,8 +240,9 @@ def install_script(installs: list[Install], health_timeout: float) -> str:
             f'    echo "outpost: not-back {install.name} ${{{before}:-none}}: no other version '
             f'was installed before"',
             "  else",
+            "    outpost_failed=",
             *[f"    {line}" for line in _put(install, before)],
-            f"    if outpost_gate {install.port} \"${before}\" {timeout}; then",
+            f"    if {gate(before)}; then",
             f'      echo "outpost: back {install.name} ${before}"',
             "    else",
             f'      echo "outpost: not-back {install.name} ${before}: $outpost_reason"',
@@ -179,27 +261,31 @@ class Report:
     failed: dict[str, tuple[str, str]]  # package -> (version, reason)
     back: dict[str, str]            # package -> version it went back to (and passed)
     not_back: dict[str, tuple[str | None, str]]
-    log: list[str]
+    log: list[str]                  # the service's last log lines
+    refused: set[str]               # packages whose service file dinit refused
+    dinit_log: list[str]            # what dinit logged while the script ran (on a failure)
 
 
-_LINE = re.compile(r"outpost: (before|ok|failed|back|not-back|log) ?(.*)")
+_LINE = re.compile(r"outpost: (before|ok|refused|failed|back|not-back|log|dinit) ?(.*)")
 
 
 def parse_report(output: str) -> Report:
-    report = Report({}, {}, {}, {}, {}, [])
+    report = Report({}, {}, {}, {}, {}, [], set(), [])
     for line in output.splitlines():
         match = _LINE.fullmatch(line)
         if not match:
             continue
         kind, rest = match.groups()
-        if kind == "log":
-            report.log.append(rest)
+        if kind in ("log", "dinit"):
+            (report.log if kind == "log" else report.dinit_log).append(rest)
             continue
         name, _, rest = rest.partition(" ")
         version, _, reason = rest.partition(": ")
         version = None if version == "none" else version
         if kind == "before":
             report.before[name] = version
+        elif kind == "refused":
+            report.refused.add(name)
         elif kind == "ok":
             report.ok[name] = version
         elif kind == "back":
@@ -221,11 +307,14 @@ def gate_failure(host, report: Report) -> str:
         else:
             previous, why = report.not_back.get(name, (None, "unknown"))
             now = f"it could NOT go back to {previous or 'an earlier version'}: {why}"
-        parts.append(f"host {host.name}: {name} {version} failed the health gate "
+        what = "was not loaded" if name in report.refused else "failed the health gate"
+        parts.append(f"host {host.name}: {name} {version} {what} "
                      f"({reason}); {now}. The rollout stopped: no other host was touched")
     message = "; ".join(parts)
     if report.log:
         message += ". The service's last log lines:\n  " + "\n  ".join(report.log)
+    if report.dinit_log:
+        message += (f"\ndinit logged ({DINIT_LOG}):\n  " + "\n  ".join(report.dinit_log))
     return message
 
 

@@ -237,14 +237,17 @@ class HostRuns:
 
 
 def upgrade(inventory, host):
-    """Install the wanted versions and gate them, in one round trip (outpost.rollout); a host
-    that fails the gate goes back to what it ran, and the step fails saying why."""
+    """Install the wanted versions (reloading a changed service file) and gate them, in one
+    round trip (outpost.rollout); a host that fails the gate, or whose service file dinit
+    refuses, goes back to what it ran, and the step fails saying why."""
     return install_gated(inventory, host, wanted_versions(inventory), step="upgrade")
 
 
 def install_gated(inventory, host, versions: dict[str, str], step: str) -> dict:
+    config_files = {f.remote_path for f in render.host_files(inventory, host)}
     installs = [rollout.Install(p.name, versions[p.name], p.service, p.port,
-                                rollout.service_logfile(p.template_dir, p.service))
+                                rollout.service_logfile(p.template_dir, p.service),
+                                rollout.env_file(p.name, config_files))
                 for p in inventory.packages]
     script = rollout.install_script(installs, inventory.rollout.health_timeout)
     result = remote.run_script(host, script, inventory.ssh, step=step,

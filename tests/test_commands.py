@@ -136,6 +136,8 @@ def test_doas_rules_text():
         "permit nopass deploy as root cmd dinitctl args restart --ignore-unstarted linkedlist",
         "permit nopass deploy as root cmd dinitctl args start linkedlist",
         "permit nopass deploy as root cmd dinitctl args enable linkedlist",
+        "permit nopass deploy as root cmd dinitctl args reload linkedlist",
+        "permit nopass deploy as root cmd dinitctl args stop linkedlist",
         "permit nopass deploy as root cmd tail args -n 20 /var/log/linkedlist.log",
         "permit nopass deploy as root cmd apk args add other=1.0-r0",
     ]
@@ -165,24 +167,43 @@ fi
 exec "$@"
 """
 
+# Installed: 1.2.3-r4 until `add NAME=VERSION`. An add also writes the package's service file
+# (when /usr/lib/dinit.d exists): $STUB_SERVICE_FILE, else one that names the version.
 APK_STUB = """#!/bin/sh
 echo "apk $*" >> "$STUB_LOG"
 if [ "$1" = "${APK_FAIL:-}" ]; then echo "ERROR: unable to select packages" >&2; exit 1; fi
 case "$*" in
     update) echo "OK: 1 distinct packages available" ;;
-    "info -e -v "*) echo "$4-1.2.3-r4" ;;
+    "info -e -v "*) echo "$4-$(cat /var/lib/stub-apk-version 2>/dev/null || echo 1.2.3-r4)" ;;
+    "add "*=*)
+        version=${2#*=}
+        echo "$version" > /var/lib/stub-apk-version
+        if [ -d /usr/lib/dinit.d ]; then
+            echo "${STUB_SERVICE_FILE:-command = /usr/bin/${2%%=*}d $version}" > "/usr/lib/dinit.d/${2%%=*}"
+        fi ;;
 esac
 """
 
+# `reload` is refused (as real dinitctl words it, the reason in dinit's log) when the service
+# file holds $DINITCTL_REFUSE.
 DINITCTL_STUB = """#!/bin/sh
 echo "dinitctl $*" >> "$STUB_LOG"
+if [ "$1" = reload ] && [ -n "${DINITCTL_REFUSE:-}" ] \\
+        && grep -qF "$DINITCTL_REFUSE" "/usr/lib/dinit.d/$2"; then
+    echo "dinit: Error in service description for '$2': run-as: no such user" >> /var/log/dinit.log
+    echo "dinitctl: could not reload service; service in wrong state, incompatible change, or bad service description." >&2
+    exit 1
+fi
 """
+
+
+OVERLAID = ("etc", "var", "usr/lib")
 
 
 @dataclass
 class FakeHost:
-    """Runs a script with /etc and /var overlaid (their changes kept in upper/) and stubs first
-    on PATH. What each run changed stays for the next run, as on a real host."""
+    """Runs a script with /etc, /var and /usr/lib overlaid (their changes kept in upper/) and
+    stubs first on PATH. What each run changed stays for the next run, as on a real host."""
     dir: Path
     env: dict  # extra environment for the stubs
 
@@ -191,7 +212,7 @@ class FakeHost:
         (self.dir / "log").write_text("")
         mounts = " && ".join(
             f"mount -t overlay overlay -o lowerdir=/{top},upperdir={self.dir}/upper/{top},"
-            f"workdir={self.dir}/work/{top} /{top}" for top in ("etc", "var"))
+            f"workdir={self.dir}/work/{top} /{top}" for top in OVERLAID)
         env = {"PATH": f"{self.dir}/bin:/usr/bin:/bin", "STUB_LOG": f"{self.dir}/log",
                "STUB_RULES": f"{self.dir}/doas.conf", **self.env}
         return subprocess.run(["unshare", "--mount", "sh", "-c", mounts + ' && exec sh -c "$1"',
@@ -213,8 +234,10 @@ def fake_host(tmp_path):
     assert not missing, f"these tests need {', '.join(missing)}"
     assert os.geteuid() == 0, "these tests need root (mount namespaces and overlays)"
     host = FakeHost(tmp_path / "host", {})
-    for sub in ("bin", "upper/etc", "upper/var", "work/etc", "work/var"):
-        (host.dir / sub).mkdir(parents=True)
+    (host.dir / "bin").mkdir(parents=True)
+    for top in OVERLAID:
+        (host.dir / "upper" / top).mkdir(parents=True)
+        (host.dir / "work" / top).mkdir(parents=True)
     for name, text in (("doas", DOAS_STUB), ("apk", APK_STUB), ("dinitctl", DINITCTL_STUB)):
         (host.dir / "bin" / name).write_text(text)
         (host.dir / "bin" / name).chmod(0o755)
@@ -278,6 +301,137 @@ def test_sync_script_fails_when_doas_refuses(fake_host):
     assert result.returncode != 0
     assert "not permitted" in result.stderr
     assert not fake_host.file("/etc/apk/keys/outpost.rsa.pub").exists()
+
+
+# install_script without a health port (the gate then is only that dinit took the service file);
+# tests/test_rollout.py runs it with the gate on a fleet.
+
+def install(version="2.0-r0", env_file=None, service="linkedlist"):
+    return rollout.install_script([rollout.Install("linkedlist", version, service, None, None,
+                                                   env_file)], health_timeout=5)
+
+
+def install_rules(env_file=None):
+    return commands.doas_rules(USER, REPOSITORY, [make_package()], installs=rollout.doas_commands(
+        "linkedlist", ["2.0-r0", "1.2.3-r4"], "linkedlist", None, env_file))
+
+
+def root_calls(fake_host):
+    return [call for call in fake_host.calls() if call.startswith("doas ")]
+
+
+def test_install_script_installs_restarts_enables_and_starts(fake_host):
+    result = fake_host.run(install(), install_rules())
+    assert result.returncode == 0, result.stderr
+    assert root_calls(fake_host) == [
+        "doas apk update", "doas apk add linkedlist=2.0-r0",
+        "doas dinitctl restart --ignore-unstarted linkedlist",
+        # Not enabled yet (this machine has no /etc/dinit.d/boot.d/linkedlist): enable it.
+        "doas dinitctl enable linkedlist", "doas dinitctl start linkedlist"]
+    report = rollout.parse_report(result.stdout)
+    assert (report.before, report.ok, report.failed) == ({"linkedlist": "1.2.3-r4"},
+                                                         {"linkedlist": "2.0-r0"}, {})
+
+
+def test_install_script_leaves_an_unchanged_version_running(fake_host):
+    result = fake_host.run(install("1.2.3-r4"), install_rules())
+    assert result.returncode == 0, result.stderr
+    assert root_calls(fake_host) == ["doas apk update", "doas dinitctl enable linkedlist",
+                                     "doas dinitctl start linkedlist"]
+
+
+def test_install_script_reloads_the_service_only_when_its_file_changed(fake_host):
+    # dinit reads a service file once: a changed one must be reloaded before the restart.
+    fake_host.file("/usr/lib/dinit.d").mkdir(parents=True)
+    fake_host.file("/usr/lib/dinit.d/linkedlist").write_text("command = /usr/bin/linkedlistd\n")
+    fake_host.env["STUB_SERVICE_FILE"] = "command = /usr/bin/linkedlistd"
+    assert fake_host.run(install(), install_rules()).returncode == 0
+    assert not any("reload" in call for call in fake_host.calls())
+
+    del fake_host.env["STUB_SERVICE_FILE"]  # the next add writes another file
+    result = fake_host.run(install("1.2.3-r4"), install_rules())
+    assert result.returncode == 0, result.stderr
+    calls = root_calls(fake_host)
+    assert calls[1:4] == ["doas apk add linkedlist=1.2.3-r4", "doas dinitctl reload linkedlist",
+                          "doas dinitctl restart --ignore-unstarted linkedlist"]
+
+
+def test_a_service_file_dinit_refuses_keeps_the_old_one_and_the_host_goes_back(fake_host):
+    # Real dinitctl says only "could not reload service"; the reason is in dinit's log. The
+    # host fails as a failed gate does, and goes back to the version (and file) it ran.
+    fake_host.file("/usr/lib/dinit.d").mkdir(parents=True)
+    fake_host.file("/usr/lib/dinit.d/linkedlist").write_text("command = /usr/bin/linkedlistd\n")
+    log = fake_host.file(commands.DINIT_LOG)
+    log.parent.mkdir(parents=True)
+    log.write_text("dinit: an old line from before the step\n")
+    fake_host.env["DINITCTL_REFUSE"] = "2.0-r0"
+    result = fake_host.run(install(), install_rules())
+    assert result.returncode == rollout.GATE_FAILED, result.stderr
+    assert root_calls(fake_host) == [
+        "doas apk update", "doas apk add linkedlist=2.0-r0",
+        # Refused running, then refused stopped: started again with the old description,
+        # and no restart (it would run the new program with the old description).
+        "doas dinitctl reload linkedlist", "doas dinitctl stop linkedlist",
+        "doas dinitctl reload linkedlist", "doas dinitctl start linkedlist",
+        "doas dinitctl enable linkedlist", "doas dinitctl start linkedlist",
+        # Back: the version before, whose service file dinit takes.
+        "doas apk add linkedlist=1.2.3-r4", "doas dinitctl reload linkedlist",
+        "doas dinitctl restart --ignore-unstarted linkedlist",
+        "doas dinitctl enable linkedlist", "doas dinitctl start linkedlist"]
+    report = rollout.parse_report(result.stdout)
+    assert report.refused == {"linkedlist"}
+    assert report.failed == {"linkedlist": ("2.0-r0", "dinit refused its new service file: "
+                                            "dinitctl: could not reload service; service in "
+                                            "wrong state, incompatible change, or bad service "
+                                            "description.")}
+    assert report.back == {"linkedlist": "1.2.3-r4"}
+    assert report.dinit_log == ["dinit: Error in service description for 'linkedlist': "
+                                "run-as: no such user"] * 2  # not the old line
+    message = rollout.gate_failure(make_host(), report)
+    assert "host au: linkedlist 2.0-r0 was not loaded (dinit refused" in message
+    assert "it is back on 1.2.3-r4" in message
+    assert message.endswith("dinit logged (/var/log/dinit.log):\n  dinit: Error in service "
+                            "description for 'linkedlist': run-as: no such user\n  dinit: Error "
+                            "in service description for 'linkedlist': run-as: no such user")
+
+
+def test_install_script_drops_the_apk_new_copy_of_an_env_file_config_owns(fake_host):
+    env_file = rollout.env_file("linkedlist", {"/etc/default/linkedlist", "/etc/nginx/x.conf"})
+    assert env_file == "/etc/default/linkedlist"
+    assert rollout.env_file("linkedlist", {"/etc/nginx/nginx.conf"}) is None
+    rules = install_rules(env_file)
+    assert f"permit nopass {USER} as root cmd rm args -f /etc/default/linkedlist.apk-new" in rules
+    leftover = fake_host.file("/etc/default/linkedlist.apk-new")
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text("the package's defaults\n")
+    result = fake_host.run(install(env_file=env_file), rules)
+    assert result.returncode == 0, result.stderr
+    assert "doas rm -f /etc/default/linkedlist.apk-new" in fake_host.calls()
+    # overlayfs marks a removed lower file with a whiteout (a character device) in the upper layer
+    assert not leftover.is_file()
+
+
+def test_install_script_stops_when_apk_fails(fake_host):
+    fake_host.env["APK_FAIL"] = "add"
+    result = fake_host.run(install(), install_rules())
+    assert result.returncode == 1
+    assert "unable to select packages" in result.stderr
+    assert not any(call.startswith("dinitctl") for call in fake_host.calls())
+
+
+def test_install_script_without_a_service(fake_host):
+    rules = commands.doas_rules(USER, REPOSITORY, [make_package("linkedlist", None)],
+                                installs=rollout.doas_commands("linkedlist", ["2.0-r0"], None,
+                                                               None))
+    result = fake_host.run(install(service=None), rules)
+    assert result.returncode == 0, result.stderr
+    assert not any("dinitctl" in call for call in fake_host.calls())
+
+
+def test_install_script_refused_for_a_version_the_rules_do_not_name(fake_host):
+    result = fake_host.run(install("9.9-r9"), install_rules())
+    assert result.returncode == 1
+    assert fake_host.calls()[-1] == "doas apk add linkedlist=9.9-r9"  # refused: apk never ran
 
 
 # --- the content digest matches the app's -----------------------------------------------------

@@ -133,6 +133,63 @@ def test_app_change_upgrades_and_restarts_every_host(site):
     assert_all_serve(project, inv)
 
 
+def change_service_file(project, old, new):
+    service = project / "cports-overlay/user/linkedlist/files/linkedlist"
+    assert old in service.read_text()
+    service.write_text(service.read_text().replace(old, new))
+    bump_app(project)
+
+
+def test_a_changed_service_file_is_live_after_the_upgrade(site):
+    # dinit reads a service file once, so the upgrade reloads it before the restart; without
+    # the reload the app would still write to the old logfile.
+    project, inv, hosts_fleet = site
+    change_service_file(project, "logfile = /var/log/linkedlist.log",
+                        "logfile = /var/log/linkedlistd.log")
+    run_doit(project, "deploy")
+    for name in HOSTS:
+        log = hosts_fleet.run_on(name, ["cat", "/var/log/linkedlistd.log"])
+        assert log.returncode == 0, (name, log.stderr)
+        assert f"linkedlistd {template_version(project)} serving" in log.stdout, name
+    assert_all_serve(project, inv)
+
+
+def test_a_service_dinit_cannot_load_fails_the_canary_with_dinits_reason_and_it_goes_back(site):
+    # dinitctl says only "could not reload service"; the step shows dinit's log. The canary
+    # fails as a failed health gate does: it goes back, and no other host is touched.
+    project, inv, hosts_fleet = site
+    old = template_version(project)
+    others = [n for n in HOSTS if n != "au"]  # au is the first host: the canary by default
+    before = {n: hosts_fleet.run_on(n, ["dinitctl", "status", "linkedlist"]).stdout
+              for n in others}
+    change_service_file(project, "run-as = _linkedlist", "run-as = _nosuchuser")
+    new = template_version(project)
+    try:
+        proc = run_doit(project, "deploy", check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0
+        assert re.findall(r"TaskFailed - taskid:(\S+)", out) == ["upgrade:au"], out
+        assert (f"host au: linkedlist {new} was not loaded (dinit refused its new service "
+                "file: dinitctl: could not reload service; service in wrong state, incompatible "
+                f"change, or bad service description.); it is back on {old}") in out, out
+        assert "dinit logged (/var/log/dinit.log):" in out, out
+        assert 'specified user "_nosuchuser" does not exist in system database.' in out, out
+        # au kept the old description through the refusal, then went back: it serves the old
+        # version. The others were not even restarted.
+        assert health(inv, inv.host("au"))["version"] == old
+        for name in others:
+            assert health(inv, inv.host(name))["version"] == old
+            assert (hosts_fleet.run_on(name, ["dinitctl", "status", "linkedlist"]).stdout
+                    == before[name])
+    finally:
+        # Back to a good service file (a new version): the next deploy reloads and restarts it.
+        # (A host that rebooted with the refused file enabled would not boot: dinit stops at
+        # its load error.)
+        change_service_file(project, "run-as = _nosuchuser", "run-as = _linkedlist")
+        run_doit(project, "deploy")
+    assert_all_serve(project, inv)
+
+
 def test_host_stopped_mid_deploy_fails_alone_and_rerun_finishes(site):
     import sys
 

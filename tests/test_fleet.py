@@ -21,8 +21,8 @@ from fleet_helpers import accepted_connections, require_fleet_machine, ssh
 from helpers import wait_for
 from outpost import acme, commands, geodns, render, rollout
 from outpost.errors import OutpostError
-from outpost.fleet import (Fleet, FleetHost, Provision, address_clashes, fleet_network,
-                           from_inventory, known_hosts_text, veth_name, with_user)
+from outpost.fleet import (Fleet, FleetHost, Provision, address_clashes, find_chimera_tools,
+                           fleet_network, from_inventory, known_hosts_text, veth_name, with_user)
 from outpost.inventory import load as load_inventory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,14 +218,35 @@ def test_doas_allows_the_deploy_user_only_what_the_pipeline_needs(fleet):
         assert refused.returncode != 0 and "not permitted" in refused.stderr, command
 
 
-def test_the_dinit_stand_in_finds_local_target_and_apk_knows_the_base_system(fleet):
+def test_dinit_finds_local_target_and_apk_knows_the_base_system(fleet):
     # linkedlist's service depends on local.target and its package on python.
     started = fleet.run_on("alpha", ["dinitctl", "start", "local.target"])
     assert started.returncode == 0, started.stderr
-    provided = fleet.run_on("alpha", ["cat", "/etc/apk/provided"]).stdout.split()
     python = fleet.run_on("alpha", ["python3", "-c", "import platform; print(platform.python_version())"])
-    assert provided == [f"python={python.stdout.strip()}", "openssh", "dinit-chimera", "nginx",
-                        "rsync", "curl"]
+    base = [f"python={python.stdout.strip()}", "openssh", "dinit-chimera", "nginx", "rsync",
+            "curl"]
+    if find_chimera_tools().apk:
+        # Real apk: an empty package for each (apk add --virtual), in its database.
+        installed = fleet.run_on("alpha", ["apk", "info", "-e", "-v", "python", "openssh",
+                                           "dinit-chimera", "nginx", "rsync", "curl"])
+        assert installed.returncode == 0, installed.stderr
+        assert installed.stdout.split()[0] == f"python-{python.stdout.strip()}"
+        assert len(installed.stdout.split()) == len(base)
+    else:
+        # The stand-in: its list of what the host has without apk.
+        assert fleet.run_on("alpha", ["cat", "/etc/apk/provided"]).stdout.split() == base
+    assert fleet.run_on("alpha", ["test", "-f", "/lib/apk/db/installed"]).returncode == 0
+
+
+def test_a_host_runs_the_tools_this_machine_has_else_the_stand_ins(fleet):
+    tools = find_chimera_tools()
+    for tool, real in (("apk", tools.apk), ("dinitctl", tools.dinitctl)):
+        link = fleet.run_on("alpha", ["readlink", f"/usr/local/bin/{tool}"]).stdout.strip()
+        assert link == (real or f"/usr/local/lib/outpost/outpost/standins/{tool}")
+    init = Path(f"/proc/{host_pid1(fleet, 'alpha')}/cmdline").read_bytes().split(b"\0")
+    assert init[-4:-1] == [b"--container", b"--log-file", b"/var/log/dinit.log"]
+    assert (init[0].decode() == tools.dinit if tools.dinit
+            else init[1].decode().endswith("/standins/dinit"))
 
 
 def test_the_apk_stand_in_runs_on_the_hosts_own_python(fleet):

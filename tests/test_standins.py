@@ -253,6 +253,45 @@ def test_apk_del_refuses_a_package_others_depend_on(repo):
     assert missing.returncode != 0 and "No such package: nope" in missing.stderr
 
 
+def test_apk_without_a_database_fails_as_real_apk_does(tmp_path):
+    # Real apk 3.0.6: it locks the database to change it and reads it for info; exit 99.
+    root = tmp_path / "bare"
+    root.mkdir()
+    for args, how in ((("add", "-u", "app"), "lock"), (("update",), "lock"),
+                      (("info", "-e", "-v", "app"), "read")):
+        refused = run("apk", "--root", root, *args, check=False)
+        assert (refused.returncode, refused.stdout) == (99, ""), args
+        assert refused.stderr == (f"ERROR: Unable to {how} database: No such file or directory\n"
+                                  "ERROR: Failed to open apk database: No such file or "
+                                  "directory\n"), args
+    made = run("apk", "--root", root, "add", "--initdb")
+    assert made.returncode == 0 and (root / "lib/apk/db/installed").is_file()
+    assert run("apk", "--root", root, "info").stdout == ""
+
+
+def test_apk_keeps_a_changed_config_file_and_writes_the_new_one_as_apk_new(repo):
+    repo.package("app", "1.0-r0", {"etc/default/app": "PORT=1\n", "usr/bin/app": "one\n"})
+    repo.index()
+    repo.apk("add", "app")
+    repo.package("app", "1.0-r1", {"etc/default/app": "PORT=2\n", "usr/bin/app": "two\n"})
+    repo.index()
+    repo.apk("add", "-u", "app")  # unchanged since installed: replaced
+    assert (repo.root / "etc/default/app").read_text() == "PORT=2\n"
+    assert not (repo.root / "etc/default/app.apk-new").exists()
+    (repo.root / "etc/default/app").write_text("PORT=8080\n")  # the admin's (config's) own
+    repo.package("app", "1.0-r2", {"etc/default/app": "PORT=3\n", "usr/bin/app": "three\n"})
+    repo.index()
+    repo.apk("add", "-u", "app")
+    assert (repo.root / "etc/default/app").read_text() == "PORT=8080\n"
+    assert (repo.root / "etc/default/app.apk-new").read_text() == "PORT=3\n"
+    assert (repo.root / "usr/bin/app").read_text() == "three\n"  # not a protected path
+    (repo.root / "etc/default/app.apk-new").unlink()
+    repo.package("app", "1.0-r3", {"etc/default/app": "PORT=8080\n", "usr/bin/app": "4\n"})
+    repo.index()
+    repo.apk("add", "-u", "app")  # the new one is what the admin has: nothing to keep apart
+    assert not (repo.root / "etc/default/app.apk-new").exists()
+
+
 def test_apk_versions_compare_as_apk_orders_them():
     from outpost.standins import _apk
     ordered = ["1.0_rc1-r0", "1.0-r0", "1.0-r1", "1.0-r10", "1.0_p1-r0", "1.0.1-r0", "1.2-r0",
@@ -268,7 +307,8 @@ class Dinit:
         self.dir = tmp_path / "dinit.d"
         self.dir.mkdir()
         self.socket = tmp_path / "dinitctl.sock"
-        self.log = tmp_path / "dinit.log"
+        self.log = tmp_path / "dinit.out"  # its stdout and stderr
+        self.dinit_log = tmp_path / "dinit.log"  # its log (--log-file)
         self.proc = None
 
     def service(self, name, text):
@@ -277,9 +317,13 @@ class Dinit:
     def start(self, *services):
         self.proc = subprocess.Popen(
             [sys.executable, str(STANDINS / "dinit"), "-d", self.dir, "-p", self.socket,
-             *services], stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+             "-l", self.dinit_log, *services], stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT)
         wait_for(lambda: self.socket.exists() or self.proc.poll() is not None, "dinit's socket")
         assert self.proc.poll() is None, self.log.read_text()
+
+    def logged(self):
+        return self.dinit_log.read_text() if self.dinit_log.exists() else ""
 
     def ctl(self, *args, check=True):
         return run("dinitctl", "-p", self.socket, *args, check=check)
@@ -308,6 +352,14 @@ def dinit(tmp_path):
     d.stop()
 
 
+# real dinitctl's words (dinitctl.cc) when dinit could not load a service; the reason is logged.
+DESCRIPTION_ERROR = ("dinitctl: error in service description.\n"
+                     "dinitctl: try 'dinit-check <service-name>' or check log for more "
+                     "information.\n")
+LOAD_ERROR = ("dinitctl: error loading service (or dependency of service).\n"
+              "dinitctl: try 'dinit-check <service-name>' or check log for more information.\n")
+RELOAD_ERROR = ("dinitctl: could not reload service; service in wrong state, incompatible change, "
+                "or bad service description.\n")
 SLEEPER = f"type = process\ncommand = {sys.executable} -c \"import time; time.sleep(600)\"\n"
 
 
@@ -390,7 +442,9 @@ def test_missing_env_file_or_log_folder_fails_the_start(dinit, tmp_path):
     dinit.start()
     noenv = dinit.ctl("start", "noenv", check=False)
     assert noenv.returncode == 1
-    assert "could not load environment file: /nonexistent/web.env" in noenv.stderr
+    # As real dinitctl: no reason on its own output; dinit's log has it.
+    assert noenv.stderr == LOAD_ERROR
+    assert "could not load environment file: /nonexistent/web.env" in dinit.logged()
     nolog = dinit.ctl("start", "nolog", check=False)
     assert nolog.returncode == 1
     assert "Service 'nolog' failed to start." in nolog.stdout
@@ -438,8 +492,8 @@ def test_a_setting_the_stand_in_does_not_honour_is_an_error_naming_it(dinit, lin
     dinit.start()
     refused = dinit.ctl("start", "web", check=False)
     assert refused.returncode == 1
-    assert "dinitctl: error in service description." in refused.stderr
-    assert message.format(path=dinit.dir / "web") in refused.stderr
+    assert refused.stderr == DESCRIPTION_ERROR
+    assert message.format(path=dinit.dir / "web") in dinit.logged()
 
 
 def test_unknown_service_is_an_error(dinit):
@@ -524,19 +578,37 @@ def test_a_dependency_cycle_is_a_load_error(dinit):
     dinit.service("b", "type = internal\ndepends-on: a\n")
     dinit.start()
     refused = dinit.ctl("start", "a", check=False)
-    assert refused.returncode == 1 and "dependency cycle" in refused.stderr
+    assert refused.returncode == 1 and "dependency cycle" in dinit.logged()
 
 
 def test_a_changed_service_file_takes_effect_on_reload(dinit, tmp_path):
+    dinit.service("boot", "type = internal\n")
+    dinit.service("web", SLEEPER + f"logfile = {tmp_path}/old.log\n")
+    dinit.start()
+    dinit.ctl("start", "web")
+    dinit.service("web", SLEEPER + f"logfile = {tmp_path}/new.log\n")
+    dinit.ctl("restart", "web")
+    assert not (tmp_path / "new.log").exists()  # still the description loaded first
+    assert dinit.ctl("reload", "web").stdout == "Service 'web' reloaded.\n"
+    dinit.ctl("restart", "web")
+    assert (tmp_path / "new.log").exists()
+
+
+def test_reload_refuses_a_new_log_type_for_a_running_service(dinit, tmp_path):
+    # dinit (load-service.cc check_settings_for_reload): a logfile where there was none changes
+    # the log-type, which a started service can't; stopped, it reloads.
     dinit.service("boot", "type = internal\n")
     dinit.service("web", SLEEPER)
     dinit.start()
     dinit.ctl("start", "web")
     dinit.service("web", SLEEPER + f"logfile = {tmp_path}/web.log\n")
-    dinit.ctl("restart", "web")
-    assert not (tmp_path / "web.log").exists()  # still the description loaded first
-    assert dinit.ctl("reload", "web").stdout == "Service 'web' reloaded.\n"
-    dinit.ctl("restart", "web")
+    refused = dinit.ctl("reload", "web", check=False)
+    assert (refused.returncode, refused.stderr) == (1, RELOAD_ERROR)
+    assert "Could not reload service web: cannot change log-type for running service." in \
+        dinit.logged()
+    dinit.ctl("stop", "web")
+    dinit.ctl("reload", "web")
+    dinit.ctl("start", "web")
     assert (tmp_path / "web.log").exists()
 
 

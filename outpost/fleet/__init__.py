@@ -1,11 +1,12 @@
 """The local fleet: N hosts on this machine, each a real OpenSSH sshd, for `doit deploy` and tests.
 
 Each host is one process tree in its own namespaces. One module per concern:
-- `local`      what the fleet needs from this machine (root, programs, overlay, python3)
+- `local`      what the fleet needs from this machine (root, programs, overlay, python3), and
+               which real Chimera tools (apk, the dinit/dinitctl pair) it has on PATH
 - `network`    addresses, the bridge and each host's veth pair
 - `machine`    starting and stopping one host: namespaces, overlay root, PID 1, pid file
 - `provision`  what goes into a host's upper layer before it boots: user, sshd, services,
-               stand-ins
+               the stand-ins or links to the real apk/dinitctl, and what the real apk needs
 - `keys`       the deploy key, host keys and their pins in known_hosts
 This module's `Fleet` composes them for a set of hosts; `from_inventory` makes it.
 
@@ -13,6 +14,7 @@ CLI: python -m outpost.fleet up|down|status [--inventory inventory.toml]
 """
 from __future__ import annotations
 
+import shlex
 import shutil
 from pathlib import Path
 
@@ -20,7 +22,8 @@ from outpost import acme, render, tls
 from outpost.errors import OutpostError
 from outpost.fleet import certhost, keys, local, machine, network, pebble, provision
 from outpost.fleet.keys import known_hosts_text
-from outpost.fleet.local import HOST_ENVIRONMENT, PROGRAM_DIRS, REQUIRED_PROGRAMS
+from outpost.fleet.local import (HOST_ENVIRONMENT, PROGRAM_DIRS, REQUIRED_PROGRAMS, ChimeraTools,
+                                 find_chimera_tools)
 from outpost.fleet.machine import READY_TIMEOUT, FleetHost, host_state, running_pid
 from outpost.fleet.network import FLEET_RANGE, address_clashes, fleet_network, veth_name
 from outpost.fleet.provision import (SSH_PORT, SSHD_LOG, STANDINS, Provision, packaged_files,
@@ -31,7 +34,7 @@ __all__ = [
     "Fleet", "FleetHost", "Provision", "from_inventory", "running_pid", "host_state",
     "fleet_network", "address_clashes", "veth_name", "with_user", "known_hosts_text",
     "FLEET_RANGE", "SSH_PORT", "READY_TIMEOUT", "STANDINS", "REQUIRED_PROGRAMS", "PROGRAM_DIRS",
-    "HOST_ENVIRONMENT",
+    "HOST_ENVIRONMENT", "ChimeraTools", "find_chimera_tools",
 ]
 
 
@@ -82,7 +85,7 @@ class Fleet:
     def _start(self, hosts: list[FleetHost]):
         made_afresh = set()
         if hosts:
-            python_version = self._check_machine(hosts)
+            python_version, tools = self._check_machine(hosts)
             keys.ensure_deploy_key(self.identity)
             network.ensure_bridge(self.bridge, self.network)
             for host in hosts:
@@ -90,27 +93,32 @@ class Fleet:
                     keys.make_host_key(self.state_dir, host.name)
                     made_afresh.add(host.address)
             # All boot at once; then wait for each.
-            launched = [(host, self._launch(host, python_version)) for host in hosts]
+            launched = [(host, self._launch(host, python_version, tools)) for host in hosts]
             for host, process in launched:
                 machine.wait_ready(self.state_dir, host, self.bridge, process)
         keys.pin_host_keys(self.known_hosts, self.state_dir, list(self.hosts.values()),
                            made_afresh)
 
-    def _check_machine(self, hosts: list[FleetHost]) -> str:
-        """Fail unless this machine can run `hosts`; returns the hosts' python3 version."""
+    def _check_machine(self, hosts: list[FleetHost]) -> tuple[str, ChimeraTools]:
+        """Fail unless this machine can run `hosts`; returns the hosts' python3 version and
+        the real Chimera tools found on PATH (the hosts run stand-ins for the others)."""
         names = ", ".join(host.name for host in hosts)
         python_version = local.check_machine(names)
-        if not machine.init_command():
+        tools = local.find_chimera_tools()
+        if not machine.init_command(tools):
             raise OutpostError(f"fleet hosts {names}: no service manager: neither `dinit` on "
                                f"PATH nor the stand-in {STANDINS / 'dinit'}")
         network.check_addresses(hosts, self.network, self.bridge)
-        return python_version
+        return python_version, tools
 
-    def _launch(self, host: FleetHost, python_version: str):
+    def _launch(self, host: FleetHost, python_version: str, tools: ChimeraTools):
+        role = provision.role_of(self.provision, host.name)
         provision_host(host, machine.upper_layer(self.state_dir, host.name), self.user,
-                       self.identity, self.provision, python_version)
-        return machine.launch(self.state_dir, host, self.bridge, self.private,
-                              provision.boot_commands(self.provision.base_packages))
+                       self.identity, self.provision, python_version, tools, role)
+        provided = provision.host_provided(python_version, self.provision, role)
+        setup = [*provision.apk_database_lines(provided, real_apk=tools.apk is not None),
+                 *map(shlex.join, provision.boot_commands(self.provision.base_packages))]
+        return machine.launch(self.state_dir, host, self.bridge, self.private, tools, setup)
 
     # --- Stop
 

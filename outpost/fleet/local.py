@@ -5,6 +5,7 @@ import os
 import shlex
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from outpost.errors import OutpostError
@@ -23,6 +24,49 @@ REQUIRED_PROGRAMS = {
 PROGRAM_DIRS = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # A host starts with a clean environment, as after a boot; nothing of the caller's leaks in.
 HOST_ENVIRONMENT = {"PATH": PROGRAM_DIRS, "LANG": "C.UTF-8"}
+# Outpost's stand-ins for Chimera's tools: never taken for the real ones, even when on PATH.
+STANDINS_DIR = Path(__file__).resolve().parents[1] / "standins"
+
+
+@dataclass(frozen=True)
+class ChimeraTools:
+    """The real Chimera tools this machine has for the hosts, each an absolute path, or None
+    where the hosts run Outpost's stand-in. dinit and dinitctl come from one folder: they talk
+    over dinit's own protocol, which the stand-ins don't speak."""
+    apk: str | None = None
+    dinit: str | None = None
+    dinitctl: str | None = None
+
+
+def find_chimera_tools(path: str | None = None) -> ChimeraTools:
+    """The real `apk` (apk-tools 3) and the real `dinit`/`dinitctl` pair, looked up on `path`
+    (default: the caller's PATH, as a shell would), leaving out Outpost's stand-ins folder.
+    dinit and dinitctl must both be found, in the same folder, or neither: a real one beside
+    a stand-in could not talk to it. An apk other than apk-tools 3 is refused (the hosts'
+    repository lines are apk 3's)."""
+    path = os.environ.get("PATH", os.defpath) if path is None else path
+    folders = [os.path.abspath(folder) for folder in path.split(os.pathsep) if folder]
+    search = os.pathsep.join(f for f in folders if Path(f).resolve() != STANDINS_DIR)
+
+    def find(program):
+        found = shutil.which(program, path=search)
+        return os.path.abspath(found) if found else None
+
+    apk, dinit, dinitctl = find("apk"), find("dinit"), find("dinitctl")
+    if apk:
+        probe = subprocess.run([apk, "--version"], capture_output=True, text=True)
+        if not probe.stdout.startswith("apk-tools 3."):
+            version = (probe.stdout or probe.stderr).strip().splitlines()[:1]
+            raise OutpostError(f"`{apk}` (found on PATH) is not apk-tools 3 but "
+                               f"{version[0] if version else 'unknown'!r}; the fleet needs "
+                               "Chimera's apk 3, or none on PATH for the stand-in")
+    if (dinit or dinitctl) and (dinit is None or dinitctl is None
+                                or Path(dinit).parent != Path(dinitctl).parent):
+        found = ", ".join(p for p in (dinit, dinitctl) if p)
+        raise OutpostError(f"found {found} on PATH: the fleet takes real dinit and dinitctl as "
+                           "a pair from one folder (they can't talk to the stand-ins); put "
+                           "both in one folder on PATH, or neither")
+    return ChimeraTools(apk=apk, dinit=dinit, dinitctl=dinitctl)
 
 
 def check_machine(names: str) -> str:

@@ -7,8 +7,8 @@ network, mount, PID, UTS and IPC namespaces, with its state in `<state>/hosts/<n
   rebooted server. Delete `<state>/hosts/<name>` to reset a host. Fresh /proc, /run and /tmp;
   /dev is this machine's. The state folder and the other `private` paths (the project with
   its signing key) are hidden under an empty read-only tmpfs.
-- PID: PID 1 is the service manager (real `dinit` if on PATH, else the stand-in in
-  outpost/standins). It starts `boot`, which, as on Chimera, waits for every service enabled
+- PID: PID 1 is the service manager (real `dinit` where local.find_chimera_tools found it,
+  else the stand-in in outpost/standins), logging to /var/log/dinit.log. It starts `boot`, which, as on Chimera, waits for every service enabled
   in /etc/dinit.d/boot.d (`dinitctl enable NAME` links it there): sshd is enabled so, and so is
   whatever the pipeline enables, so a restarted host runs them all again. Stopping a host kills
   PID 1, and the kernel then ends everything in its PID namespace; the network and mount
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,8 +28,8 @@ from pathlib import Path, PurePosixPath
 
 from outpost.errors import OutpostError
 from outpost.fleet import network
-from outpost.fleet.local import HOST_ENVIRONMENT, PROGRAM_DIRS
-from outpost.fleet.provision import HOST_PACKAGE, SSH_PORT, SSHD_LOG, STANDINS
+from outpost.fleet.local import HOST_ENVIRONMENT, ChimeraTools
+from outpost.fleet.provision import DINIT_LOG, HOST_PACKAGE, SSH_PORT, SSHD_LOG, STANDINS
 
 # How long a host may take from launch to its sshd greeting.
 READY_TIMEOUT = 15.0
@@ -80,19 +79,22 @@ def _start_time(pid: int) -> str | None:
 
 # --- Pure: how a host boots --------------------------------------------------------------------
 
-def init_command() -> list[str] | None:
-    """PID 1 of a host: real dinit if this machine has it, else the stand-in."""
-    if shutil.which("dinit", path=PROGRAM_DIRS):
-        return ["dinit", "--container"]
-    if (STANDINS / "dinit").exists():
-        return [str(HOST_PACKAGE / "standins" / "dinit"), "--container"]
-    return None
+def init_command(tools: ChimeraTools) -> list[str] | None:
+    """PID 1 of a host: real dinit where `tools` has it, else the stand-in; either logs to
+    DINIT_LOG, where a user (and the upgrade step) reads why a service failed to load."""
+    if tools.dinit:
+        program = tools.dinit
+    elif (STANDINS / "dinit").exists():
+        program = str(HOST_PACKAGE / "standins" / "dinit")
+    else:
+        return None
+    return [program, "--container", "--log-file", str(DINIT_LOG)]
 
 
 def boot_script(host: FleetHost, upper: Path, work: Path, merged: Path,
                 private: list[Path], init: list[str], setup=()) -> str:
-    """PID 1's first act: build the host's root, run the `setup` commands (the packages' users
-    and folders), wait for its veth, then exec the init."""
+    """PID 1's first act: build the host's root, run the `setup` shell lines (apk's database,
+    the packages' users and folders), wait for its veth, then exec the init."""
     q = shlex.quote
     hide = "\n".join(f"if [ -d {q(str(p))} ]; then mount -t tmpfs -o ro,size=4k,mode=0755 "
                      f"outpost-private {q(str(p))}; fi" for p in private)
@@ -109,7 +111,7 @@ umount -l .
 cd /
 {hide}
 mkdir -m 0755 /run/sshd
-{"".join(shlex.join(argv) + chr(10) for argv in setup)}hostname {q(host.name)}
+{"".join(line + chr(10) for line in setup)}hostname {q(host.name)}
 # The fleet writes a line once this host's end of the veth pair is in place.
 read -r ready
 if [ -e /proc/sys/net/ipv6/conf/all/disable_ipv6 ]; then echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; fi
@@ -122,16 +124,16 @@ exec {shlex.join(init)} </dev/null
 
 # --- Start -------------------------------------------------------------------------------------
 
-def launch(state_dir: Path, host: FleetHost, bridge: str,
-           private: list[Path], setup=()) -> subprocess.Popen:
+def launch(state_dir: Path, host: FleetHost, bridge: str, private: list[Path],
+           tools: ChimeraTools, setup=()) -> subprocess.Popen:
     """Start the host's namespaces and PID 1 on its (provisioned) upper layer, and plug it
-    into the bridge. `setup`: commands run once its root is in place (boot_script)."""
+    into the bridge. `setup`: shell lines run once its root is in place (boot_script)."""
     state = host_state(state_dir, host.name)
     (state / "pid").unlink(missing_ok=True)  # a stale one: its namespaces died with it
     for sub in ("upper", "work", "merged"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     script = boot_script(host, state / "upper", state / "work", state / "merged",
-                         private, init_command(), setup)
+                         private, init_command(tools), setup)
     with open(state / "boot.log", "wb") as log:
         process = subprocess.Popen(
             ["unshare", "--fork", "--pid", "--mount", "--net", "--uts", "--ipc",

@@ -8,10 +8,16 @@ listens on its own :80.
 
 The stand-ins run on the hosts' own python3 from a copy of the `outpost` package in each host's
 layer (the project is hidden), so that python3 needs `cryptography` (apt: python3-cryptography).
+
+Where this machine has the real apk or dinit (local.find_chimera_tools), /usr/local/bin links to
+them instead, and a host gets what Chimera's base system would give them: an apk database, a
+package for each program the Debian base provides, and the trigger that applies the sysusers.d
+and tmpfiles.d files of the packages apk installs (APK_COMMIT_HOOK).
 """
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import stat
 from dataclasses import dataclass, field
@@ -20,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from outpost import commands
 from outpost.errors import OutpostError
-from outpost.fleet.local import PROGRAM_DIRS
+from outpost.fleet.local import STANDINS_DIR, ChimeraTools
 
 if TYPE_CHECKING:
     from outpost.fleet.machine import FleetHost
@@ -28,7 +34,7 @@ if TYPE_CHECKING:
 SSH_PORT = 22
 # The `outpost` package, copied onto each host for the stand-ins in its standins/ folder.
 PACKAGE = Path(__file__).resolve().parents[1]
-STANDINS = PACKAGE / "standins"
+STANDINS = STANDINS_DIR
 # Paths on the hosts.
 HOST_KEY = PurePosixPath("/etc/ssh/ssh_host_outpost_ed25519_key")
 SSHD_CONFIG = PurePosixPath("/etc/ssh/sshd_config_outpost")
@@ -37,6 +43,10 @@ SSHD_LOG = PurePosixPath("/var/log/sshd.log")
 APK_PROVIDED = PurePosixPath("/etc/apk/provided")
 # The copy of the package on each host, for the stand-ins.
 HOST_PACKAGE = PurePosixPath("/usr/local/lib/outpost/outpost")
+# Where each host's dinit (real or stand-in) logs, as `dinit --log-file` (commands.DINIT_LOG).
+DINIT_LOG = PurePosixPath(commands.DINIT_LOG)
+# Run by the real apk after each of its transactions (apk-tools: commit_hooks.d).
+APK_COMMIT_HOOK = PurePosixPath("/etc/apk/commit_hooks.d/outpost-sysusers-tmpfiles")
 # Where `dinitctl enable NAME` links NAME: the waits-for.d folder of Chimera's boot service.
 BOOT_D = PurePosixPath(commands.BOOT_D)
 # Enabled on every host, as `dinitctl enable` links them: service -> link target.
@@ -141,6 +151,39 @@ def boot_commands(base_packages) -> list[list[str]]:
     return commands
 
 
+def apk_database_lines(provided: str, real_apk: bool) -> list[str]:
+    """Boot lines that give a host the apk database a Chimera system has (real apk and the
+    stand-in both refuse to work without one), and, for the real apk, a package for each
+    `NAME[=VERSION]` line of `provided` (provided_packages): an empty `apk add --virtual` one,
+    made once, so that packages depending on python, nginx, ... can install. The stand-in reads
+    `provided` from APK_PROVIDED instead."""
+    lines = ["[ -e /lib/apk/db/installed ] || apk add --quiet --initdb"]
+    if real_apk:
+        for entry in provided.split():
+            name = entry.partition("=")[0]
+            lines.append(f"apk info -e {shlex.quote(name)} >/dev/null || "
+                         f"apk add --quiet --virtual {shlex.quote(entry)}")
+    return lines
+
+
+def apk_commit_hook() -> str:
+    """What Chimera's base system runs when apk installs a package: its sysusers.d entries
+    (users, groups), then its tmpfiles.d entries (folders), here by Debian's real
+    systemd-sysusers and systemd-tmpfiles, as at boot (boot_commands). Only the files that
+    apk-installed packages own (read from apk's database), not Debian's own."""
+    return f"""\
+#!/bin/sh
+# Outpost's local fleet (outpost/fleet/provision.py): the sysusers/tmpfiles trigger of
+# Chimera's base system, run by real apk after each transaction (apk-tools commit_hooks.d).
+[ "$1" = post-commit ] || exit 0
+owned() {{
+    awk -F: -v dir="$1" '/^F:/ {{ folder = $2 }} /^R:/ && folder == dir && $2 ~ /\\.conf$/ {{ print "/" dir "/" $2 }}' /lib/apk/db/installed
+}}
+for file in $(owned {str(SYSUSERS_D).lstrip("/")}); do systemd-sysusers "$file"; done
+for file in $(owned {str(TMPFILES_D).lstrip("/")}); do systemd-tmpfiles --create "$file"; done
+"""
+
+
 def dinit_services() -> dict[PurePosixPath, str]:
     """The service files of every host: what dinit-chimera's boot graph needs, sshd and nginx."""
     return {
@@ -196,8 +239,22 @@ def _gid_of(name: str, group: str) -> int:
 
 # --- Writing the upper layer -------------------------------------------------------------------
 
+def role_of(provision: Provision, name: str) -> Role:
+    """A machine's role; one made only as the machine starts (the ACME server's, whose HTTPS
+    certificate is new at each start) is made here, once per start."""
+    role = provision.roles.get(name, Role())
+    return role() if callable(role) else role
+
+
+def host_provided(python_version: str, provision: Provision, role: Role) -> str:
+    """Everything apk counts as installed on this machine (provided_packages and its role's)."""
+    return (provided_packages(python_version, provision.base_packages)
+            + "".join(f"{name}\n" for name in role.provided))
+
+
 def provision_host(host: FleetHost, upper: Path, user: str, identity: Path,
-                   provision: Provision, python_version: str):
+                   provision: Provision, python_version: str, tools: ChimeraTools,
+                   role: Role = Role()):
     """Write what the host needs into its upper layer (the host is down, so this is safe).
     Every file is rewritten on each start, so a changed fleet setting takes effect."""
     home = f"/home/{user}"
@@ -206,8 +263,6 @@ def provision_host(host: FleetHost, upper: Path, user: str, identity: Path,
         mine = upper / path.lstrip("/")
         return (mine if mine.exists() else Path(path)).read_text()
 
-    role = provision.roles.get(host.name, Role())
-    role = role() if callable(role) else role  # made only as the machine starts
     passwd, group, shadow, uid = with_user(lower_or_upper("/etc/passwd"),
                                            lower_or_upper("/etc/group"),
                                            lower_or_upper("/etc/shadow"), user, home)
@@ -223,8 +278,7 @@ def provision_host(host: FleetHost, upper: Path, user: str, identity: Path,
         "/etc/doas.conf": (provision.doas_rules[host.name], 0o400, 0, 0),
         str(SSHD_CONFIG): (sshd_config(host.address, user, role), 0o644, 0, 0),
         "/etc/apk/arch": (host.arch + "\n", 0o644, 0, 0),
-        str(APK_PROVIDED): (provided_packages(python_version, provision.base_packages)
-                            + "".join(f"{name}\n" for name in role.provided), 0o644, 0, 0),
+        str(APK_PROVIDED): (host_provided(python_version, provision, role), 0o644, 0, 0),
         f"{home}/.ssh/authorized_keys": (
             Path(f"{identity}.pub").read_text(), 0o600, uid, uid),
         **{str(path): (text, 0o644, 0, 0) for path, text in dinit_services().items()},
@@ -232,6 +286,8 @@ def provision_host(host: FleetHost, upper: Path, user: str, identity: Path,
            for path, text in package.files},
         **{path: (text, mode, uids[owner], uids[owner]) for path, text, mode, owner in role.files},
     }
+    if tools.apk:
+        files[str(APK_COMMIT_HOOK)] = (apk_commit_hook(), 0o755, 0, 0)
     dirs = {home: (0o755, uid), f"{home}/.ssh": (0o700, uid), str(BOOT_D): (0o755, 0),
             # Folders the sync step writes into with `doas tee`.
             commands.KEYS_DIR: (0o755, 0), commands.LISTS_DIR: (0o755, 0),
@@ -256,21 +312,22 @@ def provision_host(host: FleetHost, upper: Path, user: str, identity: Path,
         link = upper / BOOT_D.relative_to("/") / service
         if not os.path.lexists(link):
             link.symlink_to(link_target)
-    install_standins(upper)
+    install_tools(upper, tools)
 
 
-def install_standins(upper: Path):
-    """Link the stand-ins for the tools this machine lacks. They import `outpost`, and the
-    project is hidden on the host, so the package is copied into the host's layer."""
+def install_tools(upper: Path, tools: ChimeraTools):
+    """Link apk and dinitctl in the host's /usr/local/bin (on doas's PATH and the host's): to
+    the real tool where `tools` has it (this machine's / is the host's lower layer), else to
+    the stand-in. The stand-ins import `outpost`, and the project is hidden on the host, so the
+    package is copied into the host's layer."""
     package = upper_dir(upper, str(HOST_PACKAGE.parent)) / "outpost"
     shutil.rmtree(package, ignore_errors=True)
     shutil.copytree(PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
     bin_dir = upper_dir(upper, "/usr/local/bin")
-    for tool in ("apk", "dinitctl"):
+    for tool, real in (("apk", tools.apk), ("dinitctl", tools.dinitctl)):
         link = bin_dir / tool
         link.unlink(missing_ok=True)
-        if not shutil.which(tool, path=PROGRAM_DIRS):
-            link.symlink_to(HOST_PACKAGE / "standins" / tool)
+        link.symlink_to(real or HOST_PACKAGE / "standins" / tool)
 
 
 def upper_dir(upper: Path, path: str) -> Path:

@@ -28,6 +28,8 @@ ARCH_FILE = "etc/apk/arch"
 # Stand-in only: what the host already provides without apk (the fleet's Debian base system).
 PROVIDED = "etc/apk/provided"
 REPO_FILES = ("etc/apk/repositories",)
+# apk's default protected paths (database.c): config files there are kept when changed.
+PROTECTED, UNPROTECTED, APK_NEW = "etc/", "etc/apk/", ".apk-new"
 REPO_DIRS = ("etc/apk/repositories.d", "lib/apk/repositories.d")
 
 
@@ -530,6 +532,8 @@ class Database:
                 files[entry.path] = ("dir", entry.mode)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
+            if _keep_changed_config(target, entry, old):
+                target = target.with_name(target.name + APK_NEW)
             _replace(target, entry)
             files[entry.path] = ("file", entry.mode, q1_checksum(
                 entry.content if entry.type == "file" else os.fsencode(entry.link_target)))
@@ -606,6 +610,20 @@ class Database:
         _write_atomically(self.path(INSTALLED_DB), installed_text(self.installed.values()).encode())
         world = "".join(f"{name}\n" for name in sorted(set(self.world)))
         _write_atomically(self.path(WORLD), world.encode())
+
+
+def _keep_changed_config(target, entry, old):
+    """apk 3's protected paths (its default: /etc but /etc/apk): a file there that was changed
+    since apk installed it (it is not what the old version recorded) is kept, and the new
+    version goes beside it as FILE.apk-new, unless the two are the same."""
+    if entry.type != "file" or not entry.path.startswith(PROTECTED) or \
+            entry.path.startswith(UNPROTECTED) or target.is_symlink() or not target.is_file():
+        return False
+    on_disk = target.read_bytes()
+    recorded = old.files.get(entry.path) if old else None
+    unchanged = recorded is not None and recorded[0] == "file" and \
+        recorded[2] == q1_checksum(on_disk)
+    return not unchanged and on_disk != entry.content
 
 
 def signature_problem(err):
@@ -721,6 +739,11 @@ def cmd_info(db, names, verbosity, exists):
                      f"{pv} webpage:\n{package.fields.get('U', '')}\n\n"
                      f"{pv} installed size:\n{size}\n\n")
     return 0
+
+
+def has_database(root):
+    """Whether `root` has an apk database (made by --initdb); apk refuses to work without one."""
+    return (Path(root) / INSTALLED_DB).is_file()
 
 
 def init_db(root):

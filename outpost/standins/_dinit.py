@@ -459,21 +459,30 @@ class Supervisor:
             old = self.services.get(name)
             if old is None:
                 return self.load(name)
-            with open(old.desc.path, encoding="utf-8") as f:
-                desc = parse_description(name, old.desc.path, f.read())
-            new = self._prepare(desc, (name,))
-            if old.state != STOPPED:
-                if new.desc.type != old.desc.type:
-                    raise ServiceLoadError("load", f"service '{name}': could not reload service; "
-                                           "the type of a running service cannot be changed")
-                for dep in new.desc.depends_on:
-                    if self.services[dep].state != STARTED:
-                        raise ServiceLoadError("load", f"service '{name}': could not reload "
-                                               f"service; new dependency '{dep}' is not started")
+            try:
+                new = self._reloaded(name, old)
+            except ServiceLoadError as err:
+                # dinit keeps the loaded description; dinitctl gives one message for every cause.
+                raise ServiceLoadError("reload", f"Could not reload service {name}: {err}") from None
             for attr in ("state", "explicit", "process", "stop_reason", "exitcode", "restarts"):
                 setattr(new, attr, getattr(old, attr))
             self.services[name] = new
             return new
+
+    def _reloaded(self, name, old):
+        """The service `name` from its file read again, if dinit would take it in its state."""
+        with open(old.desc.path, encoding="utf-8") as f:
+            desc = parse_description(name, old.desc.path, f.read())
+        new = self._prepare(desc, (name,))
+        if old.state != STOPPED:  # dinit's check_settings_for_reload (load-service.cc)
+            if new.desc.type != old.desc.type:
+                raise ServiceLoadError("load", "cannot change type of non-stopped service.")
+            if bool(new.desc.logfile) != bool(old.desc.logfile):
+                raise ServiceLoadError("load", "cannot change log-type for running service.")
+            for dep in new.desc.depends_on:
+                if self.services[dep].state != STARTED:
+                    raise ServiceLoadError("load", f"cannot add non-started dependency '{dep}'.")
+        return new
 
     # starting
 
@@ -881,7 +890,7 @@ def resolve_user(desc):
     try:
         entry = pwd.getpwnam(value)
     except KeyError:
-        raise ServiceLoadError("load", f"Error in service description for '{desc.name}': "
+        raise ServiceLoadError("description", f"Error in service description for '{desc.name}': "
                                f"setting 'run-as' (file {desc.path}): specified user \"{value}\" "
                                "does not exist in system database.")
     return entry.pw_uid, entry.pw_gid, os.getgrouplist(entry.pw_name, entry.pw_gid)
@@ -1065,7 +1074,8 @@ def failure_details(reply):
 
 
 def load_error_text(reply):
-    """What dinitctl prints when the daemon could not load a service, plus the stand-in's detail."""
+    """What dinitctl prints when the daemon could not load a service. As with real dinitctl,
+    the reason is only in dinit's log."""
     kind = reply["error"]
     if kind == "missing":
         text = ("dinitctl: failed to find service description.\n"
@@ -1076,7 +1086,7 @@ def load_error_text(reply):
     else:
         text = ("dinitctl: error loading service (or dependency of service).\n"
                 "dinitctl: try 'dinit-check <service-name>' or check log for more information.\n")
-    return text + f"dinitctl (stand-in): {reply['detail']}\n"
+    return text
 
 
 def format_status(reply):
@@ -1175,10 +1185,15 @@ def format_reply(command, name, reply, ignore_unstarted=False):
     """(exit status, stdout, stderr) that dinitctl gives for `reply` to `command name`.
     --ignore-unstarted: a service that isn't started or doesn't exist is not an error."""
     error = reply.get("error")
-    if ignore_unstarted and error in ("not-started", "missing"):
+    if ignore_unstarted and error == "not-started":
         return 0, f"Service '{name}' is not currently started.\n", ""
+    if ignore_unstarted and error in ("missing", "description", "load"):
+        return 0, "", ""  # as real dinitctl: silent, exit 0, the reason in dinit's log
     if error in ("missing", "description", "load"):
         return 1, "", load_error_text(reply)
+    if error == "reload":
+        return 1, "", ("dinitctl: could not reload service; service in wrong state, incompatible "
+                       "change, or bad service description.\n")
     if command in ("enable", "disable"):
         return format_enable(command, name, reply)
     if error in SIGNAL_ERRORS:
