@@ -38,8 +38,17 @@ def acme_tasks(inventory):
         "task_dep": ["acme:setup"],
         # Only when it must issue: the nameservers must then hold challenges. As a setup and
         # not a task_dep, a host that is down later blocks no other host's certificate.
-        "setup": [f"{step}:{host.name}" for host in inventory.hosts for step in ("dns", "gate")],
+        "setup": issue_setup(inventory),
     }
+
+
+def issue_setup(inventory) -> list[str]:
+    """What must be in place before lego asks for a certificate: with the site's own
+    nameservers, each one's gdnsd and lego-gate; with Gcore, the map on Gcore."""
+    if inventory.dns is not None and inventory.dns.provider == "gcore":
+        return ["dns:gcore"]
+    dns = ["dns"] if inventory.dns is not None else []
+    return [f"{step}:{host.name}" for host in inventory.hosts for step in (*dns, "gate")]
 
 
 def gate(inventory):
