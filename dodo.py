@@ -3,6 +3,8 @@
     build:<arch> -> index:<arch> -> bootstrap:<host> -> sync:<host> -> upgrade:<host>
     -> config:<host> -> content:<host> -> check:<host>
 
+`doit rollback` switches every host back to its previous content release.
+
 `doit deploy` runs it all (it is the default); `doit list --status` shows what would run;
 `doit info TASK` says why. The inventory is inventory.toml, or the file OUTPOST_INVENTORY names.
 """
@@ -91,6 +93,11 @@ def task_upgrade():
 def task_content():
     """Push the content to each host."""
     yield from _tasks(hosts.content)
+
+
+def task_rollback():
+    """Switch hosts back to their previous release: rollback:content[:<host>]."""
+    yield from _tasks(hosts.rollback)
 
 
 def task_check():

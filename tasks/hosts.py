@@ -1,10 +1,14 @@
 """The second half of the pipeline, one subtask per host:
 fleet:up -> bootstrap:<host> -> sync:<host> -> upgrade:<host> -> config:<host>
--> content:<host> -> check:<host> -> deploy:<host>  (bootstrap and config: tasks/config.py)."""
+-> content:<host> -> check:<host> -> deploy:<host>  (bootstrap and config: tasks/config.py).
+And rollback:content:<host>, run only when asked for."""
+import functools
+
 from doit.tools import config_changed
 
+from outpost import content as content_step
 from outpost import steps
-from outpost.taskutil import action, files_under
+from outpost.taskutil import action
 
 
 def fleet(inventory):
@@ -56,20 +60,44 @@ def upgrade(inventory):
 
 
 def content(inventory):
-    packages = [p for p in inventory.packages if p.content is not None]
+    packages = content_step.packages(inventory)
     if not packages:
         return
-    sources = [f for p in packages for f in files_under(p.content)]
+    # The manifest of content/, made now: a link out of it stops the run before any host.
+    for package in packages:
+        content_step.manifest(inventory, package)
     for host in inventory.hosts:
         yield {
             "name": host.name,
-            "doc": f"Push the content to {host.name} (rsync --delete)",
+            "doc": f"Push the content to {host.name} as a new release and switch to it",
             "actions": [action(steps.push_content, inventory, host)],
-            "file_dep": sources + steps.host_marker(inventory, host),
+            "file_dep": steps.host_marker(inventory, host),
             "uptodate": [config_changed({"address": host.address,
-                                         "dest": [p.content_dir for p in packages]})],
+                                         "dest": [p.content_dir for p in packages]}),
+                         functools.partial(steps.content_is_current, inventory, host)],
             "task_dep": [f"config:{host.name}"],
         }
+
+
+def rollback(inventory):
+    """rollback:content:<host> switches a host's content back one release, rollback:content
+    every host's; `doit rollback` rolls back every kind there is (so far, content)."""
+    if not content_step.packages(inventory):
+        return
+    for host in inventory.hosts:
+        yield {
+            "name": f"content:{host.name}",
+            "doc": f"Switch {host.name}'s content back to the release before (no transfer)",
+            # No inputs: it runs whenever it is asked for, and deploy never asks.
+            "actions": [action(steps.rollback_content, inventory, host)],
+            "verbosity": 2,
+        }
+    yield {
+        "name": "content",
+        "doc": "Switch every host's content back to the release before",
+        "actions": None,
+        "task_dep": [f"rollback:content:{host.name}" for host in inventory.hosts],
+    }
 
 
 def check(inventory):

@@ -54,3 +54,17 @@ def wait_for(condition, what, timeout=20.0):
             return value
         time.sleep(0.05)
     raise AssertionError(f"gave up waiting for {what}")
+
+
+def load_app():
+    """linkedlistd (a script without .py) imported as a module, to call its functions."""
+    import importlib.machinery
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "cports-overlay/user/linkedlist/files/linkedlistd"
+    loader = importlib.machinery.SourceFileLoader("linkedlistd", str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
