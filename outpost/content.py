@@ -26,7 +26,7 @@ from pathlib import Path
 from outpost import commands, manifest as manifests, releases, remote
 from outpost.errors import OutpostError
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # manifest() is called with it held, by _prune_manifests
 _scanned: dict = {}   # (package name, content folder) -> Manifest, once per process
 _payloads: dict = {}  # (release, base release, base folder) -> bytes, shared by hosts
 PAYLOADS_KEPT = 4
