@@ -40,6 +40,9 @@ class Served:
     digest: str | None
     kept: tuple[str, ...]
     drift: str | None = None  # what the check saw instead, until the next push
+    # After a rollback: the release of content/ then. The rollback holds (deploy pushes
+    # nothing) until content/ changes, so an unrelated deploy can't undo it.
+    held_for: str | None = None
 
 
 def packages(inventory) -> list:
@@ -85,11 +88,13 @@ def _record(inventory, package, host, record: Served):
 
 def is_current(inventory, host) -> bool:
     """doit uptodate: every package's content is the release this machine last pushed to
-    the host, and the check has not seen the host serve anything else since."""
+    the host (or content/ is as it was when the host was rolled back), and the check has not
+    seen the host serve anything else since."""
     for package in packages(inventory):
         record = served(inventory, package, host)
+        release = manifest(inventory, package).release
         if (record is None or record.drift is not None
-                or record.release != manifest(inventory, package).release):
+                or release not in (record.release, record.held_for)):
             return False
     return True
 
@@ -207,7 +212,8 @@ def _push(inventory, package, host, release, base, record) -> tuple[str, int]:
 
 def rollback(inventory, host, say) -> list[tuple]:
     """Switch each package's content on host back to the release before the current one (no
-    transfer); returns (package, folder, digest or None) for each, for the check to wait on."""
+    transfer), held until content/ changes; returns (package, folder, digest or None) for
+    each, for the caller to wait on."""
     done = []
     for package in packages(inventory):
         script = releases.rollback_script(package.content_dir, package.keep_releases)
@@ -225,7 +231,7 @@ def rollback(inventory, host, say) -> list[tuple]:
         stored = _stored_manifest(inventory, package, folder)
         _record(inventory, package, host, Served(
             stored.release if stored else None, folder, stored.digest if stored else None,
-            tuple(kept)))
+            tuple(kept), held_for=manifest(inventory, package).release))
         say(f"{host.name}: {package.name} content rolled back from {was or '-'} to {folder}")
         done.append((package, folder, stored.digest if stored else None))
     return done

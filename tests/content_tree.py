@@ -57,3 +57,12 @@ def edit_all(folder: Path, tag: str, seed: int = 1) -> list[Path]:
         number = int(path.stem.split("-")[1])
         path.write_text(entry_text(number, rng, tag))
     return changed
+
+
+def add_entries(folder: Path, start: int, count: int, seed: int = 2) -> list[Path]:
+    """Write entries start .. start+count-1 (new files)."""
+    rng = random.Random(seed)
+    added = [entry_path(folder, number) for number in range(start, start + count)]
+    for number, path in zip(range(start, start + count), added):
+        path.write_text(entry_text(number, rng))
+    return added
