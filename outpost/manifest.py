@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import time
 from dataclasses import dataclass
@@ -47,9 +48,9 @@ class Entry:
 
 class Manifest:
     """The files of one release, sorted by path, with the release id and the app's digest.
-    `sources` maps each path to the local file to read it from (for a link: its target)."""
+    `sources` maps each path to the local file to read it from (for a link: the link)."""
 
-    def __init__(self, entries, sources: dict[str, Path] | None = None):
+    def __init__(self, entries, sources: dict[str, str] | None = None):
         self.entries = tuple(sorted(entries, key=lambda e: e.path))
         self.sources = sources or {}
         self.text = "".join(f"{e.sha256} {e.size} {e.mode:o} {e.path}\n" for e in self.entries)
@@ -87,13 +88,13 @@ def scan(content: Path, cache: Path | None = None) -> Manifest:
     known = _read_cache(cache)
     fresh: dict[str, list] = {}
     entries, sources, refused = [], {}, []
-    for relpath, path, link in _walk(content, refused):
-        try:
-            st = os.stat(path)  # a link's target
-        except OSError:
-            refused.append(f"{relpath} -> {link} (it points to nothing)")
-            continue
+    for relpath, path, link, st in _walk(content, refused):
         if link is not None:
+            try:
+                st = os.stat(path)  # the link's target
+            except OSError:
+                refused.append(f"{relpath} -> {link} (it points to nothing)")
+                continue
             target = os.path.realpath(path)
             if os.path.commonpath([root, target]) != root:
                 refused.append(f"{relpath} -> {link} (it points outside {content})")
@@ -103,15 +104,12 @@ def scan(content: Path, cache: Path | None = None) -> Manifest:
                 continue
         key = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
         cached = known.get(relpath)
-        if cached is not None and cached[:4] == key:
-            sha = cached[4]
-        else:
-            sha = _sha256(path)
+        sha = cached[4] if cached is not None and cached[:4] == key else _sha256(path)
         if st.st_ctime_ns < started - RACY_NS:
             fresh[relpath] = key + [sha]
         mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644
         entries.append(Entry(relpath, st.st_size, mode, sha))
-        sources[relpath] = Path(path)
+        sources[relpath] = path
     if refused:
         raise OutpostError(f"{content}: cannot deploy (nothing was pushed):\n  "
                            + "\n  ".join(refused))
@@ -121,8 +119,9 @@ def scan(content: Path, cache: Path | None = None) -> Manifest:
 
 
 def _walk(content: Path, refused: list):
-    """(relative path, path, link text or None) of every file to deploy, hidden names left
-    out; what can't be deployed goes to `refused`. Links to folders are not entered."""
+    """(relative path, path, link text, stat) of every file to deploy: for a link, its text
+    and no stat. Hidden names are left out, links to folders not entered; what can't be
+    deployed goes to `refused`."""
     stack = [(str(content), "")]
     while stack:
         folder, prefix = stack.pop()
@@ -137,22 +136,26 @@ def _walk(content: Path, refused: list):
                     refused.append(f"{relpath!r} ({problem})")
                     continue
                 if entry.is_symlink():
-                    yield relpath, entry.path, os.readlink(entry.path)
+                    yield relpath, entry.path, os.readlink(entry.path), None
                 elif entry.is_dir(follow_symlinks=False):
                     stack.append((entry.path, relpath + "/"))
                 elif entry.is_file(follow_symlinks=False):
-                    yield relpath, entry.path, None
+                    yield relpath, entry.path, None, entry.stat(follow_symlinks=False)
                 else:
                     refused.append(f"{relpath} (not a regular file, a folder or a link)")
 
 
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _bad_name(name: str) -> str | None:
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        return "the name is not UTF-8"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if CONTROL.search(name):
         return "the name holds a control character"
+    if not name.isascii():
+        try:
+            name.encode()
+        except UnicodeEncodeError:  # os.fsdecode's surrogates: bytes that are not UTF-8
+            return "the name is not UTF-8"
     return None
 
 

@@ -26,9 +26,8 @@ new folder "<folder>.<n>": a folder `current` may point at is never written agai
 """
 from __future__ import annotations
 
-import io
 import shlex
-import tarfile
+import zlib
 
 FOLDER_CHARS = 16
 RELEASES = "releases"
@@ -61,26 +60,68 @@ def current_path(content_dir: str) -> str:
 def payload(manifest, read, base=None, base_folder: str | None = None) -> bytes:
     """The tar stream (gzip) of `manifest`'s release for a host that serves `base` (a
     Manifest) from releases/<base_folder>: files whose sha256 and mode are the base's are hard
-    links to it, the rest are read with read(entry) -> (bytes, mtime). The marker comes last."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1,
-                      format=tarfile.PAX_FORMAT) as tar:
-        for entry in manifest.entries:
-            info = tarfile.TarInfo(f"{STAGE}/{entry.path}")
-            info.mode = entry.mode
-            if _same(entry, base):
-                info.type = tarfile.LNKTYPE
-                info.linkname = f"{base_folder}/{entry.path}"
-                tar.addfile(info)
-            else:
-                data, info.mtime = read(entry)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-        marker = manifest.release.encode() + b"\n"
-        info = tarfile.TarInfo(f"{STAGE}/{MARKER}")
-        info.size, info.mode = len(marker), 0o644
-        tar.addfile(info, io.BytesIO(marker))
-    return buffer.getvalue()
+    links to it, the rest are read with read(entry) -> (bytes, mtime). The marker comes last.
+    The headers are written here rather than by tarfile: a release of 2,000 files is 2,000 of
+    them, and tarfile takes some 50 us for each."""
+    gzip = zlib.compressobj(1, zlib.DEFLATED, 31)  # level 1: most of level 6's gain, 6x faster
+    chunks = []
+    for entry in manifest.entries:
+        name = f"{STAGE}/{entry.path}"
+        if _same(entry, base):
+            chunks.append(gzip.compress(_header(name, entry.mode, 0, 0, LINK,
+                                                f"{base_folder}/{entry.path}")))
+        else:
+            data, mtime = read(entry)
+            chunks.append(gzip.compress(_header(name, entry.mode, len(data), mtime, FILE)))
+            chunks.append(gzip.compress(data + bytes(-len(data) % BLOCK)))
+    marker = manifest.release.encode() + b"\n"
+    chunks.append(gzip.compress(_header(f"{STAGE}/{MARKER}", 0o644, len(marker), 0, FILE)
+                                + marker + bytes(-len(marker) % BLOCK) + bytes(2 * BLOCK)))
+    chunks.append(gzip.flush())
+    return b"".join(chunks)
+
+
+BLOCK = 512
+FILE, LINK, PAX = b"0", b"1", b"x"
+
+
+def _header(name: str, mode: int, size: int, mtime: int, kind: bytes, link: str = "") -> bytes:
+    """A POSIX (ustar) header block; a name or link target longer than its field goes in a
+    pax extended header before it, as POSIX.1-2001 has it (GNU tar and bsdtar read both)."""
+    name_b, link_b = name.encode(), link.encode()
+    records = b""
+    if len(name_b) > 100:
+        records += _pax_record("path", name_b)
+        name_b = name_b[:100]
+    if len(link_b) > 100:
+        records += _pax_record("linkpath", link_b)
+        link_b = link_b[:100]
+    extended = b""
+    if records:
+        extended = (_header_block(b"././@PaxHeader", 0o644, len(records), 0, PAX, b"")
+                    + records + bytes(-len(records) % BLOCK))
+    return extended + _header_block(name_b, mode, size, mtime, kind, link_b)
+
+
+def _pax_record(key: str, value: bytes) -> bytes:
+    body = f" {key}=".encode() + value + b"\n"
+    length = len(body) + 1
+    while len(str(length)) + len(body) != length:  # the length counts its own digits
+        length = len(str(length)) + len(body)
+    return str(length).encode() + body
+
+
+def _header_block(name: bytes, mode: int, size: int, mtime: int, kind: bytes,
+                  link: bytes) -> bytes:
+    def octal(value: int, width: int) -> bytes:
+        return f"{value:0{width - 1}o}".encode() + b"\0"
+
+    fields = [name.ljust(100, b"\0"), octal(mode, 8), octal(0, 8), octal(0, 8), octal(size, 12),
+              octal(mtime, 12), b" " * 8, kind, link.ljust(100, b"\0"), b"ustar\x0000",
+              bytes(32 + 32 + 8 + 8 + 155 + 12)]
+    block = b"".join(fields)
+    checksum = f"{sum(block):06o}".encode() + b"\0 "
+    return block[:148] + checksum + block[156:]
 
 
 def _same(entry, base) -> bool:

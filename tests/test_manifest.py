@@ -39,7 +39,7 @@ def test_entries_are_the_files_the_app_serves_with_size_mode_and_sha256(tree):
         ("static/css/site.css", 7, 0o644, sha(b"body{}\xff")),
         ("static/run.sh", 10, 0o755, sha(b"#!/bin/sh\n")),
     ]
-    assert m.sources["entries/a.txt"] == tree / "entries" / "a.txt"
+    assert m.sources["entries/a.txt"] == str(tree / "entries" / "a.txt")
 
 
 def test_the_release_id_is_the_sha256_of_the_text_and_changes_with_path_mode_or_bytes(tree):
@@ -77,7 +77,7 @@ def test_a_link_to_a_file_inside_is_deployed_as_that_file(tree):
     m = manifest.scan(tree)
     assert m.by_path["static/copy.css"] == manifest.Entry(
         "static/copy.css", 7, 0o644, sha(b"body{}\xff"))
-    assert m.sources["static/copy.css"] == tree / "static" / "copy.css"
+    assert m.sources["static/copy.css"] == str(tree / "static" / "copy.css")
 
 
 def test_links_out_of_the_tree_to_folders_or_to_nothing_are_all_named(tree, tmp_path):
