@@ -191,7 +191,7 @@ def push(inventory, host, say):
             if failed.exited != releases.BASE_MISSING:
                 raise
             output, sent = _push(inventory, package, host, release, None, record)
-        folder, kept = releases.parse_report(output)
+        folder, kept = _report(output, host, "content")
         _store_manifest(inventory, package, release)
         _record(inventory, package, host,
                 Served(release.release, folder, release.digest, tuple(kept)))
@@ -210,6 +210,13 @@ def _push(inventory, package, host, release, base, record) -> tuple[str, int]:
     return result.stdout, releases.changed_count(release, base)
 
 
+def _report(output: str, host, step: str) -> tuple[str, list[str]]:
+    try:
+        return releases.parse_report(output)
+    except ValueError as error:
+        raise OutpostError(f"host {host.name}, step {step}: {error}") from None
+
+
 def rollback(inventory, host, say) -> list[tuple]:
     """Switch each package's content on host back to the release before the current one (no
     transfer), held until content/ changes; returns (package, folder, digest or None) for
@@ -225,7 +232,7 @@ def rollback(inventory, host, say) -> list[tuple]:
                 raise OutpostError(f"host {host.name}, step rollback: {package.name} has no "
                                    f"earlier release on the host to roll back to") from None
             raise
-        folder, kept = releases.parse_report(result.stdout)
+        folder, kept = _report(result.stdout, host, "rollback")
         was = next((line[4:] for line in result.stdout.splitlines()
                     if line.startswith("was ")), "")
         stored = _stored_manifest(inventory, package, folder)

@@ -26,6 +26,7 @@ new folder "<folder>.<n>": a folder `current` may point at is never written agai
 """
 from __future__ import annotations
 
+import re
 import shlex
 import zlib
 
@@ -224,8 +225,13 @@ echo "was $now"
 {_report_and_prune(keep)}"""
 
 
+FOLDER = re.compile(rf"[0-9a-f]{{{FOLDER_CHARS}}}(\.[0-9]+)?")
+
+
 def parse_report(output: str) -> tuple[str, list[str]]:
-    """(current folder, kept folders newest first) from a push or rollback script's output."""
+    """(current folder, kept folders newest first) from a push or rollback script's output.
+    A folder the push would not have named (made on the host by hand) is refused: the names
+    end up in later scripts and in file names here."""
     current, kept = None, []
     for line in output.splitlines():
         word, _, rest = line.partition(" ")
@@ -233,6 +239,7 @@ def parse_report(output: str) -> tuple[str, list[str]]:
             current = rest.strip()
         elif word == "kept":
             kept = rest.split()
-    if not current:
-        raise ValueError(f"no `current` line in the script's output:\n{output}")
+    for folder in [current, *kept]:
+        if folder is None or not FOLDER.fullmatch(folder):
+            raise ValueError(f"the host reports release folder {folder!r}, which no push made")
     return current, kept

@@ -170,3 +170,33 @@ def test_a_release_pushed_again_gets_a_new_folder(host, content):
     assert m_again.release == m.release and again == f"{first}.1"
     assert host.current() == f"releases/{first}.1"
     assert releases.release_of(again) == first
+
+
+def test_long_names_and_link_targets_arrive_whole(host, content):
+    deep = content / ("a-long-folder-name-" * 4) / ("another-long-folder-name-" * 3)
+    deep.mkdir(parents=True)
+    (deep / "a file with spaces and ünïcode, long enough.txt").write_text("deep\n")
+    first, old = push(host, content)
+    long_paths = [e.path for e in first.entries if len(f".incoming/{e.path}") > 100]
+    assert long_paths  # the names do need the pax header
+    (content / "README.md").write_text("changed\n")
+    m, new = push(host, content)
+    for path in long_paths:
+        now, before = host.dir / "releases" / new / path, host.dir / "releases" / old / path
+        assert now.read_text() == "deep\n"
+        assert now.stat().st_ino == before.stat().st_ino  # linked, by its long name
+    assert manifest.scan(host.dir / "current").release == m.release
+    with tarfile.open(fileobj=io.BytesIO(releases.payload(
+            m, lambda e: (Path(m.sources[e.path]).read_bytes(), 0), first, old))) as tar:
+        linked = {t.name: t.linkname for t in tar.getmembers() if t.islnk()}
+    assert linked[f".incoming/{long_paths[0]}"] == f"{old}/{long_paths[0]}"
+
+
+def test_a_report_naming_a_folder_no_push_made_is_refused():
+    assert releases.parse_report("was x\ncurrent 0123456789abcdef.2\nkept 0123456789abcdef.2 "
+                                 "fedcba9876543210\n") == (
+        "0123456789abcdef.2", ["0123456789abcdef.2", "fedcba9876543210"])
+    for output in ("current by-hand\nkept by-hand\n", "kept 0123456789abcdef\n",
+                   "current 0123456789abcdef\nkept 0123456789abcdef ../../etc\n"):
+        with pytest.raises(ValueError, match="which no push made"):
+            releases.parse_report(output)
