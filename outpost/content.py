@@ -1,6 +1,6 @@
 """The content step: each package's content/ becomes a release on every host (the layout and
 scripts are outpost.releases), from the manifest of content/ (outpost.manifest), with one SSH
-login per host (outpost.remote.run_ssh). And what this machine knows of each host's releases,
+login per host (outpost.remote.SshSession). And what this machine knows of each host's releases,
 so that content:<host> is up to date without asking the host.
 
 Kept here, under build/content/<package>/:
@@ -29,6 +29,7 @@ from outpost.errors import OutpostError
 _lock = threading.RLock()  # manifest() is called with it held, by _prune_manifests
 _scanned: dict = {}   # (package name, content folder) -> Manifest, once per process
 _payloads: dict = {}  # (release, base release, base folder) -> bytes, shared by hosts
+_parsed: dict = {}    # stored manifest's path -> Manifest
 PAYLOADS_KEPT = 4
 
 
@@ -122,11 +123,17 @@ def _manifest_path(inventory, package, folder: str) -> Path:
 
 
 def _stored_manifest(inventory, package, folder: str) -> manifests.Manifest | None:
-    try:
-        stored = manifests.Manifest.parse(_manifest_path(inventory, package, folder).read_text())
-    except (OSError, ValueError):
-        return None
-    return stored if releases.folder_of(stored.release) == releases.release_of(folder) else None
+    """The manifest of the release in that folder, if it was pushed from here (parsed once:
+    the hosts of a run mostly share their base)."""
+    path = _manifest_path(inventory, package, folder)
+    with _lock:
+        if path not in _parsed:
+            try:
+                stored = manifests.Manifest.parse(path.read_text())
+            except (OSError, ValueError):
+                return None
+            _parsed[path] = stored if releases.folder_of(stored.release) == path.name else None
+        return _parsed[path]
 
 
 def _store_manifest(inventory, package, release: manifests.Manifest):
@@ -182,31 +189,35 @@ def push(inventory, host, say):
     for package in packages(inventory):
         release = manifest(inventory, package)
         record = served(inventory, package, host)
-        base = None
-        if record is not None and record.drift is None:
-            base = _stored_manifest(inventory, package, record.folder)
         try:
-            output, sent = _push(inventory, package, host, release, base, record)
+            output, sent = _push(inventory, package, host, release, record, linked=True)
         except remote.ScriptFailed as failed:
             if failed.exited != releases.BASE_MISSING:
                 raise
-            output, sent = _push(inventory, package, host, release, None, record)
+            output, sent = _push(inventory, package, host, release, record, linked=False)
         folder, kept = _report(output, host, "content")
         _store_manifest(inventory, package, release)
         _record(inventory, package, host,
                 Served(release.release, folder, release.digest, tuple(kept)))
         with _lock:
             _prune_manifests(inventory, package)
+        whole = " (all)" if sent == len(release.entries) else ""
         say(f"{host.name}: {package.name} content {folder}: {sent} of {len(release.entries)} "
-            f"files sent{'' if base else ' (all)'}; keeps {len(kept)} releases")
+            f"files sent{whole}; keeps {len(kept)} releases")
 
 
-def _push(inventory, package, host, release, base, record) -> tuple[str, int]:
-    base_folder = record.folder if base is not None else None
-    script = releases.push_script(package.content_dir, release.release, base_folder,
-                                  package.keep_releases)
-    result = remote.run_ssh(commands.ssh_argv(inventory.ssh, host), host, inventory.ssh, script,
-                            _payload(release, base, base_folder), step="content")
+def _push(inventory, package, host, release, record, linked: bool) -> tuple[str, int]:
+    """One login: the release, linked to the one the host serves when linked and known here."""
+    with remote.SshSession(commands.ssh_argv(inventory.ssh, host), host, inventory.ssh,
+                           "content") as session:
+        # The login goes on while the base and the payload are made.
+        base = None
+        if linked and record is not None and record.drift is None:
+            base = _stored_manifest(inventory, package, record.folder)
+        base_folder = record.folder if base is not None else None
+        script = releases.push_script(package.content_dir, release.release, base_folder,
+                                      package.keep_releases)
+        result = session.run(script, _payload(release, base, base_folder))
     return result.stdout, releases.changed_count(release, base)
 
 

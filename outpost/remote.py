@@ -51,7 +51,7 @@ _lock = threading.Lock()
 # end-of-file rather than waiting for input.
 RUN_STDIN = """sh -c 'eval "$(cat)"'"""
 
-# The command a host runs for a script with a payload after it on the same stdin (run_ssh):
+# The command a host runs for a script with a payload after it on the same stdin (SshSession):
 # the shell reads the script line by line up to PAYLOAD_MARK (`read` takes a pipe one byte at
 # a time, so it stops exactly there), then runs it, and the script's commands read the rest.
 PAYLOAD_MARK = "# outpost: payload follows"
@@ -128,33 +128,59 @@ def run_local(argv: list[str], host, ssh, step: str | None = None) -> Result:
     return Result(proc.stdout, proc.stderr, proc.returncode)
 
 
-def run_ssh(ssh_argv: list[str], host, ssh, script: str, payload: bytes = b"",
-            step: str | None = None) -> Result:
-    """Run a script on host with OpenSSH, `payload` after it on stdin, in one login.
+class SshSession:
+    """OpenSSH to a host, started at once (so the login goes on while the caller prepares
+    what to send), that runs one script with `payload` after it on its stdin: one login.
     ssh_argv is `ssh <options> <user>@<host>` (commands.ssh_argv). OpenSSH rather than a Fabric
     channel: no paramiko import (about 0.2 s) on this path, the transfer and its encryption
-    run in their own process, not under this one's GIL, and it costs a host the same login as
-    the seed's rsync does. A non-zero exit of the script raises ScriptFailed."""
-    where = _where(host, step)
-    stdin = script.encode() + f"\n{PAYLOAD_MARK}\n".encode() + payload
-    try:
-        proc = subprocess.run([*ssh_argv, RUN_STDIN_THEN_PAYLOAD], input=stdin,
-                              capture_output=True, timeout=ssh.command_timeout)
-    except FileNotFoundError:
-        raise RemoteError(f"{where}: ssh is not installed on this machine "
-                          "(apt-get install openssh-client)") from None
-    except subprocess.TimeoutExpired:
-        raise RemoteError(f"{where}: did not finish within {ssh.command_timeout:g} s "
-                          "(command_timeout in [ssh])") from None
-    result = Result(proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"),
-                    proc.returncode)
-    if proc.returncode == 255:  # ssh's own failure: the connection, the key, the login
-        raise RemoteError(f"{where}: " + _local_failure("ssh", subprocess.CompletedProcess(
-            ssh_argv, 255, result.stdout, result.stderr), host, ssh))
-    if proc.returncode != 0:
-        raise ScriptFailed(f"{where} failed (exit {proc.returncode})" + _tail(result.stderr),
-                           proc.returncode)
-    return result
+    run in their own process, not under this one's GIL, and a host pays the same login as
+    for the seed's rsync. Use it as a context manager: leaving it unused ends the process."""
+
+    def __init__(self, ssh_argv: list[str], host, ssh, step: str | None = None):
+        self.host, self.ssh, self.argv = host, ssh, ssh_argv
+        self.where = _where(host, step)
+        try:
+            self.process = subprocess.Popen([*ssh_argv, RUN_STDIN_THEN_PAYLOAD],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE)
+        except FileNotFoundError:
+            raise RemoteError(f"{self.where}: ssh is not installed on this machine "
+                              "(apt-get install openssh-client)") from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.process.returncode is None:  # never given a script: end it, sending nothing
+            self.process.kill()
+            self.process.communicate()
+
+    def run(self, script: str, payload: bytes = b"") -> Result:
+        """The script's output; a non-zero exit of the script raises ScriptFailed."""
+        stdin = script.encode() + f"\n{PAYLOAD_MARK}\n".encode() + payload
+        try:
+            stdout, stderr = self.process.communicate(stdin, timeout=self.ssh.command_timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            raise RemoteError(f"{self.where}: did not finish within "
+                              f"{self.ssh.command_timeout:g} s (command_timeout in [ssh])") from None
+        result = Result(stdout.decode(errors="replace"), stderr.decode(errors="replace"),
+                        self.process.returncode)
+        if result.exited == 255:  # ssh's own failure: the connection, the key, the login
+            raise RemoteError(f"{self.where}: " + _local_failure("ssh", subprocess.CompletedProcess(
+                self.argv, 255, result.stdout, result.stderr), self.host, self.ssh))
+        if result.exited != 0:
+            raise ScriptFailed(f"{self.where} failed (exit {result.exited})"
+                               + _tail(result.stderr), result.exited)
+        return result
+
+
+def run_ssh(ssh_argv: list[str], host, ssh, script: str, payload: bytes = b"",
+            step: str | None = None) -> Result:
+    """Run a script on host with OpenSSH, payload after it, in one login (SshSession)."""
+    with SshSession(ssh_argv, host, ssh, step) as session:
+        return session.run(script, payload)
 
 
 def close_all() -> None:
