@@ -8,7 +8,8 @@ Kept here, under build/content/<package>/:
     manifests/<folder>   the manifest of each release a host keeps: the base the next push
                          links to, and the digest a rollback expects
     hosts/<host>.json    what the host serves: release id, folder, digest, the folders it
-                         keeps, and `drift` once the check found it serving something else
+                         keeps, `drift` once it was seen serving something else (by the
+                         check, or the content tasks' probe), `held_for` after a rollback
 
 A push links to the release the host serves, unless that one drifted (a file on the host
 changed by hand shares its inode with every release that links to it): then everything is
@@ -150,9 +151,10 @@ def _prune_manifests(inventory, package):
     wanted = {releases.folder_of(manifest(inventory, package).release)}
     for record_file in (_state(inventory, package) / "hosts").glob("*.json"):
         try:
-            wanted.update(releases.release_of(f) for f in json.loads(record_file.read_text())["kept"])
+            kept = json.loads(record_file.read_text())["kept"]
         except (OSError, ValueError, KeyError):
             return  # a record we can't read might need any of them
+        wanted.update(releases.release_of(folder) for folder in kept)
     for path in (_state(inventory, package) / "manifests").iterdir():
         if path.name not in wanted:
             path.unlink(missing_ok=True)

@@ -137,27 +137,38 @@ def changed_count(manifest, base=None) -> int:
 
 # --- the scripts ------------------------------------------------------------------------------
 
-# Renames the new symlink over `current` in one rename(2). POSIX mv would move it into the
-# folder `current` points to: GNU mv needs -T, Chimera's (FreeBSD's) mv -h; only GNU's
-# answers --version.
-_SWITCH = f"""switch() {{
+# Shell functions both scripts use.
+# switch F: point `current` at releases/F with one rename(2) of a new symlink over it. POSIX
+# mv would move it into the folder `current` points to: GNU mv needs -T, Chimera's (FreeBSD's)
+# mv -h; only GNU's answers --version.
+# newest_first: the folders named in history, newest first, each once.
+# on_disk: those of the folders on stdin that hold a whole release (their marker).
+_FUNCTIONS = f"""switch() {{
   rm -f .current.new
   ln -s "{RELEASES}/$1" .current.new
-  if mv --version >/dev/null 2>&1; then mv -T .current.new {CURRENT}; else mv -h .current.new {CURRENT}; fi
+  if mv --version >/dev/null 2>&1; then
+    mv -T .current.new {CURRENT}
+  else
+    mv -h .current.new {CURRENT}
+  fi
+}}
+newest_first() {{
+  awk '{{ line[NR] = $0 }} END {{ for (i = NR; i > 0; i--) if (!seen[line[i]]++) print line[i] }}' \\
+    {HISTORY}
+}}
+on_disk() {{
+  while IFS= read -r f; do [ -f "{RELEASES}/$f/{MARKER}" ] && echo "$f"; done
 }}
 """
-
-# Folders named in history, newest first, each once.
-_NEWEST_FIRST = ("awk '{ line[NR] = $0 } END { for (i = NR; i > 0; i--) "
-                 "if (!seen[line[i]]++) print line[i] }' " + HISTORY)
 
 
 def _report_and_prune(keep: int) -> str:
     """Keep the newest `keep` releases in history that are on disk (the current one first),
     rewrite history to them, move every other folder under releases/ aside and remove it in
     the background; print `current <folder>` and `kept <folder>...`."""
-    return f"""kept=$({_NEWEST_FIRST} | while IFS= read -r f; do [ -f "{RELEASES}/$f/{MARKER}" ] && echo "$f"; done | head -n {keep})
-printf '%s\\n' $kept | awk '{{ line[NR] = $0 }} END {{ for (i = NR; i > 0; i--) print line[i] }}' > {HISTORY}.new
+    return f"""kept=$(newest_first | on_disk | head -n {keep})
+printf '%s\\n' $kept | awk '{{ line[NR] = $0 }} END {{ for (i = NR; i > 0; i--) print line[i] }}' \\
+  > {HISTORY}.new
 mv {HISTORY}.new {HISTORY}
 trash={RELEASES}/.trash.$$
 for path in {RELEASES}/* {RELEASES}/.[!.]*; do
@@ -186,7 +197,7 @@ def push_script(content_dir: str, release: str, base_folder: str | None, keep: i
                       f"  exit {BASE_MISSING}\nfi\n")
     return f"""set -eu
 umask 022
-cd {q(content_dir)}
+{_FUNCTIONS}cd {q(content_dir)}
 mkdir -p {RELEASES}
 {base_check}rm -rf {RELEASES}/{STAGE}
 tar -xzf - -C {RELEASES}
@@ -198,9 +209,10 @@ folder={folder}
 n=1
 while [ -e "{RELEASES}/$folder" ]; do folder={folder}.$n; n=$((n + 1)); done
 mv {RELEASES}/{STAGE} "{RELEASES}/$folder"
-{_SWITCH}switch "$folder"
+switch "$folder"
 echo "$folder" >> {HISTORY}
-find . -mindepth 1 -maxdepth 1 ! -name {RELEASES} ! -name {CURRENT} ! -name {HISTORY} -exec rm -rf {{}} +
+find . -mindepth 1 -maxdepth 1 ! -name {RELEASES} ! -name {CURRENT} ! -name {HISTORY} \\
+  -exec rm -rf {{}} +
 {_report_and_prune(keep)}"""
 
 
@@ -210,16 +222,18 @@ def rollback_script(content_dir: str, keep: int) -> str:
     No transfer. Exits NOTHING_TO_ROLL_BACK when the host has no earlier release."""
     q = shlex.quote
     return f"""set -eu
-cd {q(content_dir)}
+{_FUNCTIONS}cd {q(content_dir)}
 now=$(readlink {CURRENT} 2>/dev/null | sed 's|^{RELEASES}/||')
 [ -f {HISTORY} ] || touch {HISTORY}
-previous=$({_NEWEST_FIRST} | awk -v now="$now" 'past {{ print }} $0 == now {{ past = 1 }}' | while IFS= read -r f; do [ -f "{RELEASES}/$f/{MARKER}" ] && echo "$f"; done | head -n 1)
+previous=$(newest_first | awk -v now="$now" 'past {{ print }} $0 == now {{ past = 1 }}' \\
+  | on_disk | head -n 1)
 if [ -z "$previous" ]; then
   echo "no release before ${{now:-none}} to roll back to" >&2
   exit {NOTHING_TO_ROLL_BACK}
 fi
-{_SWITCH}switch "$previous"
-awk -v p="$previous" '{{ line[NR] = $0; if ($0 == p) last = NR }} END {{ for (i = 1; i <= last; i++) print line[i] }}' {HISTORY} > {HISTORY}.new
+switch "$previous"
+awk -v p="$previous" '{{ line[NR] = $0; if ($0 == p) last = NR }}
+  END {{ for (i = 1; i <= last; i++) print line[i] }}' {HISTORY} > {HISTORY}.new
 mv {HISTORY}.new {HISTORY}
 echo "was $now"
 {_report_and_prune(keep)}"""

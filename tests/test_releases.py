@@ -52,11 +52,15 @@ def content(tmp_path):
     return tree
 
 
+def reader(m):
+    return lambda entry: (Path(m.sources[entry.path]).read_bytes(), 0)
+
+
 def push(host, tree, linked=True):
     """Push the tree's release, linked to the one the host serves (as outpost.content does)."""
     m = manifest.scan(tree)
     base, base_folder = host.serves if (linked and host.serves) else (None, None)
-    data = releases.payload(m, lambda e: (Path(m.sources[e.path]).read_bytes(), 0), base, base_folder)
+    data = releases.payload(m, reader(m), base, base_folder)
     proc = host.run(releases.push_script(str(host.dir), m.release, base_folder, host.keep), data)
     assert proc.returncode == 0, proc.stderr.decode()
     host.serves = (m, releases.parse_report(proc.stdout.decode())[0])
@@ -84,7 +88,7 @@ def test_a_second_push_sends_only_the_change_and_links_the_rest(host, content):
     (content / "entries" / "e9.txt").write_text("new\n")
     (content / "entries" / "e4.txt").unlink()
     m = manifest.scan(content)
-    data = releases.payload(m, lambda e: (Path(m.sources[e.path]).read_bytes(), 0), first, old)
+    data = releases.payload(m, reader(m), first, old)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         members = {t.name: t for t in tar.getmembers()}
     sent = sorted(n for n, t in members.items() if t.isfile())
@@ -106,7 +110,7 @@ def test_a_payload_cut_short_switches_nothing(host, content):
     _, old = push(host, content)
     (content / "README.md").write_text("a new readme\n" * 1000)
     m = manifest.scan(content)
-    data = releases.payload(m, lambda e: (Path(m.sources[e.path]).read_bytes(), 0), *host.serves)
+    data = releases.payload(m, reader(m), *host.serves)
     for cut in (len(data) // 2, len(data) - 30):
         proc = host.run(releases.push_script(str(host.dir), m.release, old, host.keep), data[:cut])
         assert proc.returncode != 0
@@ -187,7 +191,7 @@ def test_long_names_and_link_targets_arrive_whole(host, content):
         assert now.stat().st_ino == before.stat().st_ino  # linked, by its long name
     assert manifest.scan(host.dir / "current").release == m.release
     with tarfile.open(fileobj=io.BytesIO(releases.payload(
-            m, lambda e: (Path(m.sources[e.path]).read_bytes(), 0), first, old))) as tar:
+            m, reader(m), first, old))) as tar:
         linked = {t.name: t.linkname for t in tar.getmembers() if t.islnk()}
     assert linked[f".incoming/{long_paths[0]}"] == f"{old}/{long_paths[0]}"
 
