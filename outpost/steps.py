@@ -229,20 +229,23 @@ def content_is_current(inventory, host) -> bool:
     return problem is None
 
 
-_probes: dict = {}
+_probes: dict = {}  # inventory path -> {host name: Future of its /_health}
 _probe_lock = threading.Lock()
 
 
 def _probe(inventory, host) -> dict | str | None:
     """The host's /_health, asked once per run. doit asks for each task's status in turn on
-    one thread, so the first call asks every host whose record is current at once."""
+    one thread, so the first call asks every host whose record is current at once, and each
+    call waits for its own host's answer only."""
     with _probe_lock:
         if inventory.path not in _probes:
             hosts = [h for h in inventory.hosts if content.is_current(inventory, h)]
-            with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-                answers = pool.map(lambda h: _health(inventory, h, PROBE_TIMEOUT), hosts)
-                _probes[inventory.path] = dict(zip((h.name for h in hosts), answers))
-        return _probes[inventory.path].get(host.name)
+            pool = ThreadPoolExecutor(max_workers=max(1, len(hosts)))
+            _probes[inventory.path] = {h.name: pool.submit(_health, inventory, h, PROBE_TIMEOUT)
+                                       for h in hosts}
+            pool.shutdown(wait=False)  # the threads end with their requests
+        answer = _probes[inventory.path].get(host.name)
+    return answer.result() if answer is not None else None
 
 
 def _content_problem(health: dict, folder: str | None, digest: str | None) -> str | None:
