@@ -163,8 +163,8 @@ class SshSession:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.communicate()
-            raise RemoteError(f"{self.where}: did not finish within "
-                              f"{self.ssh.command_timeout:g} s (command_timeout in [ssh])") from None
+            raise RemoteError(f"{self.where}: did not finish within {self.ssh.command_timeout:g}"
+                              " s (command_timeout in [ssh])") from None
         result = Result(stdout.decode(errors="replace"), stderr.decode(errors="replace"),
                         self.process.returncode)
         if result.exited == 255:  # ssh's own failure: the connection, the key, the login

@@ -1,6 +1,6 @@
 """doit's console reporter, plus the health check's table at the end of a run: one row per
-host with its status, version, content release and median response time (the local version of the seed's
-updown.io table)."""
+host with its status, version, content release and median response time (the local version
+of the seed's updown.io table)."""
 from doit.reporter import ConsoleReporter
 
 CHECK = "check:"
