@@ -91,7 +91,7 @@ def task_upgrade():
 
 
 def task_content():
-    """Push the content to each host."""
+    """Push the content to each host as a new release, and switch to it."""
     yield from _tasks(hosts.content)
 
 

@@ -139,11 +139,12 @@ def _stored_manifest(inventory, package, folder: str) -> manifests.Manifest | No
 
 def _store_manifest(inventory, package, release: manifests.Manifest):
     path = _manifest_path(inventory, package, releases.folder_of(release.release))
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(release.text)
-        os.replace(partial, path)
+    with _lock:  # the hosts of a run store the same one
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text(release.text)
+            os.replace(partial, path)
 
 
 def _prune_manifests(inventory, package):

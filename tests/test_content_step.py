@@ -163,3 +163,56 @@ def test_the_record_survives_a_new_process(site):
     assert record.exists()
     content._scanned.clear()
     assert content.is_current(site.inventory, site.host)
+
+
+def test_hosts_pushed_at_once_share_one_payload_and_each_get_the_release(site):
+    import threading
+
+    hosts = [Host(name=f"h{n}", address=f"198.18.0.{20 + n}", user="deploy", port=22,
+                  arch="x86_64", region="test", groups=()) for n in range(6)]
+    folders = {}
+    for host in hosts:
+        folders[host.name] = site.dir.parent / f"host-{host.name}"
+        folders[host.name].mkdir()
+    packages = {h.name: Package(**{**vars(site.package), "content_dir": str(folders[h.name])})
+                for h in hosts}
+    built = []
+    real = content.releases.payload
+    content.releases.payload = lambda *a, **k: built.append(1) or real(*a, **k)
+    try:
+        threads = [threading.Thread(target=content.push, args=(
+            SimpleNamespace(**{**vars(site.inventory), "packages": (packages[h.name],)}), h,
+            site.say)) for h in hosts]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        content.releases.payload = real
+    release = content.manifest(site.inventory, site.package).release
+    assert len(site.said) == len(hosts) and len(built) == 1
+    for host in hosts:
+        assert manifest.scan(folders[host.name] / "current").release == release
+
+
+def test_storing_the_same_manifest_from_many_threads_at_once(site):
+    import threading
+
+    release = content.manifest(site.inventory, site.package)
+    start, errors = threading.Barrier(16), []
+
+    def store():
+        start.wait()
+        try:
+            content._store_manifest(site.inventory, site.package, release)
+        except OSError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=store) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    stored = content._stored_manifest(site.inventory, site.package, release.release[:16])
+    assert stored.release == release.release
