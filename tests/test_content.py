@@ -87,6 +87,7 @@ def test_a_reader_during_a_3000_file_change_sees_only_whole_releases(site):
                 return
 
     reader = threading.Thread(target=read_continuously)
+    before = logins(site[2])
     reader.start()
     try:
         proc = run_doit(project, "deploy")
@@ -94,6 +95,8 @@ def test_a_reader_during_a_3000_file_change_sees_only_whole_releases(site):
         done.set()
         reader.join()
     assert content_tasks(proc.stdout) == [f"content:{h}" for h in HOSTS]
+    after = logins(site[2])  # the files and the switch in one SSH login per host
+    assert {name: after[name] - before[name] for name in HOSTS} == {h: 1 for h in HOSTS}
     mixed = [d for d in seen if d not in (old, new)]
     assert mixed == [] and failures == []
     assert seen[0] == old and seen[-1] == new  # the reader saw the switch happen

@@ -529,3 +529,21 @@ def test_a_link_is_never_followed_wherever_it_points(tmp_path, content):
     finally:
         server.process.kill()
         server.process.wait()
+
+
+def test_after_a_change_the_index_renders_only_the_changed_article(tmp_path):
+    app = load_app()
+    one = release(tmp_path, "one", {f"e{n}": f"entry {n}" for n in range(50)})
+    two = tmp_path / "releases" / "two"
+    (two / "entries").mkdir(parents=True)
+    for n in range(49):
+        os.link(one / "entries" / f"e{n}.txt", two / "entries" / f"e{n}.txt")
+    (two / "entries" / "e49.txt").write_text(entry_text("entry 49, edited",
+                                                        "https://e.example/", "2025-01-02"))
+    first = app.load(str(one))
+    app.render(first, "/", SITE_URL)
+    before = app.render_article.cache_info()
+    _, page = app.render(app.load(str(two), first.files, 2), "/", SITE_URL)
+    after = app.render_article.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 49)
+    assert b"entry 49, edited" in page and b"entry 48" in page
