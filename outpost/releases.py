@@ -19,7 +19,7 @@ needs no scan of its own to know what to link. The script checks the marker (a s
 short lacks it), renames .incoming to its folder, points a new symlink at it and renames
 that over `current`: one rename(2), so a reader sees the old release or the new one, never a
 mix. Releases beyond the last `keep` in history are moved aside at once and removed in the
-background, after the session has its answer.
+background at the lowest priority, after the session has its answer.
 
 A release whose folder already exists (rolled back, or rebuilt after a host drifted) gets a
 new folder "<folder>.<n>": a folder `current` may point at is never written again.
@@ -177,7 +177,7 @@ for path in {RELEASES}/* {RELEASES}/.[!.]*; do
   case "$name" in '*'|'.[!.]*'|.trash.$$) continue ;; esac
   mkdir -p "$trash" && mv "$path" "$trash/"
 done
-if [ -d "$trash" ]; then (rm -rf "$trash" </dev/null >/dev/null 2>&1 &); fi
+if [ -d "$trash" ]; then (nice -n 19 rm -rf "$trash" </dev/null >/dev/null 2>&1 &); fi
 echo "current $(readlink {CURRENT} | sed 's|^{RELEASES}/||')"
 echo "kept" $kept
 """
