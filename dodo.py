@@ -3,6 +3,8 @@
     build:<arch> -> index:<arch> -> bootstrap:<host> -> sync:<host> -> upgrade:<host>
     -> config:<host> -> content:<host> and dns:<host> -> check:<host>
 
+`doit rollback` switches every host back to its previous content release.
+
 `doit deploy` runs it all (it is the default); `doit list --status` shows what would run;
 `doit info TASK` says why. The inventory is inventory.toml, or the file OUTPOST_INVENTORY names.
 """
@@ -129,7 +131,7 @@ def task_dns():
 
 
 def task_content():
-    """Push the content to each host."""
+    """Push the content to each host as a new release, and switch to it."""
     yield from _tasks(hosts.content)
 
 
@@ -144,5 +146,5 @@ def task_deploy():
 
 
 def task_rollback():
-    """Go back: rollback:app puts every host on its previous app version (canary first, gated)."""
+    """Go back one step: rollback:app (previous app version, gated), rollback:content."""
     yield from _tasks(rollback.rollback)

@@ -1,6 +1,7 @@
 """Every command the remote steps run, built by pure functions: argv lists for local programs
 (ssh options, rsync) and one POSIX sh script per host per step. Nothing here runs anything;
-outpost.remote does. (content_digest and index_format read local files, nothing else.)
+outpost.remote does. (index_format reads local files, nothing else.) The content releases'
+scripts are in outpost.releases.
 
 Root on the hosts: the SSH user (`deploy`) is not root. The scripts run a short, fixed list of
 commands through doas, each with fixed arguments; `doas_permits` lists them and `doas_rules`
@@ -30,7 +31,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import os
 import re
 import shlex
 from pathlib import Path, PurePosixPath
@@ -97,9 +97,9 @@ def repo_rsync_argv(build_repo: Path, host, repository, ssh) -> list[str]:
                       hardlinks=True)
 
 
-def content_rsync_argv(package, host, ssh) -> list[str]:
-    """The package's content folder to its content_dir on host; files gone here go there."""
-    return rsync_argv(package.content, host, package.content_dir, ssh, delete=True)
+def ssh_argv(ssh, host) -> list[str]:
+    """OpenSSH to host with ssh_options; the remote command goes after it."""
+    return ["ssh", *ssh_options(ssh, host), _remote_host(host)]
 
 
 # --- sync: repository key and list ------------------------------------------------------------
@@ -411,25 +411,3 @@ def health_url(host, package) -> str:
                            f"health can't be checked on host {host.name}")
     address = f"[{host.address}]" if ":" in host.address else host.address
     return f"http://{address}:{package.port}/_health"
-
-
-def content_digest(content_dir: Path) -> str:
-    """The digest linkedlistd reports as "content" in /_health for this folder (its module
-    docstring defines it): sha256 over "<path>\\0<sha256 of file>\\n" for each non-hidden file,
-    sorted by "/"-separated relative path. Walks the folder as the app does (os.walk, hidden
-    names skipped, symlinked folders not entered), so equal trees give equal digests."""
-    files = []
-    for root, dirs, names in os.walk(content_dir):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in names:
-            if name.startswith("."):
-                continue
-            path = os.path.join(root, name)
-            if not os.path.exists(path):  # a dangling symlink: the app skips it too
-                continue
-            files.append(os.path.relpath(path, content_dir).replace(os.sep, "/"))
-    state = hashlib.sha256()
-    for relpath in sorted(files):
-        data = (Path(content_dir) / relpath).read_bytes()
-        state.update(f"{relpath}\0{hashlib.sha256(data).hexdigest()}\n".encode())
-    return state.hexdigest()

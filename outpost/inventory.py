@@ -51,6 +51,7 @@ class Package:
     content_dir: str | None
     port: int | None
     root: Path  # the inventory's folder, where cports-overlay/ lives
+    keep_releases: int = 5  # content releases each host keeps (outpost.releases)
 
     @property
     def template_dir(self) -> Path:
@@ -438,6 +439,8 @@ SCHEMA: dict[str, Table] = {
         Key("content", LOCAL_PATH, None),
         Key("content_dir", STRING, None, _remote_path),
         Key("port", INTEGER, None, _port),
+        # Content releases each host keeps: the current one and those a rollback can reach.
+        Key("keep_releases", INTEGER, 5, _positive),
     ), array=True),
     "dns": Table((
         Key("provider", STRING, "gdnsd", _dns_provider),

@@ -30,6 +30,14 @@ class RemoteError(OutpostError):
         self.exited = exited
 
 
+class ScriptFailed(RemoteError):
+    """The host ran the script, and it exited non-zero (`exited`)."""
+
+    def __init__(self, message: str, exited: int):
+        super().__init__(message)
+        self.exited = exited
+
+
 @dataclass(frozen=True)
 class Result:
     stdout: str
@@ -51,6 +59,15 @@ _children: set = set()
 # /proc (config's scripts carry the site's TLS key), and the commands it runs see stdin at
 # end-of-file rather than waiting for input.
 RUN_STDIN = """sh -c 'eval "$(cat)"'"""
+
+# The command a host runs for a script with a payload after it on the same stdin (SshSession):
+# the shell reads the script line by line up to PAYLOAD_MARK (`read` takes a pipe one byte at
+# a time, so it stops exactly there), then runs it, and the script's commands read the rest.
+PAYLOAD_MARK = "# outpost: payload follows"
+RUN_STDIN_THEN_PAYLOAD = (
+    "sh -c 'script=; while IFS= read -r line; do "
+    f"[ \"$line\" = \"{PAYLOAD_MARK}\" ] && break; script=\"$script$line\n\"; done; "
+    "eval \"$script\"'")
 
 
 def run_script(host, script: str, ssh, step: str | None = None, ok_exits=(0,)) -> Result:
@@ -148,6 +165,66 @@ def stop_children() -> int:
             os.killpg(child.pid, signal.SIGKILL)
     close_all()
     return len(children)
+
+
+class SshSession:
+    """OpenSSH to a host, started at once (so the login goes on while the caller prepares
+    what to send), that runs one script with `payload` after it on its stdin: one login.
+    ssh_argv is `ssh <options> <user>@<host>` (commands.ssh_argv). OpenSSH rather than a Fabric
+    channel: no paramiko import (about 0.2 s) on this path, the transfer and its encryption
+    run in their own process, not under this one's GIL, and a host pays the same login as
+    for the seed's rsync. Use it as a context manager: leaving it unused ends the process."""
+
+    def __init__(self, ssh_argv: list[str], host, ssh, step: str | None = None):
+        self.host, self.ssh, self.argv = host, ssh, ssh_argv
+        self.where = _where(host, step)
+        try:
+            # A session of its own, known to stop_children: Ctrl-C ends it with the run.
+            self.process = subprocess.Popen([*ssh_argv, RUN_STDIN_THEN_PAYLOAD],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, start_new_session=True)
+        except FileNotFoundError:
+            raise RemoteError(f"{self.where}: ssh is not installed on this machine "
+                              "(apt-get install openssh-client)") from None
+        with _lock:
+            _children.add(self.process)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.process.returncode is None:  # never given a script: end it, sending nothing
+            self.process.kill()
+            self.process.communicate()
+        with _lock:
+            _children.discard(self.process)
+
+    def run(self, script: str, payload: bytes = b"") -> Result:
+        """The script's output; a non-zero exit of the script raises ScriptFailed."""
+        stdin = script.encode() + f"\n{PAYLOAD_MARK}\n".encode() + payload
+        try:
+            stdout, stderr = self.process.communicate(stdin, timeout=self.ssh.command_timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            raise RemoteError(f"{self.where}: did not finish within {self.ssh.command_timeout:g}"
+                              " s (command_timeout in [ssh])") from None
+        result = Result(stdout.decode(errors="replace"), stderr.decode(errors="replace"),
+                        self.process.returncode)
+        if result.exited == 255:  # ssh's own failure: the connection, the key, the login
+            raise RemoteError(f"{self.where}: " + _local_failure("ssh", subprocess.CompletedProcess(
+                self.argv, 255, result.stdout, result.stderr), self.host, self.ssh))
+        if result.exited != 0:
+            raise ScriptFailed(f"{self.where} failed (exit {result.exited})"
+                               + _tail(result.stderr), result.exited)
+        return result
+
+
+def run_ssh(ssh_argv: list[str], host, ssh, script: str, payload: bytes = b"",
+            step: str | None = None) -> Result:
+    """Run a script on host with OpenSSH, payload after it, in one login (SshSession)."""
+    with SshSession(ssh_argv, host, ssh, step) as session:
+        return session.run(script, payload)
 
 
 def close_all() -> None:

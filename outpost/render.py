@@ -26,7 +26,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from outpost import acme, commands, geodns, repo, rollout, tls
+from outpost import acme, commands, geodns, releases, repo, rollout, tls
 from outpost.errors import OutpostError
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
@@ -78,8 +78,11 @@ def served_package(inventory):
 
 
 def _package(package) -> dict:
+    # content_root: what the app serves, the `current` release of content_dir (releases.py).
     return {"name": package.name, "service": package.service, "port": package.port,
-            "content_dir": package.content_dir}
+            "content_dir": package.content_dir,
+            "content_root": (releases.current_path(package.content_dir)
+                             if package.content_dir else None)}
 
 
 def tls_paths(inventory) -> dict:

@@ -1,6 +1,6 @@
 """doit's console reporter, plus the health check's table at the end of a run: one row per
-host with its status, version and median response time (the local version of the seed's
-updown.io table)."""
+host with its status, version, content release and median response time (the local version
+of the seed's updown.io table)."""
 from doit.reporter import ConsoleReporter
 
 CHECK = "check:"
@@ -8,9 +8,10 @@ CHECK = "check:"
 
 def check_table(rows: list[dict]) -> str:
     """The table, from the check:<host> results (steps.check) and failures."""
-    header = ("host", "region", "status", "version", "median", "requests", "certificate")
+    header = ("host", "region", "status", "version", "release", "median", "requests",
+              "certificate")
     lines = [header] + [
-        (r["host"], r.get("region", ""), r["status"], r.get("version", "-"),
+        (r["host"], r.get("region", ""), r["status"], r.get("version", "-"), r.get("release", "-"),
          f"{r['median_ms']:.1f} ms" if "median_ms" in r else "-", str(r.get("requests", "-")),
          f"{r['certificate_days']} days" if "certificate_days" in r else "-")
         for r in sorted(rows, key=lambda r: r["host"])]

@@ -2,6 +2,7 @@
 (running it). tasks/hosts.py calls these; every function takes the inventory and a host."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import json
@@ -12,16 +13,19 @@ import statistics
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from outpost import commands, geodns, hoststate, remote, render, repo, rollout, tls
+from outpost import commands, content, geodns, hoststate, remote, render, repo, rollout, tls
 from outpost.errors import OutpostError
 from outpost.template import load_template
 
-# How long check waits for a host to serve what was just pushed: the app rescans its content
-# folder at most once a second, and a restarted service needs a moment to listen.
+# How long check waits for a host to serve what was just pushed or switched: the app sees a
+# switched release on its next request, but a restarted service needs a moment to listen.
 CHECK_WAIT = 20.0
+# How long the content tasks' drift probe waits for a host's answer before trusting the record.
+PROBE_TIMEOUT = 3.0
 
 
 def say(line: str):
@@ -315,10 +319,73 @@ def rollback_app(inventory):
 # --- content ----------------------------------------------------------------------------------
 
 def push_content(inventory, host):
-    for package in inventory.packages:
-        if package.content is not None:
-            remote.run_local(commands.content_rsync_argv(package, host, inventory.ssh),
-                             host, inventory.ssh, step="content")
+    """A new release of each package's content on host, switched in (outpost.content)."""
+    content.push(inventory, host, say)
+
+
+def content_is_current(inventory, host) -> bool:
+    """doit uptodate of content:<host>: this machine's record says the host has the release of
+    content/ now (content.is_current), and the host, asked over HTTPS (never SSH), serves that
+    release whole. A host seen serving anything else (a file changed or removed there by hand,
+    `current` switched) is marked as drifted, so this very run repairs it; a host that doesn't
+    answer is taken at its record, and the check will say what is wrong with it."""
+    if not content.is_current(inventory, host):
+        return False
+    package = render.served_package(inventory)
+    health = _probe(inventory, host) if package.content is not None else None
+    if not isinstance(health, dict):
+        return True
+    problem = _content_problem(health, *content.expected(inventory, package, host))
+    if problem:
+        content.mark_drift(inventory, package, host, problem)
+    return problem is None
+
+
+_probes: dict = {}  # inventory path -> {host name: Future of its /_health}
+_probe_lock = threading.Lock()
+
+
+def _probe(inventory, host) -> dict | str | None:
+    """The host's /_health, asked once per run. doit asks for each task's status in turn on
+    one thread, so the first call asks every host whose record is current at once, and each
+    call waits for its own host's answer only."""
+    with _probe_lock:
+        if inventory.path not in _probes:
+            hosts = [h for h in inventory.hosts if content.is_current(inventory, h)]
+            pool = ThreadPoolExecutor(max_workers=max(1, len(hosts)))
+            _probes[inventory.path] = {h.name: pool.submit(_health, inventory, h, PROBE_TIMEOUT)
+                                       for h in hosts}
+            pool.shutdown(wait=False)  # the threads end with their requests
+        answer = _probes[inventory.path].get(host.name)
+    return answer.result() if answer is not None else None
+
+
+def _content_problem(health: dict, folder: str | None, digest: str | None) -> str | None:
+    """What is wrong with the content a host's health reports, against the release folder and
+    digest it should serve (either may be unknown: None); None when nothing is."""
+    if folder is not None and health.get("release") != folder:
+        return _served(health)
+    if digest is not None and health.get("content") != digest:
+        return _served(health)
+    return None
+
+
+def _served(health: dict) -> str:
+    return f"release {health.get('release')} with content {str(health.get('content'))[:12]}"
+
+
+def rollback_content(inventory, host):
+    """Switch each package's content on host back one release (no transfer), then wait until
+    the host serves it."""
+    for package, folder, digest in content.rollback(inventory, host, say):
+        if package.port is None:
+            continue  # not served over HTTPS: nothing to wait for
+        health = _wait_for_health(inventory, host, lambda h: _content_problem(h, folder, digest)
+                                  is None)
+        if not isinstance(health, dict) or _content_problem(health, folder, digest):
+            seen = _served(health) if isinstance(health, dict) else health
+            raise OutpostError(f"host {host.name}, step rollback: switched to {folder}, but the "
+                               f"app does not serve it: it gives {seen}")
 
 
 def _certificate_days(inventory, host) -> int:
@@ -557,7 +624,7 @@ def dns_gcore(inventory):
 
 # --- check ---------------------------------------------------------------------------------
 
-# Requests per host for the response time; the median of these is reported.
+# HEAD / requests per host for the response time; the median of these is reported.
 CHECK_REQUESTS = 5
 
 
@@ -600,20 +667,33 @@ def acme_roots(inventory) -> str | None:
         return _roots_seen[acme_settings.roots]
 
 
+@functools.cache
+def _context_of_file(ca: Path) -> ssl.SSLContext:
+    # Made once: loading the CA file for every request is most of a request's own cost.
+    return ssl.create_default_context(cafile=str(ca))
+
+
+@functools.cache
+def _context_of_roots(roots: str | None) -> ssl.SSLContext:
+    return ssl.create_default_context(cadata=roots) if roots else ssl.create_default_context()
+
+
 def site_context(inventory) -> ssl.SSLContext:
     """What a visitor's browser trusts, for this site: the ACME server's root (pebble's), this
     machine's trust store (Let's Encrypt's), or the local CA when there is no [acme]."""
     if inventory.acme is None:
-        return ssl.create_default_context(cafile=str(tls.ca_paths(inventory.site.ca)[0]))
-    roots = acme_roots(inventory)
-    return ssl.create_default_context(cadata=roots) if roots else ssl.create_default_context()
+        return _context_of_file(tls.ca_paths(inventory.site.ca)[0])
+    return _context_of_roots(acme_roots(inventory))
+
+
+def _site_connection(inventory, host, timeout: float) -> _SiteConnection:
+    return _SiteConnection(host.address, inventory.site.name, site_context(inventory), timeout)
 
 
 def site_request(inventory, host, path: str, timeout: float = 5.0) -> tuple[int, dict, bytes]:
     """GET path from host through nginx, trusting only what site_context trusts.
     (status, headers, body)."""
-    connection = _SiteConnection(host.address, inventory.site.name, site_context(inventory),
-                                 timeout)
+    connection = _site_connection(inventory, host, timeout)
     try:
         connection.request("GET", path)
         response = connection.getresponse()
@@ -622,10 +702,50 @@ def site_request(inventory, host, path: str, timeout: float = 5.0) -> tuple[int,
         connection.close()
 
 
-def _health(inventory, host) -> dict | str:
+_kept: dict = {}  # (address, site name) -> an open _SiteConnection not in use
+_kept_lock = threading.Lock()
+
+
+def _kept_request(inventory, host, path: str, method: str = "GET",
+                  timeout: float = 5.0) -> tuple[int, bytes]:
+    """As site_request, on a connection kept open for the host's next request in this run
+    (the drift probe's, the check's): one TLS handshake per host, not one per request. A kept
+    connection the server has closed meanwhile is replaced once. (status, body)."""
+    key = (host.address, inventory.site.name)
+    with _kept_lock:
+        connection = _kept.pop(key, None)
+    while True:
+        kept = connection is not None
+        if not kept:
+            connection = _site_connection(inventory, host, timeout)
+        connection.timeout = timeout
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout)
+        try:
+            connection.request(method, path)
+            response = connection.getresponse()
+            answer = response.status, response.read()
+        except ConnectionError:
+            connection.close()
+            connection = None
+            if kept:
+                continue
+            raise
+        except BaseException:
+            connection.close()
+            raise
+        if response.will_close:
+            connection.close()
+        else:
+            with _kept_lock:
+                _kept[key] = connection
+        return answer
+
+
+def _health(inventory, host, timeout: float = 5.0) -> dict | str:
     """The app's /_health through nginx, as a dict, or why it couldn't be had."""
     try:
-        status, _, body = site_request(inventory, host, "/_health")
+        status, body = _kept_request(inventory, host, "/_health", timeout=timeout)
     except (OSError, ssl.SSLError, http.client.HTTPException) as error:
         return str(error)
     if status != 200:
@@ -636,12 +756,30 @@ def _health(inventory, host) -> dict | str:
         return "not JSON"
 
 
-def check(inventory, host):
-    """Wait until the host serves the wanted version and the content here (over HTTPS, through
-    nginx), then time CHECK_REQUESTS requests. Fails naming the host and what it serves."""
+def _wait_for_health(inventory, host, good, hopeless=lambda health: False) -> dict | str:
+    """Ask the host's health until good(health) or hopeless(health) (both given a dict), or
+    CHECK_WAIT has passed; returns the last answer."""
+    deadline = time.monotonic() + CHECK_WAIT
+    while True:
+        health = _health(inventory, host)
+        if isinstance(health, dict) and (good(health) or hopeless(health)):
+            return health
+        if time.monotonic() > deadline:
+            return health
+        time.sleep(0.05)
+
+
+def _content_expected(inventory, package, host) -> tuple[str | None, str | None]:
+    if package.content is None:
+        return None, None
+    return content.expected(inventory, package, host)
+
+
+def _wanted_for_check(inventory, host) -> dict:
+    """The versions the check expects: the template's, or with a broken template the ones the
+    host last passed the gate with (what it should still serve); and any rollback hold."""
     problem = broken_template(inventory)
     if problem:
-        # The version the host last passed the gate with: what it should still serve.
         wanted = {name: versions[-1] for name, versions
                   in hoststate.history(inventory, host).items() if versions}
         say(f"{host.name}: a template is broken, so the check expects the version the host "
@@ -649,38 +787,55 @@ def check(inventory, host):
             f"{problem}")
     else:
         wanted = wanted_versions(inventory)
-    package = render.served_package(inventory)
-    digest = commands.content_digest(package.content) if package.content else None
     for name, held in hoststate.hold(inventory).items():
         if wanted.get(name) == held["version"]:
             say(f"{host.name}: {name} held at {held['version']} by `doit rollback` instead of "
                 f"{held['instead_of']}; a new version in its template ends the hold")
-    deadline = time.monotonic() + CHECK_WAIT
-    while True:
-        health = _health(inventory, host)
-        ok = (isinstance(health, dict) and health.get("version") == wanted.get(package.name)
-              and (digest is None or health.get("content") == digest))
-        if ok or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    if not ok:
-        seen = (f"version {health.get('version')}, content {str(health.get('content'))[:12]}"
+    return wanted
+
+
+def check(inventory, host):
+    """Wait until the host serves the wanted version and the content release last pushed or
+    rolled back to (over HTTPS, through nginx), then time CHECK_REQUESTS requests. Fails naming
+    the host and what it serves; a host whose release folder holds other files than it should
+    fails at once and is marked, so the next run sends the release again. Then the certificate
+    it serves, and its nameserver's answers (check_dns)."""
+    wanted = _wanted_for_check(inventory, host)
+    package = render.served_package(inventory)
+    folder, digest = _content_expected(inventory, package, host)
+    health = _wait_for_health(
+        inventory, host,
+        good=lambda h: (h.get("version") == wanted.get(package.name)
+                        and _content_problem(h, folder, digest) is None),
+        # Its folder is the right one but the files in it are not: waiting won't mend that.
+        hopeless=lambda h: (folder is not None and h.get("release") == folder
+                            and _content_problem(h, folder, digest) is not None))
+    problem = _content_problem(health, folder, digest) if isinstance(health, dict) else None
+    if not isinstance(health, dict) or health.get("version") != wanted.get(package.name) or problem:
+        if problem:
+            content.mark_drift(inventory, package, host, problem)
+        seen = (f"version {health.get('version')}, {_served(health)}"
                 if isinstance(health, dict) else health)
         raise OutpostError(f"host {host.name}, step check: https://{inventory.site.name}/_health "
                            f"at {host.address} does not serve {package.name} "
-                           f"{wanted.get(package.name)} with content {(digest or '-')[:12]}: "
-                           f"it gives {seen}")
+                           f"{wanted.get(package.name)} with release {folder or '-'} content "
+                           f"{(digest or '-')[:12]}: it gives {seen}"
+                           + ("; the next deploy sends the release again" if problem else ""))
     times = []
     for _ in range(CHECK_REQUESTS):
+        # HEAD: the app renders the page and nginx passes the answer on, but the body (the
+        # size of the content, 8 MB for 2,000 entries) does not make the time. On the kept
+        # connection: the time of a request, not of a TLS handshake.
         start = time.perf_counter()
-        status, _, _ = site_request(inventory, host, "/")
+        status, _ = _kept_request(inventory, host, "/", method="HEAD")
         times.append((time.perf_counter() - start) * 1000)
         if status != 200:
             raise OutpostError(f"host {host.name}, step check: https://{inventory.site.name}/ "
                                f"at {host.address} answered HTTP {status}")
     result = {"host": host.name, "region": host.region, "status": "ok",
-              "version": health["version"], "median_ms": round(statistics.median(times), 1),
-              "requests": CHECK_REQUESTS, "certificate_days": _certificate_days(inventory, host)}
+              "version": health["version"], "release": health.get("release") or "-",
+              "median_ms": round(statistics.median(times), 1), "requests": CHECK_REQUESTS,
+              "certificate_days": _certificate_days(inventory, host)}
     if inventory.dns is not None and inventory.dns.provider == "gdnsd":
         result["dns"] = check_dns(inventory, host)
     return result

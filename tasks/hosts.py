@@ -1,10 +1,14 @@
 """The second half of the pipeline, one subtask per host:
 fleet:up -> bootstrap:<host> -> sync:<host> -> upgrade:<host> -> config:<host>
--> content:<host> -> check:<host> -> deploy:<host>  (bootstrap and config: tasks/config.py)."""
+-> content:<host> -> check:<host> -> deploy:<host>  (bootstrap and config: tasks/config.py).
+And rollback:content:<host>, run only when asked for."""
+import functools
+
 from doit.tools import config_changed
 
+from outpost import content as content_step
 from outpost import rollout, steps
-from outpost.taskutil import action, files_under
+from outpost.taskutil import action
 
 
 def fleet(inventory):
@@ -73,18 +77,21 @@ def upgrade(inventory):
 
 
 def content(inventory):
-    packages = [p for p in inventory.packages if p.content is not None]
+    packages = content_step.packages(inventory)
     if not packages:
         return
-    sources = [f for p in packages for f in files_under(p.content)]
+    # The manifest of content/, made now: a link out of it stops the run before any host.
+    for package in packages:
+        content_step.manifest(inventory, package)
     for host in inventory.hosts:
         yield {
             "name": host.name,
-            "doc": f"Push the content to {host.name} (rsync --delete)",
+            "doc": f"Push the content to {host.name} as a new release and switch to it",
             "actions": [action(steps.push_content, inventory, host)],
-            "file_dep": sources + steps.host_marker(inventory, host),
+            "file_dep": steps.host_marker(inventory, host),
             "uptodate": [config_changed({"address": host.address,
-                                         "dest": [p.content_dir for p in packages]})],
+                                         "dest": [p.content_dir for p in packages]}),
+                         functools.partial(steps.content_is_current, inventory, host)],
             "task_dep": [f"config:{host.name}"],
         }
 
@@ -95,6 +102,7 @@ def dns_tasks(inventory, host) -> list[str]:
     if inventory.dns is None:
         return []
     return [f"dns:{host.name}"] if inventory.dns.provider == "gdnsd" else ["dns:gcore"]
+
 
 
 def check(inventory):

@@ -70,3 +70,17 @@ def without_acme(text: str) -> str:
     text = re.sub(r"\n\[acme\]\n.*?(?=\n\[\[?[a-z_]+\]\]?\n)", "\n", text, flags=re.S)
     text = re.sub(r"\n\[cert_host\]\n.*?(?=\n\[\[?[a-z_]+\]\]?\n)", "\n", text, flags=re.S)
     return re.sub(r"\n(#[^\n]*\n)*acme_server = [^\n]*", "", text)
+
+
+def load_app():
+    """linkedlistd (a script without .py) imported as a module, to call its functions."""
+    import importlib.machinery
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "cports-overlay/user/linkedlist/files/linkedlistd"
+    loader = importlib.machinery.SourceFileLoader("linkedlistd", str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module

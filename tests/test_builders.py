@@ -2,6 +2,7 @@
 stand-in in a fake cports clone), and publishing into build/repo/<arch>/."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -171,7 +172,8 @@ def test_unchanged_rebuild_keeps_the_file(project):
 
 def test_local_refusal_says_to_use_cbuild(project):
     template = project / "cports-overlay/user/linkedlist/template.py"
-    template.write_text(template.read_text().replace('pkgrel = 1\n', 'pkgrel = 1\nbuild_style = "cargo"\n'))
+    template.write_text(re.sub(r"^pkgrel = \d+\n", lambda m: m.group(0) + 'build_style = "cargo"\n',
+                               template.read_text(), flags=re.M))
     with pytest.raises(OutpostError) as err:
         make_builder(load(project)).build("noarch")
     message = str(err.value)

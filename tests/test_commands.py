@@ -6,9 +6,6 @@ with stub `apk` and `dinitctl` that record their arguments and a stub `doas` tha
 real doas (`doas -C`) whether the rules from `doas_rules` permit the command, and refuses it
 otherwise. Needs root, unshare and mount (util-linux), and doas (apt: opendoas).
 """
-import hashlib
-import importlib.machinery
-import importlib.util
 import os
 import shlex
 import shutil
@@ -23,7 +20,6 @@ from outpost.errors import OutpostError
 from outpost.inventory import Host, Package, Repository, Ssh
 
 REPO = Path(__file__).resolve().parents[1]
-LINKEDLISTD = REPO / "cports-overlay" / "user" / "linkedlist" / "files" / "linkedlistd"
 
 PEM = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n-----END PUBLIC KEY-----\n"
 USER = "root"  # the scripts run as the current user here; the rules are written for it
@@ -62,23 +58,23 @@ def test_ssh_options_pin_the_host_key_and_the_identity():
                         "IdentitiesOnly=yes"]
 
 
-def test_rsync_argv_for_content_deletes_and_keeps_trailing_slashes():
+def test_ssh_argv_is_ssh_with_the_pinned_options_to_the_user_at_the_host():
+    ssh = make_ssh()
+    assert commands.ssh_argv(ssh, make_host()) == [
+        "ssh", *commands.ssh_options(ssh, make_host()), "deploy@198.18.0.11"]
+    assert commands.ssh_argv(ssh, make_host(address="fd00::5"))[-1] == "deploy@[fd00::5]"
+
+
+def test_rsync_argv_for_the_repository_keeps_hardlinks_and_deletes():
     ssh, host = make_ssh(), make_host()
-    argv = commands.content_rsync_argv(make_package(), host, ssh)
-    assert argv[:3] == ["rsync", "-a", "--delete"]
-    assert "-H" not in argv
+    argv = commands.repo_rsync_argv(Path("/inv/build/repo"), host, REPOSITORY, ssh)
+    assert argv[:4] == ["rsync", "-a", "-H", "--delete"]
     assert "--timeout=60" in argv
-    assert argv[-2:] == ["/inv/content/", "deploy@198.18.0.11:/var/lib/linkedlist/content/"]
+    assert argv[-2:] == ["/inv/build/repo/x86_64/",
+                         "deploy@198.18.0.11:/var/lib/outpost/repo/x86_64/"]
     # rsync splits -e itself, honouring quotes: it must give back exactly the pinned options.
     remote_shell = argv[argv.index("-e") + 1]
     assert shlex.split(remote_shell) == ["ssh", *commands.ssh_options(ssh, host)]
-
-
-def test_rsync_argv_for_the_repository_keeps_hardlinks():
-    argv = commands.repo_rsync_argv(Path("/inv/build/repo"), make_host(), REPOSITORY, make_ssh())
-    assert argv[:4] == ["rsync", "-a", "-H", "--delete"]
-    assert argv[-2:] == ["/inv/build/repo/x86_64/",
-                         "deploy@198.18.0.11:/var/lib/outpost/repo/x86_64/"]
 
 
 def test_rsync_argv_options():
@@ -435,45 +431,6 @@ def test_install_script_refused_for_a_version_the_rules_do_not_name(fake_host):
 
 
 # --- the content digest matches the app's -----------------------------------------------------
-
-def load_linkedlistd():
-    loader = importlib.machinery.SourceFileLoader("linkedlistd_for_digest", str(LINKEDLISTD))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-def app_digest(app, folder):
-    return app.content_digest(app.read_files(folder, app.scan(folder)))
-
-
-def test_content_digest_matches_the_app(tmp_path):
-    app = load_linkedlistd()
-    tree = tmp_path / "content"
-    (tree / "entries").mkdir(parents=True)
-    (tree / "static" / "css").mkdir(parents=True)
-    (tree / ".hidden-dir").mkdir()
-    (tree / "entries" / "a.txt").write_text("title: A\n")
-    (tree / "entries" / ".a.txt.XyZ123").write_text("rsync temp file")
-    (tree / "static" / "css" / "site.css").write_bytes(b"body{}\xff")
-    (tree / ".hidden-dir" / "x").write_text("ignored")
-    (tree / "README.md").write_text("readme")
-    (tree / "link.txt").symlink_to("README.md")
-    (tree / "dangling").symlink_to("nowhere")
-
-    expected = hashlib.sha256()
-    for relpath, data in sorted({"README.md": b"readme", "entries/a.txt": b"title: A\n",
-                                 "link.txt": b"readme",
-                                 "static/css/site.css": b"body{}\xff"}.items()):
-        expected.update(f"{relpath}\0{hashlib.sha256(data).hexdigest()}\n".encode())
-    assert commands.content_digest(tree) == expected.hexdigest() == app_digest(app, str(tree))
-
-    (tree / "entries" / "a.txt").write_text("title: B\n")
-    assert commands.content_digest(tree) != expected.hexdigest()
-    assert commands.content_digest(tree) == app_digest(app, str(tree))
-    assert commands.content_digest(REPO / "content") == app_digest(app, str(REPO / "content"))
-
 
 # --- config: staged, checked by nginx -t, switched only when changed ---------------------------
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from helpers import fleet_project, ran_tasks, run_doit, template_version
-from outpost import commands, fleet, inventory, steps
+from outpost import fleet, inventory, manifest, steps
 
 HOSTS = ("au", "fr", "ny")
 # Addresses apart from the default inventory's, so a developer's own fleet can keep running.
@@ -43,7 +43,7 @@ def connections(hosts_fleet):
 
 
 def assert_all_serve(project, inv):
-    digest = commands.content_digest(project / "content")
+    digest = manifest.scan(project / "content").digest
     for host in inv.hosts:
         h = health(inv, host)
         assert h["version"] == template_version(project), host.name

@@ -16,7 +16,7 @@ from helpers import fleet_project, ran_tasks, run_doit, wait_for
 from outpost import fleet, geodns, inventory
 
 HOSTS = ("au", "fr", "ny")
-ADDRESSES = {"au": "198.19.79.11", "ny": "198.19.79.12", "fr": "198.19.79.13"}
+ADDRESSES = {"au": "198.19.82.11", "ny": "198.19.82.12", "fr": "198.19.82.13"}
 # The seed's map, continent by continent.
 SEED_MAP = {"NA": "ny", "EU": "fr", "AF": "fr", "SA": "fr", "AS": "au", "OC": "au"}
 

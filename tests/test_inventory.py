@@ -397,6 +397,11 @@ def test_content_needs_content_dir(error):
         "(what to push and where hosts keep it); give both or neither")
 
 
+def test_keep_releases_is_at_least_one(error):
+    assert error(variant('port = 8080', 'port = 8080\nkeep_releases = 0')) == (
+        "[[packages]] #1 (linkedlist): key 'keep_releases': must be more than 0, found 0")
+
+
 def test_repository_path_must_be_absolute(error):
     assert error(variant('path = "/var/lib/outpost/repo"', 'path = "outpost/repo"')) == (
         "[repository]: key 'path': 'outpost/repo' must be an absolute path")
@@ -465,6 +470,7 @@ def test_repo_inventory_is_the_local_fleet():
     assert (package.name, package.service, package.port) == ("linkedlist", "linkedlist", 8080)
     assert package.content == REPO / "content"
     assert package.content_dir == "/var/lib/linkedlist/content"
+    assert package.keep_releases == 5
     assert package.template_dir == REPO / "cports-overlay" / "user" / "linkedlist"
     assert inventory.arches == ("x86_64",)
     assert inventory.site.name == "linkedlist.test"

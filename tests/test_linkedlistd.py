@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +19,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+from helpers import load_app
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "cports-overlay/user/linkedlist/files/linkedlistd"
@@ -30,11 +33,14 @@ def entry_text(title, url, date, body=""):
     return f"title: {title}\nurl: {url}\ndate: {date}\n\n{body}\n"
 
 
-def expected_digest(content_dir):
-    """The digest as the app documents it, worked out independently of the app's code."""
+def expected_digest(content_dir, links=True):
+    """The digest as the app documents it, worked out independently of the app's code; with
+    links=False, of the regular files only (what the app reads)."""
     lines = []
     for path in sorted(Path(content_dir).rglob("*")):
         rel = path.relative_to(content_dir).as_posix()
+        if not links and path.is_symlink():
+            continue
         if path.is_file() and not any(part.startswith(".") for part in rel.split("/")):
             lines.append((rel, hashlib.sha256(path.read_bytes()).hexdigest()))
     lines.sort()
@@ -416,3 +422,128 @@ def test_example_content_is_all_valid(tmp_path):
 def test_app_is_an_executable_python3_script():
     assert APP.read_text().startswith("#!/usr/bin/python3\n")
     assert os.access(APP, os.X_OK)
+
+
+# -- releases behind a `current` symlink, and links -------------------------------------------
+
+
+def release(tmp_path, name, entries):
+    """A release folder holding entries {slug: title}."""
+    folder = tmp_path / "releases" / name
+    (folder / "entries").mkdir(parents=True)
+    for slug, title in entries.items():
+        (folder / "entries" / f"{slug}.txt").write_text(
+            entry_text(title, f"https://{slug}.example/", "2025-01-01"))
+    return folder
+
+
+def switch(tmp_path, name):
+    """Point `current` at releases/<name> with one rename, as the deploy does."""
+    (tmp_path / ".current.new").symlink_to(f"releases/{name}")
+    os.replace(tmp_path / ".current.new", tmp_path / "current")
+
+
+def test_a_switched_current_is_served_whole_on_the_next_request(tmp_path):
+    release(tmp_path, "one", {"a": "A one", "b": "B one"})
+    release(tmp_path, "two", {"a": "A two", "c": "C two"})
+    switch(tmp_path, "one")
+    server = start(tmp_path, tmp_path / "current")
+    try:
+        first = server.health()
+        assert first["release"] == "one"
+        assert first["content"] == expected_digest(tmp_path / "releases/one")
+        switch(tmp_path, "two")
+        # No waiting: the request after the switch resolves `current` again.
+        second = server.health()
+        assert (second["release"], second["generation"]) == ("two", first["generation"] + 1)
+        assert second["content"] == expected_digest(tmp_path / "releases/two")
+        assert "A two" in server.text("/") and server.get("/entries/b/")[0] == 404
+    finally:
+        server.process.kill()
+        server.process.wait()
+
+
+def test_readers_during_many_switches_see_one_release_at_a_time(tmp_path):
+    digests = {}
+    for name in ("one", "two"):
+        folder = release(tmp_path, name, {f"e{n}": f"{name} {n}" for n in range(300)})
+        digests[expected_digest(folder)] = name
+    switch(tmp_path, "one")
+    server = start(tmp_path, tmp_path / "current")
+    answers, done = [], threading.Event()
+
+    def read():
+        while not done.is_set():
+            health = server.health()
+            answers.append((health["release"], health["content"]))
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    try:
+        for n in range(60):
+            switch(tmp_path, ("two", "one")[n % 2])
+            server.health()
+    finally:
+        done.set()
+        for reader in readers:
+            reader.join()
+        server.process.kill()
+        server.process.wait()
+    assert {digests.get(content) == name for name, content in answers} == {True}
+    assert {name for name, _ in answers} == {"one", "two"}
+
+
+def test_a_switch_reads_only_the_files_that_changed(tmp_path):
+    app = load_app()
+    one = release(tmp_path, "one", {f"e{n}": f"entry {n}" for n in range(5)})
+    two = tmp_path / "releases" / "two"
+    (two / "entries").mkdir(parents=True)
+    for n in range(4):  # hard links, as a release links unchanged files to the one before
+        os.link(one / "entries" / f"e{n}.txt", two / "entries" / f"e{n}.txt")
+    (two / "entries" / "e4.txt").write_text(entry_text("entry 4, edited", "https://e.example/",
+                                                       "2025-01-02"))
+    before = app.load(str(one))
+    _, files, _ = app.read_tree(str(two), before.files)
+    assert sorted(p for p in files if files[p] is before.files[p]) == [
+        f"entries/e{n}.txt" for n in range(4)]
+    assert files["entries/e4.txt"].entry.title == "entry 4, edited"
+
+
+def test_a_link_is_never_followed_wherever_it_points(tmp_path, content):
+    (tmp_path / "secret.txt").write_text("the host's secret")
+    (content / "static").mkdir()
+    (content / "static" / "secret.txt").symlink_to(tmp_path / "secret.txt")
+    (content / "static" / "inside.css").symlink_to("../entries/older.txt")
+    (content / "static" / "elsewhere").symlink_to(tmp_path)
+    (content / "static" / "real.css").write_text("body {}")
+    server = start(tmp_path, content)
+    try:
+        for path in ("/static/secret.txt", "/static/inside.css", "/static/elsewhere/secret.txt"):
+            assert server.get(path)[0] == 404, path
+        assert server.get("/static/real.css")[0] == 200
+        assert server.health()["content"] == expected_digest(content, links=False)
+        log = server.log()
+        for name in ("secret.txt", "inside.css"):
+            assert f"not serving {content / 'static' / name}: a symlink" in log
+    finally:
+        server.process.kill()
+        server.process.wait()
+
+
+def test_after_a_change_the_index_renders_only_the_changed_article(tmp_path):
+    app = load_app()
+    one = release(tmp_path, "one", {f"e{n}": f"entry {n}" for n in range(50)})
+    two = tmp_path / "releases" / "two"
+    (two / "entries").mkdir(parents=True)
+    for n in range(49):
+        os.link(one / "entries" / f"e{n}.txt", two / "entries" / f"e{n}.txt")
+    (two / "entries" / "e49.txt").write_text(entry_text("entry 49, edited",
+                                                        "https://e.example/", "2025-01-02"))
+    first = app.load(str(one))
+    app.render(first, "/", SITE_URL)
+    before = app.render_article.cache_info()
+    _, page = app.render(app.load(str(two), first.files, 2), "/", SITE_URL)
+    after = app.render_article.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 49)
+    assert b"entry 49, edited" in page and b"entry 48" in page

@@ -329,3 +329,47 @@ def test_rsync_failure_on_the_host_names_the_exit_code(target, tree):
                                           r" \d+ \(.+\):\n  .*"):
         remote.run_local(commands.rsync_argv(tree, host, "/etc/hostname/sub", ssh), host, ssh,
                          step="content")
+
+
+# --- SshSession: a script and a payload in one OpenSSH login ---------------------------------
+
+def test_a_script_reads_the_payload_after_it_in_one_login(sshd, target, tmp_path):
+    host, ssh = target
+    before = sshd.accepted()
+    payload = bytes(range(256)) * 4096 + b"\nno newline at the end"
+    out = tmp_path / "payload"
+    result = remote.run_ssh(commands.ssh_argv(ssh, host), host, ssh,
+                            f"set -eu\ncat > {out}\necho got $(wc -c < {out})", payload,
+                            step="content")
+    assert out.read_bytes() == payload
+    assert result.stdout == f"got {len(payload)}\n"
+    assert sshd.accepted() == before + 1
+
+
+def test_a_failing_script_raises_with_its_exit_status_and_stderr(target):
+    host, ssh = target
+    with pytest.raises(remote.ScriptFailed) as caught:
+        remote.run_ssh(commands.ssh_argv(ssh, host), host, ssh,
+                       "echo the base is gone >&2; exit 75", step="content")
+    assert caught.value.exited == 75
+    assert str(caught.value) == ("content on host testhost (127.0.0.1) failed (exit 75):\n"
+                                 "  the base is gone")
+
+
+def test_a_session_left_unused_ends_its_ssh_process(target):
+    host, ssh = target
+    with remote.SshSession(commands.ssh_argv(ssh, host), host, ssh, "content") as session:
+        pass
+    assert session.process.returncode is not None
+
+
+def test_ssh_session_failures_name_the_host(sshd, target, tmp_path):
+    host, ssh = target
+    changed = pin_other_key(ssh, tmp_path)
+    with pytest.raises(RemoteError, match=r"^content on host testhost \(127.0.0.1\): host key "
+                                          r"for testhost \(127.0.0.1\) does not match"):
+        remote.run_ssh(commands.ssh_argv(changed, host), host, changed, "true", step="content")
+    closed = replace(host, port=free_port())
+    with pytest.raises(RemoteError, match=rf"cannot reach 127.0.0.1 port {closed.port}: "
+                                          "connection refused"):
+        remote.run_ssh(commands.ssh_argv(ssh, closed), closed, ssh, "true", step="content")

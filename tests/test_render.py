@@ -117,12 +117,12 @@ def test_nginx_site_for_each_default_host(local_ca_inventory, name, served_by):
     assert "daemon" not in main  # the service passes -g "daemon off;"; twice is an error
 
 
-def test_env_file_sends_the_app_behind_nginx(inventory):
+def test_env_file_sends_the_app_behind_nginx_to_the_current_release(inventory):
     context = render.host_context(inventory, inventory.host("au"))
     text = render.render("linkedlist.env.j2", context)
     settings = [line for line in text.splitlines() if not line.startswith("#")]
     assert settings == [
-        "LINKEDLIST_CONTENT=/var/lib/linkedlist/content",
+        "LINKEDLIST_CONTENT=/var/lib/linkedlist/content/current",
         "LINKEDLIST_LISTEN=127.0.0.1:8080",
         f"LINKEDLIST_SITE_URL=https://{SITE}",
     ]
@@ -261,9 +261,9 @@ def test_missing_context_names_the_variable(inventory):
 
 def test_a_value_that_is_none_is_an_error_not_the_word_none(inventory):
     context = render.host_context(inventory, inventory.host("au"))
-    context["packages"]["linkedlist"]["content_dir"] = None
+    context["packages"]["linkedlist"]["content_root"] = None
     with pytest.raises(render.RenderError, match=r"^templates/linkedlist.env.j2:\d+: variable "
-                                                 r"'packages.linkedlist.content_dir' is not set"):
+                                                 r"'packages.linkedlist.content_root' is not set"):
         render.render("linkedlist.env.j2", context)
 
 

@@ -73,15 +73,16 @@ def test_check_alone_prints_the_table(site):
     proc = run_doit(site, "check")
     assert host_tasks(ran_tasks(proc.stdout)) == [f"check:{h}" for h in HOSTS]
     table = proc.stdout[proc.stdout.index("host "):].splitlines()
-    assert table[0].split() == ["host", "region", "status", "version", "median", "requests",
-                                "certificate"]
+    assert table[0].split() == ["host", "region", "status", "version", "release", "median",
+                                "requests", "certificate"]
     rows = {line.split()[0]: line.split() for line in table[1:4]}
     assert sorted(rows) == list(HOSTS)
     for row in rows.values():
         assert row[2] == "ok" and re.fullmatch(r"\d+\.\d+\.\d+-r\d+", row[3])
-        assert row[5] == "ms" and float(row[4]) > 0
+        assert re.fullmatch(r"[0-9a-f]{16}", row[4])  # the content release it serves
+        assert row[6] == "ms" and float(row[5]) > 0
         # pebble issues for 90 days, as Let's Encrypt does.
-        assert row[8] == "days" and 85 <= int(row[7]) <= 90
+        assert row[9] == "days" and 85 <= int(row[8]) <= 90
 
 
 def test_one_host_variable_reloads_nginx_there_only_and_the_site_stays_up(site):
