@@ -508,7 +508,7 @@ def acme_issue_is_current(inventory, values: dict) -> bool:
             and values.get("roots") == _roots_digest(inventory))
 
 
-_served: dict = {}
+_certificates_seen: dict = {}
 _served_lock = threading.Lock()
 
 
@@ -530,12 +530,12 @@ def served_certificates(inventory) -> dict[str, bytes | None]:
     """What every web host serves, asked once per run (the certificate tasks share it)."""
     import concurrent.futures
     with _served_lock:
-        if inventory.path not in _served:
+        if inventory.path not in _certificates_seen:
             with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-                _served[inventory.path] = dict(zip(
+                _certificates_seen[inventory.path] = dict(zip(
                     [h.name for h in inventory.hosts],
                     pool.map(lambda h: _served_certificate(inventory, h), inventory.hosts)))
-        return _served[inventory.path]
+        return _certificates_seen[inventory.path]
 
 
 def _newer_elsewhere(inventory, current: bytes) -> bool:
