@@ -222,7 +222,7 @@ def test_rollback_switches_every_host_back_and_the_check_sees_it(site):
     assert serves(inv, digest(project))
     before = logins(hosts_fleet)
 
-    proc = run_doit(project, "rollback")
+    proc = run_doit(project, "rollback:content")
     assert ran_tasks(proc.stdout) == [f"rollback:content:{h}" for h in HOSTS]
     for host in inv.hosts:
         now = health(inv, host)
