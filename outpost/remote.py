@@ -148,21 +148,30 @@ def run_local(argv: list[str], host, ssh, step: str | None = None) -> Result:
     return Result(proc.stdout, proc.stderr, proc.returncode)
 
 
+def _signal(child: subprocess.Popen, sig: int):
+    """The child's whole session when it leads one (rsync and the ssh it starts), else the
+    child alone (an SshSession's ssh, in the run's own group)."""
+    try:
+        if os.getpgid(child.pid) == child.pid:
+            os.killpg(child.pid, sig)
+        else:
+            child.send_signal(sig)
+    except ProcessLookupError:
+        pass
+
+
 def stop_children() -> int:
     """End every local program run_local started that is still running (with its ssh), and
     close the connections: what an interrupted run leaves behind. Returns how many it ended."""
     with _lock:
         children = list(_children)
     for child in children:
-        try:
-            os.killpg(child.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        _signal(child, signal.SIGTERM)
     for child in children:
         try:
             child.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
+            _signal(child, signal.SIGKILL)
     close_all()
     return len(children)
 
@@ -179,10 +188,11 @@ class SshSession:
         self.host, self.ssh, self.argv = host, ssh, ssh_argv
         self.where = _where(host, step)
         try:
-            # A session of its own, known to stop_children: Ctrl-C ends it with the run.
+            # In the run's own process group, so whatever ends the run's group ends it too (a
+            # killed push must not go on behind the next run's back); known to stop_children.
             self.process = subprocess.Popen([*ssh_argv, RUN_STDIN_THEN_PAYLOAD],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, start_new_session=True)
+                                            stderr=subprocess.PIPE)
         except FileNotFoundError:
             raise RemoteError(f"{self.where}: ssh is not installed on this machine "
                               "(apt-get install openssh-client)") from None
