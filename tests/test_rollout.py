@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers import fleet_project, ran_tasks, run_doit, template_version, wait_for
-from outpost import depfile, fleet, inventory, steps
+from outpost import depfile, fleet, inventory, manifest, steps
 
 HOSTS = ("au", "fr", "ny")
 ADDRESSES = {"au": "198.19.79.11", "ny": "198.19.79.12", "fr": "198.19.79.13"}
@@ -256,7 +256,7 @@ def test_an_interrupt_mid_content_push_leaves_a_run_that_converges(site, how):
         assert doit.returncode == -signal.SIGKILL
     proc = run_doit(project, "deploy")
     assert "content:" in proc.stdout
-    digest = steps.commands.content_digest(project / "content")
+    digest = manifest.scan(project / "content").digest
     for name in HOSTS:
         status, _, body = steps.site_request(inv, inv.host(name), "/_health")
         assert digest in body.decode(), name
