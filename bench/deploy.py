@@ -69,7 +69,7 @@ def fleet_inventory_text(text: str, bridge: str, addresses: dict[str, str]) -> s
     local CA (lego and pebble are measured on their own, README.md "Certificates")."""
     from helpers import without_acme
     text = without_acme(text)
-    head = text[:text.index("[[hosts]]")]
+    head = text[:text.index("\n[[hosts]]\n") + 1]  # the table, not a comment naming it
     if 'state = "build/fleet"' not in head:
         raise SystemExit("bench: inventory.toml has no [fleet] state to give a bridge to")
     head = head.replace('state = "build/fleet"', f'state = "build/fleet"\nbridge = "{bridge}"')
