@@ -16,15 +16,17 @@ Who can do what:
     certhost_files(inventory, lego_home...)  the cert host's scripts, service and doas.conf
     certhost_permits(inventory)     the cert host's doas rules
     gate_files(inventory, lego_pub)  what a web host gets: lego-gate, acme-challenge, the key
-    gate_commands(), lego_permits()  the deploy user's and lego's rules on a web host
-    setup_script(...), gate_script(...), driver_command(...)  what the steps run
+    lego_permits()                  lego's rules on a web host
+    setup_bundle(...), gate_bundle(...)  those files as signed bundles (outpost.bundle)
+    setup_script(...), driver_command(...)  what the steps run
 """
 from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
 
-from outpost import commands
+from outpost import bundle, commands
+from outpost.bundle import HELPER
 from outpost.errors import OutpostError
 
 LIBEXEC = "/usr/libexec/outpost"
@@ -48,9 +50,6 @@ KNOWN_HOSTS = "/etc/outpost/known_hosts"
 SERVER_CA = "/etc/outpost/acme-server-ca.pem"
 LEGO_PATH = f"{LEGO_HOME}/acme"       # lego --path: accounts/, certificates/
 SSH_KEY = f"{LEGO_HOME}/.ssh/id_ed25519"
-# The deploy user's staging on web hosts for the gate's files (its own folder, as config's).
-GATE_STAGE = f"{commands.CONFIG_DIR}/gate-stage"
-GATE_INSTALLED = f"{commands.CONFIG_DIR}/gate-installed.sha256"
 # With [dns] provider = "gcore": lego's own gcore provider, with the token the admin puts in
 # this file on the cert host (mode 600, lego's); it never enters git or this machine.
 GCORE_TOKEN = f"{LEGO_HOME}/gcore.token"
@@ -116,31 +115,18 @@ def _render(name: str, context: dict) -> bytes:
 
 # --- the cert host ----------------------------------------------------------------------------
 
-def certhost_commands(inventory) -> list[list[str]]:
-    """Every command, with doas, that the deploy user runs on the cert host."""
-    lego = ["doas", "-u", LEGO_USER, DRIVER]
-    user = inventory.acme.cert_host.user
-    return ([["doas", "install", "-d", "-o", user, "-m", "755", commands.CONFIG_DIR],
-             ["doas", "apk", "add", "lego"]]
-            + commands.config_commands(_certhost_file_list(inventory))
-            + [["doas", "dinitctl", "enable", SERVICE],
-               lego + ["key"], lego + ["issue"], lego + ["show"]]
-            + [lego + ["push", host.name] for host in inventory.hosts])
-
-
 def certhost_permits(inventory) -> list[tuple[str, list[str]]]:
+    """The deploy user's doas rules on the cert host: the bundle helper, and the driver's
+    commands as lego."""
     user = inventory.acme.cert_host.user
-    permits = []
-    for _, *argv in certhost_commands(inventory):
-        if (user, argv) not in permits:
-            permits.append((user, argv))
-    return permits
+    lego = ["-u", LEGO_USER, DRIVER]
+    return ([(user, [HELPER])]
+            + [(user, lego + [command]) for command in ("key", "issue", "show")]
+            + [(user, lego + ["push", host.name]) for host in inventory.hosts])
 
 
 def certhost_doas_conf(inventory) -> str:
-    from outpost import render
-    return render.render("doas.conf.j2", {"doas_rules": [
-        commands.doas_rule(user, argv) for user, argv in certhost_permits(inventory)]})
+    return commands.doas_conf_text(certhost_permits(inventory))
 
 
 def _certhost_file_list(inventory, context=None, known_hosts="", server_ca="", doas_conf=""):
@@ -177,23 +163,21 @@ def certhost_files(inventory, known_hosts: str) -> list[File]:
                                certhost_doas_conf(inventory))
 
 
-def setup_script(inventory, files: list[File]) -> str:
-    """One round trip on the cert host: the deploy user's folder, lego installed, the files
-    switched in (commands.config_script: staged, doas -C checked, installed when changed, the
-    renewal service restarted when its files changed), the service enabled, then lego's SSH
-    key made if missing and its public key printed after PUBLIC_KEY_MARK."""
-    user = inventory.acme.cert_host.user
-    enabled = f"{commands.BOOT_D}/{SERVICE}"
-    return "\n".join([
-        "set -eu",
-        f"[ -w {commands.CONFIG_DIR} ] || "
-        f"doas install -d -o {shlex.quote(user)} -m 755 {commands.CONFIG_DIR}",
-        "doas apk add lego >/dev/null",
-        commands.config_script(files).rstrip("\n"),
-        f"if [ ! -e {enabled} ]; then doas dinitctl enable {SERVICE} >/dev/null; "
-        f"echo enabled: {SERVICE}; fi",
-        f"printf '{PUBLIC_KEY_MARK}%s\\n' \"$(doas -u {LEGO_USER} {DRIVER} key)\"",
-    ]) + "\n"
+def setup_bundle(inventory, files: list[File]) -> bundle.Bundle:
+    """The cert host's files for the helper (outpost.bundle): doas.conf checked by doas -C,
+    each file installed when it differs, the renewal service enabled, and restarted when its
+    files changed."""
+    return bundle.Bundle(
+        inventory.acme.cert_host.name, "acme-setup", files=bundle.files_of(files),
+        checks=((("doas", commands.DOAS_CONF),)), enable=(SERVICE,),
+        actions=bundle.actions_of(files))
+
+
+def setup_script(signed: bytes) -> str:
+    """One round trip on the cert host: the bundle applied, then lego's SSH key made if
+    missing and its public key printed after PUBLIC_KEY_MARK."""
+    return (bundle.apply_script(signed)
+            + f"printf '{PUBLIC_KEY_MARK}%s\\n' \"$(doas -u {LEGO_USER} {DRIVER} key)\"\n")
 
 
 def public_key(output: str) -> str | None:
@@ -227,13 +211,6 @@ def gate_files(inventory, lego_pub: str) -> list[File]:
     return _gate_file_list(acme_context(inventory), lego_pub)
 
 
-def gate_commands() -> list[list[str]]:
-    """The deploy user's commands, with doas, that install the gate's files on a web host."""
-    files = _gate_file_list()
-    return ([commands.folder_command(folder) for folder in commands.folders_of(files)]
-            + [commands.install_file_command(GATE_STAGE, f) for f in files])
-
-
 def lego_permits() -> list[tuple[str, list[str]]]:
     """lego's two rules on a web host: the challenge script as gdnsd's user (its input comes on
     stdin, so the rule allows no arguments at all), and nginx's reload."""
@@ -241,8 +218,6 @@ def lego_permits() -> list[tuple[str, list[str]]]:
             (LEGO_USER, ["dinitctl", "signal", "HUP", "nginx"])]
 
 
-def gate_script(files: list[File]) -> str:
-    """One round trip on a web host: stage the gate's files, install those that changed."""
-    return "\n".join(["set -eu", "umask 077", *commands.stage_lines(GATE_STAGE, files),
-                      *commands.install_changed_lines(GATE_STAGE, GATE_INSTALLED, files),
-                      f"rm -rf {shlex.quote(GATE_STAGE)}"]) + "\n"
+def gate_bundle(host: str, files: list[File]) -> bundle.Bundle:
+    """The gate's files for the helper: each installed when it differs."""
+    return bundle.Bundle(host, "gate", files=bundle.files_of(files))

@@ -5,8 +5,8 @@ it in, built by pure functions (outpost.steps runs them).
     expected_host(dns, hosts, c)    the host a visitor on continent c should get
     dns_context(inventory, host)    everything templates/gdnsd/ reads (a config_changed value)
     dns_files(inventory, host, db)  the files a host gets: config, zone, country database
-    dns_script(files, ...)          one round trip: stage, `gdnsd checkconf`, switch, apply
-    doas_commands()                 the root (and _gdnsd) commands that script runs
+    dns_bundle(host, files)         what the helper does with them: stage, `gdnsd checkconf`,
+                                    switch, apply (outpost.bundle)
     ecs_query(name, network, id)    the check's DNS query, with EDNS Client Subnet
 
 Applying a change (FACTS.md, gdnsd 3.8.1): a zone change is `gdnsdctl reload-zones` (about
@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import shlex
 import struct
 import zlib
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
-from outpost import commands
+from outpost import bundle
 
 # Paths on the hosts, as the gdnsd package installs them (cports-overlay/user/gdnsd).
 SERVICE = "gdnsd"
@@ -38,14 +36,10 @@ STATE_DIR = "/var/lib/gdnsd"
 DATABASE_NAME = "country.mmdb"
 CONFIG = f"{CONF_DIR}/config"
 DATABASE = f"{CONF_DIR}/geoip/{DATABASE_NAME}"
-# In the SSH user's own folder (config's): the DNS step's staged files and the record of what
-# it installed.
-STAGE = f"{commands.CONFIG_DIR}/dns-stage"
-INSTALLED = f"{commands.CONFIG_DIR}/dns-installed.sha256"
-# Exit statuses of dns_script: gdnsd refused the staged files; the database was not sent and
+# Exit statuses of the helper: gdnsd refused the staged files; the database was not sent and
 # the host lacks it.
-REFUSED = 65
-NEEDS_DATABASE = 66
+REFUSED = bundle.EXITS["refused"]
+NEEDS_DATABASE = bundle.EXITS["needs"]
 # The path nginx serves the app's health on over plain HTTP, for gdnsd's checker.
 HEALTH_PATH = "/_health"
 
@@ -189,97 +183,28 @@ def dns_files(inventory, host, database: bytes, send_database: bool = True) -> l
     ]
 
 
-# --- the script -------------------------------------------------------------------------------
+# --- the bundle -------------------------------------------------------------------------------
 
-def _checkconf() -> list[str]:
-    # As the SSH user, on its own staged copy: checking needs no privilege.
-    return ["gdnsd", "-c", STAGE + CONF_DIR, "checkconf"]
+def dns_bundle(host: str, files: list[DnsFile]) -> bundle.Bundle:
+    """What the helper (outpost.bundle) does with the host's gdnsd files:
 
-
-def _reload_zones() -> list[str]:
-    # As gdnsd's own user: its control socket is in its private run dir.
-    return ["doas", "-u", USER, "gdnsdctl", "-c", CONF_DIR, "reload-zones"]
-
-
-def _enable() -> list[str]:
-    return ["doas", "dinitctl", "enable", SERVICE]
-
-
-def _restart() -> list[str]:
-    return ["doas", "dinitctl", "restart", "--ignore-unstarted", SERVICE]
-
-
-def _start() -> list[str]:
-    return ["doas", "dinitctl", "start", SERVICE]
-
-
-def _folders() -> list[str]:
-    return [CONF_DIR, f"{CONF_DIR}/geoip", f"{CONF_DIR}/zones"]
-
-
-def doas_commands(zone: str) -> list[list[str]]:
-    """Every root (or _gdnsd) command dns_script runs, with doas, for commands.doas_permits."""
-    files = [DnsFile(path, 0o644, None, "", "") for path in (CONFIG, zone_path(zone), DATABASE)]
-    return ([commands.folder_command(folder) for folder in _folders()]
-            + [commands.install_file_command(STAGE, f) for f in files]
-            + [_enable(), _restart(), _start(), _reload_zones()])
-
-
-def inventory_doas_commands(inventory) -> list[list[str]]:
-    """doas_commands when the hosts run gdnsd, else none."""
-    dns = inventory.dns
-    if dns is None or dns.provider != "gdnsd":
-        return []
-    return doas_commands(inventory.site.name)
-
-
-def dns_script(files: list[DnsFile]) -> str:
-    """One round trip that puts gdnsd's files in place and applies them:
-
-    1. stage the files sent (the database is copied from its place when not sent; if this
-       step's record says another one, or it is gone, exit NEEDS_DATABASE so the step sends
-       it);
+    1. stage the files sent (the database, when not sent, must be on the host as its hash
+       says, else the helper exits NEEDS_DATABASE so the step sends it);
     2. `gdnsd checkconf` on the staged folder; a refusal exits REFUSED with gdnsd's message,
        the old files still answering;
-    3. install each file that differs from what was installed last;
+    3. install each file that differs;
     4. enable gdnsd once (that starts it), restart it for a config or database change, reload
        its zones for a zone change, and make sure it runs.
     Prints `changed: <path>`, `restarted: gdnsd`, `reloaded: zones`."""
-    q = shlex.quote
-    sent = [f for f in files if f.content is not None]
-    # Debian keeps gdnsd in /usr/sbin, outside a user's PATH (Chimera has only /usr/bin).
-    lines = ["set -eu", "umask 077", 'PATH="$PATH:/usr/sbin:/sbin"',
-             *commands.stage_lines(STAGE, sent)]
-    for f in files:
-        if f.content is None:
-            staged = STAGE + f.remote_path
-            # What this step installed last (its record), and still there.
-            record = q(f"{f.sha256}  {f.remote_path}")
-            lines.append(
-                f"mkdir -p {q(str(PurePosixPath(staged).parent))}\n"
-                f"if ! grep -qxF {record} {q(INSTALLED)} 2>/dev/null"
-                f" || [ ! -f {q(f.remote_path)} ]; then\n"
-                f"  echo 'needs: {f.remote_path}'\n  exit {NEEDS_DATABASE}\n"
-                f"fi\ncp {q(f.remote_path)} {q(staged)}")
-    # checkconf creates nothing; the staged folder is the SSH user's, so gdnsd can read it.
-    lines += commands.refusal_lines(_checkconf(), "gdnsd checkconf refused the new files; the "
-                                    "old ones keep answering", REFUSED)
-    lines += commands.install_changed_lines(STAGE, INSTALLED, files,
-                                            {f.remote_path: f.sha256 for f in files})
-    restart, reload = commands.changed_flag(SERVICE), commands.changed_flag("zone")
-    enabled = f"{commands.BOOT_D}/{SERVICE}"
-    lines += [
-        f"if [ ! -e {q(enabled)} ]; then\n  {shlex.join(_enable())} >/dev/null\n"
-        f"  echo enabled: {SERVICE}\n"
-        f"elif [ -n \"${{{restart}:-}}\" ]; then\n"
-        f"  {shlex.join(_restart())} >/dev/null\n  echo restarted: {SERVICE}\n"
-        f"elif [ -n \"${{{reload}:-}}\" ]; then\n"
-        f"  {shlex.join(_reload_zones())} >/dev/null 2>&1 || {shlex.join(_restart())} >/dev/null\n"
-        f"  echo reloaded: zones\nfi",
-        f"{shlex.join(_start())} >/dev/null",
-        f"rm -rf {q(STAGE)}",
-    ]
-    return "\n".join(lines) + "\n"
+    return bundle.Bundle(
+        host, "dns",
+        files=tuple(bundle.BundleFile(f.remote_path, f.mode, f.content, f.service, f.sha256)
+                    for f in files),
+        checks=(("gdnsd", CONF_DIR),),
+        enable=(SERVICE,),
+        actions=(bundle.Action(SERVICE, "restart", SERVICE),
+                 bundle.Action("zone", "reload-zones", SERVICE)),
+        start=(SERVICE,))
 
 
 # --- Gcore, the managed alternative ----------------------------------------------------------

@@ -88,6 +88,9 @@ class Ssh:
     identity: Path
     connect_timeout: float
     command_timeout: float
+    # root's key for the bootstrap, the only step that logs in as root; None: the bootstrap
+    # script is written for the operator to run (README.md, "Real servers").
+    bootstrap_identity: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -407,6 +410,7 @@ SCHEMA: dict[str, Table] = {
         Key("port", INTEGER, 22, _port),
         Key("known_hosts", LOCAL_PATH),
         Key("identity", LOCAL_PATH),
+        Key("bootstrap_identity", LOCAL_PATH, None),
         Key("connect_timeout", NUMBER, 10.0, _positive),
         Key("command_timeout", NUMBER, 300.0, _positive),
     )),
@@ -682,7 +686,8 @@ def load(path: str | Path) -> Inventory:
         repository=Repository(**checked["repository"]),
         builder=Builder(**builder),
         ssh=Ssh(known_hosts=ssh["known_hosts"], identity=ssh["identity"],
-                connect_timeout=ssh["connect_timeout"], command_timeout=ssh["command_timeout"]),
+                connect_timeout=ssh["connect_timeout"], command_timeout=ssh["command_timeout"],
+                bootstrap_identity=ssh["bootstrap_identity"]),
         fleet=Fleet(**checked["fleet"]) if checked["fleet"] else None,
         packages=tuple(Package(**values, root=root) for values in checked["packages"]),
         hosts=tuple(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shlex
 import traceback
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -35,7 +36,6 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 NGINX_CONF = "/etc/nginx/nginx.conf"  # what both Chimera's and Debian's nginx read by default
 NGINX_SITES = "outpost"               # the site files' folder, relative to NGINX_CONF's folder
 ENV_DIR = "/etc/default"              # <package>.env.j2 becomes /etc/default/<package>
-DOAS_CONF = "/etc/doas.conf"
 
 # Which index the repository has, by builder: the local builder writes a v2 APKINDEX.tar.gz,
 # cbuild a v3 Packages.adb (FACTS.md). Known from the inventory, so the list line is known
@@ -108,11 +108,9 @@ def _nginx(site_name: str) -> dict:
     }
 
 
-def host_context(inventory, host, installs: bool = True) -> dict:
+def host_context(inventory, host) -> dict:
     """Everything a host's templates use, as dicts, lists, strings and numbers in a fixed
-    order: a doit config_changed value that changes exactly when a rendered file may.
-    installs=False leaves out the doas rules that follow the repository's versions (see
-    config_inputs)."""
+    order: a doit config_changed value that changes exactly when a rendered file may."""
     site = inventory.site
     return {
         "host": {"name": host.name, "address": host.address, "region": host.region,
@@ -122,20 +120,19 @@ def host_context(inventory, host, installs: bool = True) -> dict:
         "app": _package(served_package(inventory)),
         "tls": tls_paths(inventory),
         "nginx": _nginx(site.name),
-        "apk": {"list_line": commands.repo_list_line(INDEX_FORMATS[inventory.builder.kind],
-                                                     inventory.repository.path)},
-        "doas_rules": [commands.doas_rule(user, list(argv))
-                       for user, argv in doas_permits(inventory, host, installs)],
         "health_path": geodns.HEALTH_PATH,
     }
 
 
 def config_inputs(inventory, host) -> dict:
-    """The config step's doit config_changed value: host_context without the doas rules of
-    the repository's versions. Those change with every release, and the sync step installs
-    doas.conf with them before the upgrade needs them (commands.doas_conf_script), so config
-    need not run again for them."""
-    return host_context(inventory, host, installs=False)
+    """The config step's doit config_changed value."""
+    return host_context(inventory, host)
+
+
+def list_line(inventory) -> str:
+    """The repositories.d line, known from the builder before anything is built."""
+    return commands.repo_list_line(INDEX_FORMATS[inventory.builder.kind],
+                                   inventory.repository.path)
 
 
 def install_commands(inventory, host) -> list[list[str]]:
@@ -150,29 +147,23 @@ def install_commands(inventory, host) -> list[list[str]]:
                                               rollout.env_file(p.name, config_files))]
 
 
-def doas_permits(inventory, host, installs: bool = True) -> list[tuple[str, list[str]]]:
-    """Every doas rule of a web host: the deploy user's commands (commands.doas_permits), with
-    the upgrade's for the repository's versions (unless installs=False), the DNS step's and
-    the ACME gate's; and lego's two when certificates come from ACME."""
-    extra = geodns.inventory_doas_commands(inventory)
-    if inventory.acme is not None:
-        extra = extra + acme.gate_commands()
-    permits = commands.doas_permits(
-        host.user, inventory.repository, inventory.packages, host_files(inventory, host),
-        installs=install_commands(inventory, host) if installs else (), extra=extra)
+def doas_permits(inventory, host) -> list[tuple[str, list[str]]]:
+    """Every doas rule of a web host: the deploy user's (commands.doas_permits: the bundle
+    helper, the upgrade's for the repository's versions); and lego's two when certificates
+    come from ACME."""
+    permits = commands.doas_permits(host.user, installs=install_commands(inventory, host))
     return permits + (acme.lego_permits() if inventory.acme is not None else [])
 
 
 def doas_conf(inventory, host) -> str:
-    """/etc/doas.conf for host: what config renders from templates/doas.conf.j2."""
-    return render("doas.conf.j2", {"doas_rules": [commands.doas_rule(user, list(argv))
-                                                  for user, argv in doas_permits(inventory, host)]})
+    """/etc/doas.conf for host (templates/doas.conf.j2), installed by the sync step's bundle."""
+    return commands.doas_conf_text(doas_permits(inventory, host))
 
 
 def host_files(inventory, host) -> list[HostFile]:
     """The files a host gets from templates/: nginx's pair and the site certificate and key
-    (copied, not rendered; nginx reloads when any of the four changes), an env-file for each package that has a templates/<package>.env.j2 (restart its service),
-    the apk list and doas.conf (read when used: nothing to reload)."""
+    (copied, not rendered; nginx reloads when any of the four changes), and an env-file for
+    each package that has a templates/<package>.env.j2 (restart its service)."""
     nginx = _nginx(inventory.site.name)
     nginx_dir = PurePosixPath(nginx["conf"]).parent
     files = [
@@ -193,11 +184,6 @@ def host_files(inventory, host) -> list[HostFile]:
         if (TEMPLATES / f"{package.name}.env.j2").is_file():
             files.append(HostFile(f"{package.name}.env.j2", f"{ENV_DIR}/{package.name}", 0o644,
                                   package.service, "restart" if package.service else None))
-    files += [
-        HostFile("apk/outpost.list.j2", commands.list_path(), 0o644, None, None),
-        # doas refuses a doas.conf that others can write; nobody else needs to read it.
-        HostFile("doas.conf.j2", DOAS_CONF, 0o400, None, None),
-    ]
     return files
 
 
@@ -281,6 +267,7 @@ def _environment():
     )
     env.filters["nginx_quote"] = nginx_quote
     env.filters["doas_word"] = doas_word
+    env.filters["sh_quote"] = shlex.quote
     return env
 
 

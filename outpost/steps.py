@@ -2,6 +2,7 @@
 (running it). tasks/hosts.py calls these; every function takes the inventory and a host."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import http.client
@@ -17,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from outpost import commands, content, geodns, hoststate, remote, render, repo, rollout, tls
+from outpost import bootstrap as bootstrap_module
+from outpost import bundle, commands, content, geodns, hoststate, remote, render, repo, rollout, tls
 from outpost.errors import OutpostError
 from outpost.template import load_template
 
@@ -111,14 +113,76 @@ def _report(host, output: str):
         say(f"{host.name}: {line}")
 
 
-def bootstrap(inventory, host):
-    """Base packages, nginx enabled, folders, repository key and list: idempotent."""
-    script = commands.bootstrap_script(**_trust_settings(inventory, host))
-    _report(host, remote.run_script(host, script, inventory.ssh, step="bootstrap").stdout)
+def bootstrap_plan(inventory, host, public_key_pem=None) -> bootstrap_module.Plan:
+    """What root sets up on a web host, once (outpost.bootstrap)."""
+    return bootstrap_module.Plan(
+        host=host.name, user=host.user, packages=bootstrap_module.WEB_PACKAGES,
+        key_name=inventory.repository.key_name,
+        public_key_pem=_read_public_key(inventory) if public_key_pem is None else public_key_pem,
+        list_line=render.list_line(inventory), owned_folders=(inventory.repository.path,),
+        helper=bootstrap_module.helper_source(), enable=("nginx",))
 
 
-def bootstrap_settings(inventory, host) -> dict:
-    return {**sync_settings(inventory, host), "packages": list(commands.BASE_PACKAGES)}
+def certhost_plan(inventory, public_key_pem=None) -> bootstrap_module.Plan:
+    """What root sets up on the cert host: lego, and the helper for its bundles."""
+    cert_host = inventory.acme.cert_host
+    return bootstrap_module.Plan(
+        host=cert_host.name, user=cert_host.user, packages=("lego", "openssl"),
+        key_name=inventory.repository.key_name,
+        public_key_pem=_read_public_key(inventory) if public_key_pem is None else public_key_pem,
+        list_line=None, owned_folders=(),
+        helper=bootstrap_module.helper_source(), enable=())
+
+
+def _read_public_key(inventory) -> str:
+    try:
+        return inventory.repository.public_key.read_text()
+    except OSError as error:
+        raise OutpostError(f"{inventory.repository.public_key}: cannot read the repository's "
+                           f"public key: {error.strerror}; run `doit keygen`") from None
+
+
+def bootstrap_file(inventory, host) -> Path:
+    """Where the host's bootstrap script is written, for an operator who runs it by hand."""
+    return inventory.root / "build" / "bootstrap" / f"{host.name}.sh"
+
+
+def bootstrap(inventory, host, plan: bootstrap_module.Plan):
+    """Root's one-time setup (outpost.bootstrap): run as root with [ssh] bootstrap_identity,
+    else only checked, the script written for the operator to run on the host as root. The
+    plan's public key is read now: `doit keygen` may have just made it."""
+    plan = dataclasses.replace(plan, public_key_pem=_read_public_key(inventory))
+    script = bootstrap_module.script(plan)
+    render.write_if_changed(bootstrap_file(inventory, host), script)
+    ssh = inventory.ssh
+    if ssh.bootstrap_identity is not None:
+        root = dataclasses.replace(host, user="root")
+        root_ssh = dataclasses.replace(ssh, identity=ssh.bootstrap_identity)
+        _report(host, remote.run_script(root, script, root_ssh, step="bootstrap").stdout)
+        return
+    result = remote.run_script(host, bootstrap_module.check_script(plan), ssh,
+                               step="bootstrap", ok_exits=(0, bootstrap_module.STALE))
+    if result.exited == bootstrap_module.STALE:
+        address = f"[{host.address}]" if ":" in host.address else host.address
+        raise OutpostError(
+            f"host {host.name}: needs its bootstrap, as root ({result.stdout.strip()}, wanted "
+            f"{plan.digest()}). Run {bootstrap_file(inventory, host)} on it as root, e.g.\n"
+            f"  ssh -p {host.port} root@{address} sh < {bootstrap_file(inventory, host)}\n"
+            f"or set bootstrap_identity in [ssh] to root's key for Outpost to run it.")
+
+
+def bootstrap_settings(plan: bootstrap_module.Plan, inventory) -> dict:
+    """A bootstrap's doit config_changed value: its plan without the public key (a file_dep,
+    and not there before `doit keygen`), cheap: no template rendered."""
+    return {"plan": dataclasses.replace(plan, public_key_pem="").digest(),
+            "as_root": inventory.ssh.bootstrap_identity is not None}
+
+
+def apply_bundle(inventory, host, b: bundle.Bundle, step: str, ok_exits=(0,)) -> remote.Result:
+    """Sign the bundle here and have the host's helper apply it (outpost.bundle)."""
+    signed = bundle.signed(b, inventory.repository.signing_key, time.time_ns())
+    return remote.run_script(host, bundle.apply_script(signed), inventory.ssh, step=step,
+                             ok_exits=ok_exits)
 
 
 # --- config -----------------------------------------------------------------------------------
@@ -138,14 +202,17 @@ class _Pushed:
 
 
 def config(inventory, host):
-    """Render the host's files, then stage, check (nginx -t), switch and reload in one round
-    trip; see commands.config_script."""
+    """Render the host's files, then have the helper stage, check (nginx -t), switch and
+    reload them in one round trip (outpost.bundle)."""
     out_dir = hosts_dir(inventory, host)
     render.render_host(inventory, host, out_dir)
     files = [_Pushed(f.remote_path, f.mode, f.local_path(out_dir).read_bytes(), f.service,
                      f.action) for f in render.host_files(inventory, host)]
-    _report(host, remote.run_script(host, commands.config_script(files), inventory.ssh,
-                                    step="config").stdout)
+    checks = ((("nginx", commands.NGINX_CONF),)
+              if any(f.remote_path == commands.NGINX_CONF for f in files) else ())
+    b = bundle.Bundle(host.name, "config", files=bundle.files_of(files), checks=checks,
+                      actions=bundle.actions_of(files))
+    _report(host, apply_bundle(inventory, host, b, "config").stdout)
 
 
 # --- sync -------------------------------------------------------------------------------------
@@ -155,32 +222,32 @@ def repo_index(inventory, arch: str) -> Path:
     return repo.repo_dir(inventory, arch) / repo.INDEX_V2
 
 
-def _list_line(inventory, host) -> str:
-    fmt = commands.index_format(repo.repo_dir(inventory, host.arch))
-    return commands.repo_list_line(fmt, inventory.repository.path)
-
-
-def _trust_settings(inventory, host) -> dict:
-    """What sync_script and bootstrap_script take: the repository, its key and list line, and
-    the folders the SSH user writes."""
-    return {"repository": inventory.repository,
-            "public_key_pem": inventory.repository.public_key.read_text(),
-            "list_line": _list_line(inventory, host), "user": host.user,
-            "content_dirs": [p.content_dir for p in inventory.packages if p.content_dir]}
-
-
 def sync_settings(inventory, host) -> dict:
     return {"address": host.address, "port": host.port, "user": host.user,
-            "repository": inventory.repository.path}
+            "repository": inventory.repository.path,
+            "content_dirs": _content_dirs(inventory)}
+
+
+def _content_dirs(inventory) -> list[str]:
+    return [p.content_dir for p in inventory.packages if p.content_dir]
+
+
+def sync_bundle(inventory, host) -> bundle.Bundle:
+    """The doas rules, with one `apk add NAME=VERSION` rule per version the repository keeps
+    (there before the upgrade needs them), checked by doas -C; and the content folders, the
+    deploy user's, with root-owned parents."""
+    doas = render.doas_conf(inventory, host).encode()
+    return bundle.Bundle(
+        host.name, "sync",
+        # doas refuses a doas.conf others can write; nobody else needs to read it.
+        files=(bundle.BundleFile(commands.DOAS_CONF, 0o400, doas),),
+        folders=tuple(bundle.Folder(path, host.user) for path in _content_dirs(inventory)),
+        checks=(("doas", commands.DOAS_CONF),))
 
 
 def sync(inventory, host):
-    """Make the host trust the repository (key, list line, folders), then rsync its arch folder."""
-    # The doas rules go with the repository: one `apk add NAME=VERSION` rule per version it
-    # keeps, there before the upgrade needs them.
-    script = commands.sync_script(**_trust_settings(inventory, host),
-                                  doas_conf=render.doas_conf(inventory, host))
-    _report(host, remote.run_script(host, script, inventory.ssh, step="sync").stdout)
+    """The host's doas rules and content folders (sync_bundle), then rsync its arch folder."""
+    _report(host, apply_bundle(inventory, host, sync_bundle(inventory, host), "sync").stdout)
     remote.run_local(commands.repo_rsync_argv(repo.repo_dir(inventory, host.arch).parent, host,
                                               inventory.repository, inventory.ssh),
                      host, inventory.ssh, step="sync")
@@ -438,7 +505,9 @@ def acme_setup(inventory):
     from outpost import acme
     cert_host = inventory.acme.cert_host
     files = acme.certhost_files(inventory, _web_known_hosts(inventory))
-    output = remote.run_script(cert_host, acme.setup_script(inventory, files), inventory.ssh,
+    signed = bundle.signed(acme.setup_bundle(inventory, files),
+                           inventory.repository.signing_key, time.time_ns())
+    output = remote.run_script(cert_host, acme.setup_script(signed), inventory.ssh,
                                step="acme:setup").stdout
     key = acme.public_key(output)
     if not key:
@@ -454,8 +523,8 @@ def gate(inventory, host):
     DNS-01 challenges here and install certificates, and nothing else."""
     from outpost import acme
     files = acme.gate_files(inventory, lego_public_key(inventory).read_text())
-    _report(host, remote.run_script(host, acme.gate_script(files), inventory.ssh,
-                                    step="gate").stdout)
+    _report(host, apply_bundle(inventory, host, acme.gate_bundle(host.name, files), "gate")
+            .stdout)
 
 
 def acme_issue(inventory) -> dict:
@@ -593,20 +662,17 @@ def fleet_database(inventory):
 
 def dns(inventory, host):
     """Put the host's gdnsd config, zone and country database in place, checked by gdnsd
-    before they are switched in, and apply them (geodns.dns_script). The database goes only to
+    before they are switched in, and apply them (geodns.dns_bundle). The database goes only to
     a host that lacks it: the first try sends none, and the host says when it needs it."""
     from outpost import geoip
     database = geoip.read_database(geoip.database_path(inventory))
     for send in (False, True):
         files = geodns.dns_files(inventory, host, database, send_database=send)
-        try:
-            result = remote.run_script(host, geodns.dns_script(files), inventory.ssh, step="dns")
-        except remote.RemoteError as error:
-            if error.exited == geodns.NEEDS_DATABASE and not send:
-                continue
-            raise
-        _report(host, result.stdout)
-        return
+        result = apply_bundle(inventory, host, geodns.dns_bundle(host.name, files), "dns",
+                              ok_exits=(0,) if send else (0, geodns.NEEDS_DATABASE))
+        if result.exited == 0:
+            _report(host, result.stdout)
+            return
 
 
 def dns_gcore(inventory):

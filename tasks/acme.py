@@ -11,7 +11,6 @@ from outpost.render import TEMPLATES
 def acme_tasks(inventory):
     if inventory.acme is None:
         return
-    fleet = ["fleet:up"] if inventory.fleet is not None else []
     templates = files_under(TEMPLATES / "acme")
     cert_host = inventory.acme.cert_host
     yield {
@@ -22,7 +21,7 @@ def acme_tasks(inventory):
         + ([str(inventory.acme.server_ca)] if inventory.acme.server_ca else []),
         "targets": [str(steps.lego_public_key(inventory))],
         "uptodate": [config_changed(acme.acme_context(inventory))],
-        "task_dep": fleet,
+        "task_dep": [f"bootstrap:{cert_host.name}"],
         "clean": [remove(steps.acme_dir(inventory))],
     }
     yield {

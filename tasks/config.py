@@ -2,6 +2,7 @@
 and config (files from templates/, checked by nginx -t before they are switched in)."""
 from doit.tools import config_changed
 
+from outpost import bootstrap as bootstrap_module
 from outpost import render, steps, tls
 from outpost.taskutil import action, files_under, remove
 
@@ -20,14 +21,23 @@ def certificate(inventory):
 
 
 def bootstrap(inventory):
-    for host in inventory.hosts:
+    """Root's one-time setup of each host (outpost.bootstrap): as root over SSH with
+    [ssh] bootstrap_identity, else checked and written to build/bootstrap/<host>.sh."""
+    hosts = [(host, steps.bootstrap_plan(inventory, host, public_key_pem=""))
+             for host in inventory.hosts]
+    if inventory.acme is not None:
+        hosts.append((inventory.acme.cert_host, steps.certhost_plan(inventory, public_key_pem="")))
+    for host, plan in hosts:
         yield {
             "name": host.name,
-            "doc": f"Prepare {host.name}: base packages, nginx enabled, repository key and list",
-            "actions": [action(steps.bootstrap, inventory, host)],
-            "file_dep": [str(inventory.repository.public_key)]
+            "doc": f"Prepare {host.name} as root: base packages, the repository's key and list,"
+                   f" the bundle helper and its doas rule",
+            "actions": [action(steps.bootstrap, inventory, host, plan)],
+            "file_dep": [str(inventory.repository.public_key),
+                         str(render.TEMPLATES / bootstrap_module.HELPER_TEMPLATE)]
             + steps.host_marker(inventory, host),
-            "uptodate": [config_changed(steps.bootstrap_settings(inventory, host))],
+            "targets": [str(steps.bootstrap_file(inventory, host))],
+            "uptodate": [config_changed(steps.bootstrap_settings(plan, inventory))],
             "task_dep": ["fleet:up"] if inventory.fleet is not None else [],
         }
 

@@ -37,7 +37,7 @@ def make_ssh(tmp_path=Path("/inv")):
 
 def make_package(name="linkedlist", service="linkedlist", port=8080, root=Path("/inv")):
     return Package(name=name, category="user", service=service, content=root / "content",
-                   content_dir="/var/lib/linkedlist/content", port=port, root=root)
+                   content_dir="/srv/linkedlist", port=port, root=root)
 
 
 REPOSITORY = Repository(signing_key=Path("/inv/keys/outpost.rsa"), path="/var/lib/outpost/repo")
@@ -121,7 +121,7 @@ def test_doas_rules_text():
     assert lines[1:] == [
         "permit nopass deploy as root cmd install args -d -o deploy -m 755 /var/lib/outpost/repo",
         "permit nopass deploy as root cmd install args -d -o deploy -m 755 /var/lib/outpost/config",
-        "permit nopass deploy as root cmd install args -d -o deploy -m 755 /var/lib/linkedlist/content",
+        "permit nopass deploy as root cmd install args -d -o deploy -m 755 /srv/linkedlist",
         "permit nopass deploy as root cmd tee args /etc/apk/keys/outpost.rsa.pub",
         "permit nopass deploy as root cmd tee args /etc/apk/repositories.d/outpost.list",
         "permit nopass deploy as root cmd apk args add nginx rsync curl",
@@ -245,7 +245,7 @@ def fake_host(tmp_path):
 
 def sync(pem=PEM, line="v2 /var/lib/outpost/repo"):
     return commands.sync_script(REPOSITORY, pem, line, user=USER,
-                                content_dirs=["/var/lib/linkedlist/content"])
+                                content_dirs=["/srv/linkedlist"])
 
 
 RULES = commands.doas_rules(USER, REPOSITORY, [make_package()])
@@ -258,12 +258,12 @@ def test_sync_script_installs_key_list_and_folders_once(fake_host):
     assert (fake_host.file("/etc/apk/repositories.d/outpost.list").read_text()
             == "v2 /var/lib/outpost/repo\n")
     assert fake_host.file("/var/lib/outpost/repo").is_dir()
-    assert fake_host.file("/var/lib/linkedlist/content").is_dir()
+    assert fake_host.file("/srv/linkedlist").is_dir()
     assert oct(fake_host.file("/etc/apk/keys/outpost.rsa.pub").stat().st_mode & 0o777) == "0o644"
     assert fake_host.calls() == [
         f"doas install -d -o {USER} -m 755 /var/lib/outpost/repo",
         f"doas install -d -o {USER} -m 755 /var/lib/outpost/config",
-        f"doas install -d -o {USER} -m 755 /var/lib/linkedlist/content",
+        f"doas install -d -o {USER} -m 755 /srv/linkedlist",
         "doas tee /etc/apk/keys/outpost.rsa.pub",
         "doas tee /etc/apk/repositories.d/outpost.list",
     ]
@@ -521,7 +521,7 @@ def test_config_script_refused_by_nginx_keeps_the_old_files(config_host):
 
 def test_bootstrap_script_is_idempotent(config_host):
     script = commands.bootstrap_script(REPOSITORY, PEM, "v2 /var/lib/outpost/repo", user=USER,
-                                       content_dirs=["/var/lib/linkedlist/content"])
+                                       content_dirs=["/srv/linkedlist"])
     first = config_host.run(script, RULES)
     assert first.returncode == 0, first.stderr
     assert "doas apk add nginx rsync curl" in config_host.calls()

@@ -20,7 +20,7 @@ from outpost import fleet, inventory, manifest, steps
 
 HOSTS = ("au", "fr", "ny")
 ADDRESSES = {"au": "198.19.83.11", "ny": "198.19.83.12", "fr": "198.19.83.13"}
-CONTENT_DIR = "/var/lib/linkedlist/content"
+CONTENT_DIR = "/srv/linkedlist"
 ENTRIES = 2000
 
 

@@ -31,7 +31,7 @@ SUBNET = f"198.19.{1 + os.getpid() % 250}"
 BRIDGE = f"otest{os.getpid()}"[:15]
 REPOSITORY = SimpleNamespace(path="/var/lib/outpost/repo", key_name="outpost.rsa.pub")
 PACKAGES = [SimpleNamespace(name="linkedlist", service="linkedlist",
-                            content_dir="/var/lib/linkedlist/content")]
+                            content_dir="/srv/linkedlist")]
 DOAS_RULES = commands.doas_rules(
     "deploy", REPOSITORY, PACKAGES,
     installs=rollout.doas_commands("linkedlist", ["1.0-r0"], "linkedlist", None))
@@ -256,7 +256,7 @@ def test_the_apk_stand_in_runs_on_the_hosts_own_python(fleet):
 
 
 def test_the_pipeline_folders_belong_to_the_deploy_user(fleet):
-    for folder in ("/var/lib/outpost/repo", "/var/lib/linkedlist/content"):
+    for folder in ("/var/lib/outpost/repo", "/srv/linkedlist"):
         assert ssh(fleet, "beta", f"touch {folder}/x && rm {folder}/x").returncode == 0
     assert fleet.run_on("beta", ["cat", "/etc/apk/arch"]).stdout == "x86_64\n"
 
@@ -410,7 +410,7 @@ def test_from_inventory_hides_the_project_and_takes_the_pipelines_doas_rules():
     assert "as _gdnsd cmd gdnsdctl args -c /etc/gdnsd reload-zones" in \
         fleet.provision.doas_rules["au"]
     assert "cmd nginx args -t" in fleet.provision.doas_rules["au"]
-    assert fleet.provision.folders == ("/var/lib/outpost/repo", "/var/lib/linkedlist/content")
+    assert fleet.provision.folders == ("/var/lib/outpost/repo", "/srv/linkedlist")
 
 
 def test_from_inventory_refuses_a_fleet_host_on_another_port(tmp_path):

@@ -122,7 +122,7 @@ def test_env_file_sends_the_app_behind_nginx_to_the_current_release(inventory):
     text = render.render("linkedlist.env.j2", context)
     settings = [line for line in text.splitlines() if not line.startswith("#")]
     assert settings == [
-        "LINKEDLIST_CONTENT=/var/lib/linkedlist/content/current",
+        "LINKEDLIST_CONTENT=/srv/linkedlist/current",
         "LINKEDLIST_LISTEN=127.0.0.1:8080",
         f"LINKEDLIST_SITE_URL=https://{SITE}",
     ]

@@ -367,7 +367,7 @@ def test_linkedlist_package_contents(tmp_path):
     assert env_file.startswith("/etc/") and env_file.lstrip("/") in files
     env = dict(line.split("=", 1) for line in files[env_file.lstrip("/")][2].decode().splitlines()
                if line and not line.startswith("#"))
-    assert env["LINKEDLIST_CONTENT"] == "/var/lib/linkedlist/content/current"
+    assert env["LINKEDLIST_CONTENT"] == "/srv/linkedlist/current"
 
     sysusers = files["usr/lib/sysusers.d/linkedlist.conf"][2].decode()
     assert 'u _linkedlist - "linkedlist user" /var/lib/linkedlist /usr/bin/nologin' in sysusers

@@ -18,7 +18,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from outpost import acme, render, tls
+from outpost import tls
 from outpost.errors import OutpostError
 from outpost.fleet import certhost, keys, local, machine, network, pebble, provision
 from outpost.fleet.keys import known_hosts_text
@@ -86,7 +86,7 @@ class Fleet:
         made_afresh = set()
         if hosts:
             python_version, tools = self._check_machine(hosts)
-            keys.ensure_deploy_key(self.identity)
+            keys.ensure_key(self.identity)
             network.ensure_bridge(self.bridge, self.network)
             for host in hosts:
                 if not keys.host_key(self.state_dir, host.name).exists():
@@ -170,6 +170,15 @@ def machine_names(inventory: Inventory) -> list[str]:
     return names
 
 
+def _root_key(identity: Path | None) -> str | None:
+    """root's public key for the hosts: the bootstrap's key, made here if missing (the
+    fleet's root login; a real host's comes from its provider)."""
+    if identity is None:
+        return None
+    keys.ensure_key(identity, "outpost fleet root key (bootstrap)")
+    return Path(f"{identity}.pub").read_text()
+
+
 def from_inventory(inventory: Inventory) -> Fleet:
     """The fleet an inventory describes (it must have a [fleet] table)."""
     if inventory.fleet is None:
@@ -183,20 +192,16 @@ def from_inventory(inventory: Inventory) -> Fleet:
         raise OutpostError(f"{inventory.path}: fleet hosts must share one ssh user, found "
                            + ", ".join(sorted(users)))
     user = users.pop() if users else "deploy"
-    # What the config step would push, so the steps it and bootstrap run are allowed.
-    doas_rules = {host.name: render.doas_conf(inventory, host) for host in inventory.hosts}
     hosts = [FleetHost(h.name, h.address, h.arch) for h in inventory.hosts]
     roles = {}
     if inventory.acme is not None:
         cert_host = inventory.acme.cert_host
         hosts.append(FleetHost(cert_host.name, cert_host.address, cert_host.arch))
-        doas_rules[cert_host.name] = acme.certhost_doas_conf(inventory)
         roles = {host.name: certhost.web_host_role() for host in inventory.hosts}
         roles[cert_host.name] = certhost.cert_host_role()
     if inventory.fleet.acme_server is not None:
         address = inventory.fleet.acme_server
         hosts.append(FleetHost(ACME_SERVER, address, inventory.hosts[0].arch))
-        doas_rules[ACME_SERVER] = render.render("doas.conf.j2", {"doas_rules": []})
         # Made when the machine starts (the local CA signs its HTTPS certificate).
         roles[ACME_SERVER] = lambda: pebble.role(
             address, inventory.hosts[0].address,
@@ -207,9 +212,7 @@ def from_inventory(inventory: Inventory) -> Fleet:
         known_hosts=inventory.ssh.known_hosts,
         identity=inventory.ssh.identity,
         provision=Provision(
-            doas_rules=doas_rules,
-            folders=(inventory.repository.path,
-                     *(p.content_dir for p in inventory.packages if p.content_dir)),
+            root_key=_root_key(inventory.ssh.bootstrap_identity),
             base_packages=_base_packages(inventory),
             roles=roles),
         user=user,

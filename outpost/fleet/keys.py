@@ -38,11 +38,10 @@ def make_host_key(state_dir: Path, name: str):
          "-f", str(key)])
 
 
-def ensure_deploy_key(identity: Path):
+def ensure_key(identity: Path, comment: str = "outpost deploy key"):
     if not identity.exists():
         identity.parent.mkdir(parents=True, exist_ok=True)
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "outpost deploy key",
-             "-f", str(identity)])
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(identity)])
 
 
 def pin_host_keys(known_hosts: Path, state_dir: Path, hosts: list[FleetHost],

@@ -77,16 +77,17 @@ class Role:
 @dataclass(frozen=True)
 class Provision:
     """What the pipeline needs on every host, from the inventory."""
-    doas_rules: dict[str, str]  # host -> /etc/doas.conf: commands.doas_rules, the steps' root commands
-    folders: tuple[str, ...]  # the repository path and content dirs: the user's, world-readable
+    # root's public key (the bootstrap's, [ssh] bootstrap_identity), or None: no root login
+    root_key: str | None
     base_packages: tuple[BasePackage, ...] = ()  # e.g. gdnsd, when the hosts are nameservers
     roles: dict = field(default_factory=dict)  # host -> Role
 
 
 # --- Pure: file contents -----------------------------------------------------------------------
 
-def sshd_config(address: str, user: str, role: Role = Role()) -> str:
-    users = " ".join([user, *role.ssh_users])
+def sshd_config(address: str, user: str, role: Role = Role(), root: bool = False) -> str:
+    # root logs in only for the bootstrap, with its own key (never the deploy key).
+    users = " ".join([user, *role.ssh_users, *(["root"] if root else [])])
     return f"""\
 # The local fleet's sshd (outpost/fleet/provision.py): keys only, its users, every connection logged.
 ListenAddress {address}
@@ -96,7 +97,7 @@ PidFile /run/sshd.pid
 LogLevel VERBOSE
 PasswordAuthentication no
 KbdInteractiveAuthentication no
-PermitRootLogin no
+PermitRootLogin {"prohibit-password" if root else "no"}
 AllowUsers {users}
 AuthorizedKeysFile .ssh/authorized_keys
 UsePAM no
@@ -275,8 +276,8 @@ def provision_host(host: FleetHost, upper: Path, user: str, identity: Path,
         "/etc/passwd": (passwd, 0o644, 0, 0),
         "/etc/group": (group, 0o644, 0, 0),
         "/etc/shadow": (shadow, 0o640, 0, shadow_gid),
-        "/etc/doas.conf": (provision.doas_rules[host.name], 0o400, 0, 0),
-        str(SSHD_CONFIG): (sshd_config(host.address, user, role), 0o644, 0, 0),
+        str(SSHD_CONFIG): (sshd_config(host.address, user, role, provision.root_key is not None),
+                           0o644, 0, 0),
         "/etc/apk/arch": (host.arch + "\n", 0o644, 0, 0),
         str(APK_PROVIDED): (host_provided(python_version, provision, role), 0o644, 0, 0),
         f"{home}/.ssh/authorized_keys": (
@@ -286,12 +287,12 @@ def provision_host(host: FleetHost, upper: Path, user: str, identity: Path,
            for path, text in package.files},
         **{path: (text, mode, uids[owner], uids[owner]) for path, text, mode, owner in role.files},
     }
+    if provision.root_key is not None:
+        files["/root/.ssh/authorized_keys"] = (provision.root_key, 0o600, 0, 0)
     if tools.apk:
         files[str(APK_COMMIT_HOOK)] = (apk_commit_hook(), 0o755, 0, 0)
     dirs = {home: (0o755, uid), f"{home}/.ssh": (0o700, uid), str(BOOT_D): (0o755, 0),
-            # Folders the sync step writes into with `doas tee`.
-            commands.KEYS_DIR: (0o755, 0), commands.LISTS_DIR: (0o755, 0),
-            **{folder: (0o755, uid) for folder in provision.folders},
+            "/root/.ssh": (0o700, 0),
             # A role's user's home is its own alone.
             **{role_home: (0o700, uids[name]) for name, role_home in role.users}}
     for path, (mode, owner) in dirs.items():

@@ -1,6 +1,6 @@
 pkgname = "linkedlist"
 pkgver = "2.0.12"
-pkgrel = 2
+pkgrel = 3
 # dinit-chimera provides local.target, which the service depends on
 makedepends = ["dinit-chimera"]
 depends = ["python"]
