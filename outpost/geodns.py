@@ -183,6 +183,11 @@ def dns_files(inventory, host, database: bytes, send_database: bool = True) -> l
     ]
 
 
+def on_hosts(inventory) -> bool:
+    """Whether the web hosts run gdnsd (not Gcore, not no DNS at all)."""
+    return inventory.dns is not None and inventory.dns.provider == "gdnsd"
+
+
 # --- the bundle -------------------------------------------------------------------------------
 
 def dns_bundle(host: str, files: list[DnsFile]) -> bundle.Bundle:

@@ -116,7 +116,8 @@ def _report(host, output: str):
 def bootstrap_plan(inventory, host, public_key_pem=None) -> bootstrap_module.Plan:
     """What root sets up on a web host, once (outpost.bootstrap)."""
     return bootstrap_module.Plan(
-        host=host.name, user=host.user, packages=bootstrap_module.WEB_PACKAGES,
+        host=host.name, user=host.user,
+        packages=bootstrap_module.WEB_PACKAGES + (("gdnsd",) if geodns.on_hosts(inventory) else ()),
         key_name=inventory.repository.key_name,
         public_key_pem=_read_public_key(inventory) if public_key_pem is None else public_key_pem,
         list_line=render.list_line(inventory), owned_folders=(inventory.repository.path,),

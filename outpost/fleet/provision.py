@@ -107,10 +107,11 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 
 def provided_packages(python_version: str, base_packages=()) -> str:
     """The Chimera packages the Debian base provides: its python3 for `python`, its sshd for
-    `openssh`, the fleet's own boot services for `dinit-chimera`'s, its nginx, rsync and
-    curl, and the base packages the inventory needs (gdnsd)."""
+    `openssh`, the fleet's own boot services for `dinit-chimera`'s, its nginx, rsync, curl and
+    openssl, and the base packages the inventory needs (gdnsd)."""
     extra = "".join(f"{package.name}\n" for package in base_packages)
-    return f"python={python_version}\nopenssh\ndinit-chimera\nnginx\nrsync\ncurl\n{extra}"
+    return (f"python={python_version}\nopenssh\ndinit-chimera\nnginx\nrsync\ncurl\nopenssl\n"
+            f"{extra}")
 
 
 SYSUSERS_D = PurePosixPath("/usr/lib/sysusers.d")
