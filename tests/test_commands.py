@@ -109,23 +109,20 @@ def test_health_url():
         commands.health_url(make_host(), make_package(port=None))
 
 
+def rules_text(user, installs=()):
+    return commands.doas_conf_text(commands.doas_permits(user, installs=installs))
+
+
 def test_doas_rules_text():
     installs = (rollout.doas_commands("linkedlist", ["2.0.13-r1", "2.0.12-r1"], "linkedlist",
                                       "/var/log/linkedlist.log")
                 + rollout.doas_commands("other", ["1.0-r0"], None, None))
-    rules = commands.doas_rules("deploy", REPOSITORY, [make_package(), make_package("other",
-                                                                                    None)],
-                                installs=installs)
+    rules = rules_text("deploy", installs)
     lines = rules.splitlines()
     assert rules.endswith("\n")
     assert lines[1:] == [
-        "permit nopass deploy as root cmd install args -d -o deploy -m 755 /var/lib/outpost/repo",
-        "permit nopass deploy as root cmd install args -d -o deploy -m 755 /var/lib/outpost/config",
-        "permit nopass deploy as root cmd install args -d -o deploy -m 755 /srv/linkedlist",
-        "permit nopass deploy as root cmd tee args /etc/apk/keys/outpost.rsa.pub",
-        "permit nopass deploy as root cmd tee args /etc/apk/repositories.d/outpost.list",
-        "permit nopass deploy as root cmd apk args add nginx rsync curl",
-        "permit nopass deploy as root cmd dinitctl args enable nginx",
+        # Every root-owned file: a signed bundle on stdin; the rule allows no argument.
+        "permit nopass deploy as root cmd /usr/libexec/outpost/apply args",
         "permit nopass deploy as root cmd apk args update",
         "permit nopass deploy as root cmd apk args add linkedlist=2.0.13-r1",
         "permit nopass deploy as root cmd apk args add linkedlist=2.0.12-r1",
@@ -142,11 +139,10 @@ def test_doas_rules_text():
 def test_doas_permits_are_the_commands_without_doas_each_once():
     installs = (rollout.doas_commands("linkedlist", ["2.0.12-r1"], "linkedlist", None)
                 + rollout.doas_commands("other", ["1.0-r0"], "other", None))
-    permits = commands.doas_permits("deploy", REPOSITORY, [make_package(),
-                                                            make_package("other", "other")],
-                                    installs=installs)
-    assert permits[7:9] == [("deploy", ["apk", "update"]),
-                            ("deploy", ["apk", "add", "linkedlist=2.0.12-r1"])]
+    permits = commands.doas_permits("deploy", installs=installs)
+    assert permits[:3] == [("deploy", ["/usr/libexec/outpost/apply"]),
+                           ("deploy", ["apk", "update"]),
+                           ("deploy", ["apk", "add", "linkedlist=2.0.12-r1"])]
     assert permits.count(("deploy", ["apk", "update"])) == 1
     assert ("deploy", ["dinitctl", "start", "other"]) in permits
     assert all(argv[0] != "doas" for _, argv in permits)
@@ -243,62 +239,6 @@ def fake_host(tmp_path):
     return host
 
 
-def sync(pem=PEM, line="v2 /var/lib/outpost/repo"):
-    return commands.sync_script(REPOSITORY, pem, line, user=USER,
-                                content_dirs=["/srv/linkedlist"])
-
-
-RULES = commands.doas_rules(USER, REPOSITORY, [make_package()])
-
-
-def test_sync_script_installs_key_list_and_folders_once(fake_host):
-    first = fake_host.run(sync(), RULES)
-    assert first.returncode == 0, first.stderr
-    assert fake_host.file("/etc/apk/keys/outpost.rsa.pub").read_text() == PEM
-    assert (fake_host.file("/etc/apk/repositories.d/outpost.list").read_text()
-            == "v2 /var/lib/outpost/repo\n")
-    assert fake_host.file("/var/lib/outpost/repo").is_dir()
-    assert fake_host.file("/srv/linkedlist").is_dir()
-    assert oct(fake_host.file("/etc/apk/keys/outpost.rsa.pub").stat().st_mode & 0o777) == "0o644"
-    assert fake_host.calls() == [
-        f"doas install -d -o {USER} -m 755 /var/lib/outpost/repo",
-        f"doas install -d -o {USER} -m 755 /var/lib/outpost/config",
-        f"doas install -d -o {USER} -m 755 /srv/linkedlist",
-        "doas tee /etc/apk/keys/outpost.rsa.pub",
-        "doas tee /etc/apk/repositories.d/outpost.list",
-    ]
-    assert first.stdout.count("changed: ") == 5
-    assert not Path("/etc/apk/keys/outpost.rsa.pub").exists()  # the overlay took the writes
-
-    again = fake_host.run(sync(), RULES)
-    assert again.returncode == 0, again.stderr
-    assert fake_host.calls() == []  # nothing differs: no doas, no write
-    assert again.stdout == ""
-
-
-def test_sync_script_rewrites_only_what_changed(fake_host):
-    assert fake_host.run(sync(), RULES).returncode == 0
-    result = fake_host.run(sync(line="v3 /var/lib/outpost/repo"), RULES)
-    assert result.returncode == 0, result.stderr
-    assert fake_host.calls() == ["doas tee /etc/apk/repositories.d/outpost.list"]
-    assert result.stdout == "changed: /etc/apk/repositories.d/outpost.list\n"
-    assert (fake_host.file("/etc/apk/repositories.d/outpost.list").read_text()
-            == "v3 /var/lib/outpost/repo\n")
-
-    new_pem = PEM.replace("MIIB", "MIIC")
-    result = fake_host.run(sync(pem=new_pem, line="v3 /var/lib/outpost/repo"), RULES)
-    assert fake_host.calls() == ["doas tee /etc/apk/keys/outpost.rsa.pub"]
-    assert fake_host.file("/etc/apk/keys/outpost.rsa.pub").read_text() == new_pem
-
-
-def test_sync_script_fails_when_doas_refuses(fake_host):
-    other = Repository(signing_key=Path("/k/other.rsa"), path="/var/lib/outpost/repo")
-    result = fake_host.run(sync(), commands.doas_rules(USER, other, [make_package()]))
-    assert result.returncode != 0
-    assert "not permitted" in result.stderr
-    assert not fake_host.file("/etc/apk/keys/outpost.rsa.pub").exists()
-
-
 # install_script without a health port (the gate then is only that dinit took the service file);
 # tests/test_rollout.py runs it with the gate on a fleet.
 
@@ -308,7 +248,7 @@ def install(version="2.0-r0", env_file=None, service="linkedlist"):
 
 
 def install_rules(env_file=None):
-    return commands.doas_rules(USER, REPOSITORY, [make_package()], installs=rollout.doas_commands(
+    return rules_text(USER, rollout.doas_commands(
         "linkedlist", ["2.0-r0", "1.2.3-r4"], "linkedlist", None, env_file))
 
 
@@ -416,9 +356,7 @@ def test_install_script_stops_when_apk_fails(fake_host):
 
 
 def test_install_script_without_a_service(fake_host):
-    rules = commands.doas_rules(USER, REPOSITORY, [make_package("linkedlist", None)],
-                                installs=rollout.doas_commands("linkedlist", ["2.0-r0"], None,
-                                                               None))
+    rules = rules_text(USER, rollout.doas_commands("linkedlist", ["2.0-r0"], None, None))
     result = fake_host.run(install(service=None), rules)
     assert result.returncode == 0, result.stderr
     assert not any("dinitctl" in call for call in fake_host.calls())
@@ -433,101 +371,3 @@ def test_install_script_refused_for_a_version_the_rules_do_not_name(fake_host):
 # --- the content digest matches the app's -----------------------------------------------------
 
 # --- config: staged, checked by nginx -t, switched only when changed ---------------------------
-
-NGINX_STUB = """#!/bin/sh
-# nginx -t stand-in for these script tests: refuses a staged nginx.conf that says "broken".
-echo "nginx $*" >> "$STUB_LOG"
-if grep -q broken "$4"; then
-    echo 'nginx: [emerg] unknown directive "broken" in '"$4"':1' >&2
-    exit 1
-fi
-"""
-
-
-@dataclass(frozen=True)
-class ConfigFile:
-    remote_path: str
-    mode: int
-    content: bytes
-    service: str | None
-    action: str | None
-
-
-def config_files(nginx=b"events {}\n", env=b"LINKEDLIST_LISTEN=127.0.0.1:8080\n"):
-    return [ConfigFile("/etc/nginx/nginx.conf", 0o644, nginx, "nginx", "reload"),
-            ConfigFile("/etc/nginx/outpost/site.key", 0o600, b"KEY\n", "nginx", "reload"),
-            ConfigFile("/etc/default/linkedlist", 0o644, env, "linkedlist", "restart")]
-
-
-@pytest.fixture
-def config_host(fake_host):
-    (fake_host.dir / "bin" / "nginx").write_text(NGINX_STUB)
-    (fake_host.dir / "bin" / "nginx").chmod(0o755)
-    (fake_host.dir / "upper" / commands.CONFIG_DIR.lstrip("/")).mkdir(parents=True)
-    return fake_host
-
-
-def config_rules(files):
-    return commands.doas_rules(USER, REPOSITORY, [make_package()], files)
-
-
-def test_config_script_first_run_installs_everything_and_applies_once(config_host):
-    files = config_files()
-    result = config_host.run(commands.config_script(files), config_rules(files))
-    assert result.returncode == 0, result.stderr
-    assert config_host.file("/etc/nginx/nginx.conf").read_bytes() == b"events {}\n"
-    key = config_host.file("/etc/nginx/outpost/site.key")
-    assert key.read_bytes() == b"KEY\n" and oct(key.stat().st_mode & 0o777) == "0o600"
-    calls = config_host.calls()
-    # Checked before anything is switched in.
-    check = f"nginx -t -q -c {commands.STAGE}/etc/nginx/nginx.conf"
-    assert calls.index(f"doas {check}") < calls.index(
-        f"doas install -m 644 {commands.STAGE}/etc/nginx/nginx.conf /etc/nginx/nginx.conf")
-    assert "doas dinitctl signal HUP nginx" in calls
-    assert "doas dinitctl restart --ignore-unstarted linkedlist" in calls
-    assert "reloaded: nginx" in result.stdout and "restarted: linkedlist" in result.stdout
-    assert not config_host.file(commands.STAGE).exists()  # the stage is cleared
-
-
-def test_config_script_changes_only_what_differs(config_host):
-    files = config_files()
-    assert config_host.run(commands.config_script(files), config_rules(files)).returncode == 0
-    same = config_host.run(commands.config_script(files), config_rules(files))
-    assert same.returncode == 0, same.stderr
-    assert [c for c in config_host.calls() if "install -m" in c or "dinitctl" in c] == []
-    assert same.stdout == ""
-
-    nginx_only = config_files(nginx=b"events { worker_connections 64; }\n")
-    result = config_host.run(commands.config_script(nginx_only), config_rules(nginx_only))
-    assert result.returncode == 0, result.stderr
-    assert "reloaded: nginx" in result.stdout and "restarted" not in result.stdout
-    assert not any("linkedlist" in c for c in config_host.calls())
-
-
-def test_config_script_refused_by_nginx_keeps_the_old_files(config_host):
-    files = config_files()
-    assert config_host.run(commands.config_script(files), config_rules(files)).returncode == 0
-    broken = config_files(nginx=b"broken;\n", env=b"LINKEDLIST_LISTEN=127.0.0.1:9999\n")
-    result = config_host.run(commands.config_script(broken), config_rules(broken))
-    assert result.returncode == commands.NGINX_REFUSED
-    assert 'unknown directive "broken"' in result.stderr
-    assert "the old one keeps serving" in result.stderr
-    # Nothing was switched: not nginx's file, and not the env-file that came with it.
-    assert config_host.file("/etc/nginx/nginx.conf").read_bytes() == b"events {}\n"
-    assert config_host.file("/etc/default/linkedlist").read_bytes() == (
-        b"LINKEDLIST_LISTEN=127.0.0.1:8080\n")
-    assert not any("install -m" in c or "dinitctl" in c for c in config_host.calls())
-
-
-def test_bootstrap_script_is_idempotent(config_host):
-    script = commands.bootstrap_script(REPOSITORY, PEM, "v2 /var/lib/outpost/repo", user=USER,
-                                       content_dirs=["/srv/linkedlist"])
-    first = config_host.run(script, RULES)
-    assert first.returncode == 0, first.stderr
-    assert "doas apk add nginx rsync curl" in config_host.calls()
-    assert "doas dinitctl enable nginx" in config_host.calls()  # this machine has no boot.d link
-    second = config_host.run(script, RULES)
-    assert second.returncode == 0, second.stderr
-    # The folders, key and list are in place now: only the package check runs again.
-    assert [c for c in config_host.calls() if c.startswith("doas")] == [
-        "doas apk add nginx rsync curl", "doas dinitctl enable nginx"]
