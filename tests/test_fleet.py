@@ -19,7 +19,6 @@ import pytest
 
 from fleet_helpers import accepted_connections, require_fleet_machine, ssh
 from helpers import wait_for
-from outpost import acme, commands, geodns, render, rollout
 from outpost.errors import OutpostError
 from outpost.fleet import (Fleet, FleetHost, Provision, address_clashes, find_chimera_tools,
                            fleet_network, from_inventory, known_hosts_text, veth_name, with_user)
@@ -32,11 +31,8 @@ BRIDGE = f"otest{os.getpid()}"[:15]
 REPOSITORY = SimpleNamespace(path="/var/lib/outpost/repo", key_name="outpost.rsa.pub")
 PACKAGES = [SimpleNamespace(name="linkedlist", service="linkedlist",
                             content_dir="/srv/linkedlist")]
-DOAS_RULES = commands.doas_rules(
-    "deploy", REPOSITORY, PACKAGES,
-    installs=rollout.doas_commands("linkedlist", ["1.0-r0"], "linkedlist", None))
-PROVISION = Provision(doas_rules={name: DOAS_RULES for name in ("alpha", "beta", "gamma", "delta")},
-                      folders=(REPOSITORY.path, PACKAGES[0].content_dir))
+# No root login: these fleets are never bootstrapped (tests/test_privilege.py's are).
+PROVISION = Provision(root_key=None)
 
 
 def make_fleet(tmp: Path, hosts: list[tuple[str, str]], bridge: str = BRIDGE) -> Fleet:
@@ -204,18 +200,11 @@ def test_root_login_is_refused_even_with_an_authorised_key(fleet):
     assert "User root from" in fleet.ssh_log("alpha").read_text()
 
 
-def test_doas_allows_the_deploy_user_only_what_the_pipeline_needs(fleet):
-    assert fleet.run_on("alpha", ["cat", "/etc/doas.conf"]).stdout == DOAS_RULES
-    key = commands.key_path(REPOSITORY.key_name)
-    allowed = ssh(fleet, "alpha", f"echo key | doas -n tee {key} && doas -n apk update")
-    assert allowed.returncode == 0, allowed.stderr
-    assert fleet.run_on("alpha", ["cat", key]).stdout == "key\n"
-    for command in ("doas -n true", "echo x | doas -n tee /etc/passwd",
-                    "echo x | doas -n tee /etc/apk/keys/other.rsa.pub",
-                    "doas -n apk add -u other", "doas -n apk add linkedlist=9.9-r9",
-                    "doas -n dinitctl stop sshd"):
-        refused = ssh(fleet, "alpha", command)
-        assert refused.returncode != 0 and "not permitted" in refused.stderr, command
+def test_the_fleet_gives_the_deploy_user_no_root_command(fleet):
+    # doas.conf is the bootstrap's to write, as root (outpost.bootstrap): none before it.
+    assert fleet.run_on("alpha", ["test", "-e", "/etc/doas.conf"]).returncode != 0
+    refused = ssh(fleet, "alpha", "doas -n true")
+    assert refused.returncode != 0
 
 
 def test_dinit_finds_local_target_and_apk_knows_the_base_system(fleet):
@@ -224,11 +213,11 @@ def test_dinit_finds_local_target_and_apk_knows_the_base_system(fleet):
     assert started.returncode == 0, started.stderr
     python = fleet.run_on("alpha", ["python3", "-c", "import platform; print(platform.python_version())"])
     base = [f"python={python.stdout.strip()}", "openssh", "dinit-chimera", "nginx", "rsync",
-            "curl"]
+            "curl", "openssl"]
     if find_chimera_tools().apk:
         # Real apk: an empty package for each (apk add --virtual), in its database.
         installed = fleet.run_on("alpha", ["apk", "info", "-e", "-v", "python", "openssh",
-                                           "dinit-chimera", "nginx", "rsync", "curl"])
+                                           "dinit-chimera", "nginx", "rsync", "curl", "openssl"])
         assert installed.returncode == 0, installed.stderr
         assert installed.stdout.split()[0] == f"python-{python.stdout.strip()}"
         assert len(installed.stdout.split()) == len(base)
@@ -255,9 +244,7 @@ def test_the_apk_stand_in_runs_on_the_hosts_own_python(fleet):
     assert (result.returncode, result.stderr) == (0, "")
 
 
-def test_the_pipeline_folders_belong_to_the_deploy_user(fleet):
-    for folder in ("/var/lib/outpost/repo", "/srv/linkedlist"):
-        assert ssh(fleet, "beta", f"touch {folder}/x && rm {folder}/x").returncode == 0
+def test_the_host_knows_its_arch(fleet):
     assert fleet.run_on("beta", ["cat", "/etc/apk/arch"]).stdout == "x86_64\n"
 
 
@@ -392,7 +379,7 @@ region = "test"
     assert result.stdout == f"epsilon\t{SUBNET}.41\tdown\n"
 
 
-def test_from_inventory_hides_the_project_and_takes_the_pipelines_doas_rules():
+def test_from_inventory_hides_the_project_and_lets_root_in_with_the_bootstrap_key_only():
     inventory = load_inventory(REPO / "inventory.toml")
     fleet = from_inventory(inventory)
     # The web hosts, then the cert host and the ACME server (pebble).
@@ -401,16 +388,10 @@ def test_from_inventory_hides_the_project_and_takes_the_pipelines_doas_rules():
         ("home", "198.18.0.20"), ("acme", "198.18.0.30")]
     assert fleet.bridge == inventory.fleet.bridge == "outpost0"
     assert REPO in fleet.private and inventory.repository.signing_key.parent in fleet.private
-    # The rules the config step pushes (render.doas_conf), so bootstrap and config may run.
-    assert {name: fleet.provision.doas_rules[name] for name in ("au", "ny", "fr")} == {
-        host.name: render.doas_conf(inventory, host) for host in inventory.hosts}
-    # The cert host's are its own: lego's commands, nothing of a web host's.
-    assert fleet.provision.doas_rules["home"] == acme.certhost_doas_conf(inventory)
-    assert "cmd nginx" not in fleet.provision.doas_rules["home"]
-    assert "as _gdnsd cmd gdnsdctl args -c /etc/gdnsd reload-zones" in \
-        fleet.provision.doas_rules["au"]
-    assert "cmd nginx args -t" in fleet.provision.doas_rules["au"]
-    assert fleet.provision.folders == ("/var/lib/outpost/repo", "/srv/linkedlist")
+    # root's key is the bootstrap's own, not the deploy key.
+    root_key = Path(f"{inventory.ssh.bootstrap_identity}.pub").read_text()
+    assert fleet.provision.root_key == root_key
+    assert root_key != Path(f"{inventory.ssh.identity}.pub").read_text()
 
 
 def test_from_inventory_refuses_a_fleet_host_on_another_port(tmp_path):

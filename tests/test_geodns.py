@@ -1,6 +1,7 @@
 """GeoDNS without a network: the [dns] table, the map's fallback orders, what gdnsd gets
 (checked by the real `gdnsd checkconf`), the country database and its errors, the DNS table,
 and the stand-in dinit's `capabilities`."""
+import hashlib
 import os
 import re
 import shutil
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from outpost import geodns, geoip, inventory, report
+from outpost import bundle, geodns, geoip, inventory, report
 from outpost.errors import OutpostError
 from outpost.fleet import provision
 from outpost.standins import _dinit
@@ -168,23 +169,29 @@ def test_countries_nest_under_their_continent(tmp_path, fleet_database):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_the_script_sends_no_database_unless_asked(inv, fleet_database):
+def test_the_bundle_sends_no_database_unless_asked(inv, fleet_database):
     data = fleet_database.read_bytes()
-    without = geodns.dns_script(geodns.dns_files(inv, inv.host("au"), data, send_database=False))
-    with_db = geodns.dns_script(geodns.dns_files(inv, inv.host("au"), data))
-    assert len(with_db) > len(without) + len(data)  # base64 of the database
-    assert f"exit {geodns.NEEDS_DATABASE}" in without
-    assert geodns.DATABASE in without and geodns.INSTALLED in without
+    without = geodns.dns_bundle("au", geodns.dns_files(inv, inv.host("au"), data,
+                                                       send_database=False))
+    with_db = geodns.dns_bundle("au", geodns.dns_files(inv, inv.host("au"), data))
+    assert len(bundle.archive(without, 1)) < len(data) < len(bundle.archive(with_db, 1))
+    digest = hashlib.sha256(data).hexdigest()
+    assert f"keep 644 gdnsd {geodns.DATABASE} {digest}" in bundle.manifest(without, 1)
+    assert f"file 644 gdnsd {geodns.DATABASE}" in bundle.manifest(with_db, 1)
 
 
-def test_every_doas_command_of_the_script_is_permitted(inv, fleet_database):
-    permitted = {" ".join(argv) for argv in geodns.doas_commands(inv.site.name)}
-    script = geodns.dns_script(geodns.dns_files(inv, inv.host("au"),
-                                                fleet_database.read_bytes()))
-    used = {c.strip() for c in re.findall(r"\bdoas [^\n;|&>]*", script)}
-    for command in used:
-        assert command.strip().replace("'", "") in permitted, command
-    assert "doas -u _gdnsd gdnsdctl -c /etc/gdnsd reload-zones" in used
+def test_the_bundle_checks_then_enables_restarts_or_reloads_zones(inv, fleet_database):
+    files = geodns.dns_files(inv, inv.host("au"), fleet_database.read_bytes())
+    lines = bundle.manifest(geodns.dns_bundle("au", files), 1).splitlines()
+    assert lines[3:] == [
+        "file 644 gdnsd /etc/gdnsd/config",
+        "file 644 zone /etc/gdnsd/zones/linkedlist.test",
+        "file 644 gdnsd /etc/gdnsd/geoip/country.mmdb",
+        "check gdnsd /etc/gdnsd",
+        "enable gdnsd",
+        "on gdnsd restart gdnsd",
+        "on zone reload-zones gdnsd",
+        "start gdnsd"]
 
 
 # --- the check's query, against dnspython -----------------------------------------------------

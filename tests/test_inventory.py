@@ -248,7 +248,7 @@ def test_unknown_key_lists_the_allowed_keys(error):
 
 def test_unknown_key_in_ssh(error):
     assert error(variant('port = 22\n', 'prot = 22\n')) == (
-        "[ssh]: unknown key 'prot'; allowed: command_timeout, connect_timeout, identity, "
+        "[ssh]: unknown key 'prot'; allowed: bootstrap_identity, command_timeout, connect_timeout, identity, "
         "known_hosts, port, user")
 
 
@@ -469,7 +469,7 @@ def test_repo_inventory_is_the_local_fleet():
     (package,) = inventory.packages
     assert (package.name, package.service, package.port) == ("linkedlist", "linkedlist", 8080)
     assert package.content == REPO / "content"
-    assert package.content_dir == "/var/lib/linkedlist/content"
+    assert package.content_dir == "/srv/linkedlist"
     assert package.keep_releases == 5
     assert package.template_dir == REPO / "cports-overlay" / "user" / "linkedlist"
     assert inventory.arches == ("x86_64",)

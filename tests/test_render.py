@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from outpost import commands, geodns, render, tls
+from outpost import acme, commands, render, tls
 from outpost.errors import OutpostError
 from outpost.inventory import load
 
@@ -79,8 +79,6 @@ def test_host_files_map_templates_to_paths_and_services(local_ca_inventory):
         (None, f"/etc/nginx/outpost/{SITE}.pem", "0o644", "nginx", "reload"),
         (None, f"/etc/nginx/outpost/{SITE}.key", "0o600", "nginx", "reload"),
         ("linkedlist.env.j2", "/etc/default/linkedlist", "0o644", "linkedlist", "restart"),
-        ("apk/outpost.list.j2", "/etc/apk/repositories.d/outpost.list", "0o644", None, None),
-        ("doas.conf.j2", "/etc/doas.conf", "0o400", None, None),
     ]
     assert files[1].local_path(Path("/b/hosts/au")) == Path(f"/b/hosts/au/etc/nginx/outpost/{SITE}.conf")
 
@@ -89,8 +87,7 @@ def test_with_acme_no_certificate_or_key_goes_through_config(inventory):
     # The cert host pushes them to each host; the deploy machine never holds the key.
     files = render.host_files(inventory, inventory.host("au"))
     assert [f.remote_path for f in files] == [
-        "/etc/nginx/nginx.conf", f"/etc/nginx/outpost/{SITE}.conf", "/etc/default/linkedlist",
-        "/etc/apk/repositories.d/outpost.list", "/etc/doas.conf"]
+        "/etc/nginx/nginx.conf", f"/etc/nginx/outpost/{SITE}.conf", "/etc/default/linkedlist"]
     site = render.render("nginx/site.conf.j2", render.host_context(inventory, inventory.host("au")))
     # Chain and key in one file, switched in by one rename.
     assert 'ssl_certificate "/var/lib/lego/site.pem";' in site
@@ -132,25 +129,20 @@ def test_env_file_sends_the_app_behind_nginx_to_the_current_release(inventory):
             == {line.split("=")[0] for line in shipped.splitlines() if "=" in line})
 
 
-def test_apk_list_is_the_sync_steps_line(inventory, tmp_path):
-    context = render.host_context(inventory, inventory.host("au"))
-    assert (render.render("apk/outpost.list.j2", context)
-            == commands.repo_list_line("v2", "/var/lib/outpost/repo") + "\n")
+def test_apk_list_line_follows_the_builder(inventory, tmp_path):
+    assert render.list_line(inventory) == commands.repo_list_line("v2", "/var/lib/outpost/repo")
     cbuild = inventory_variant(tmp_path, 'kind = "local"', 'kind = "cbuild"\ncports = "cports"')
-    assert (render.render("apk/outpost.list.j2", render.host_context(cbuild, cbuild.host("au")))
-            == "v3 /var/lib/outpost/repo\n")
+    assert render.list_line(cbuild) == "v3 /var/lib/outpost/repo"
 
 
-def test_doas_conf_is_commands_doas_rules(local_ca_inventory):
-    inventory = local_ca_inventory
-    context = render.host_context(inventory, inventory.host("au"))
-    assert render.render("doas.conf.j2", context) == commands.doas_rules(
-        "deploy", inventory.repository, inventory.packages,
-        render.host_files(inventory, inventory.host("au")),
-        installs=render.install_commands(inventory, inventory.host("au")),
-        extra=geodns.inventory_doas_commands(inventory))
-    assert render.render("doas.conf.j2", context) == render.doas_conf(inventory,
-                                                                      inventory.host("au"))
+def test_doas_conf_is_the_helper_the_upgrade_and_legos_two(inventory):
+    host = inventory.host("au")
+    permits = commands.doas_permits("deploy", installs=render.install_commands(inventory, host))
+    assert render.doas_conf(inventory, host) == commands.doas_conf_text(
+        permits + acme.lego_permits())
+    # No rule takes a path: the helper has none, the others name fixed files only.
+    assert permits[0] == ("deploy", ["/usr/libexec/outpost/apply"])
+    assert not any(argv[0] in ("install", "tee", "nginx", "cp", "mv") for _, argv in permits)
 
 
 def test_doas_words_with_spaces_or_quotes_are_quoted():
@@ -226,10 +218,10 @@ def test_a_failing_template_leaves_the_rendered_files_as_they_were(inventory, tm
     host = inventory.host("au")
     paths = render.render_host(inventory, host, tmp_path / "au")
     before = [p.read_bytes() for p in paths]
-    (templates_copy / "doas.conf.j2").write_text("{{ nothing_here }}\n")
+    (templates_copy / "linkedlist.env.j2").write_text("{{ nothing_here }}\n")
     site = templates_copy / "nginx" / "site.conf.j2"
     site.write_text(site.read_text().replace("TLSv1.2 TLSv1.3", "TLSv1.3"))
-    with pytest.raises(OutpostError, match="doas.conf.j2"):
+    with pytest.raises(OutpostError, match="linkedlist.env.j2"):
         render.render_host(inventory, host, tmp_path / "au")
     assert [p.read_bytes() for p in paths] == before  # site.conf not half-updated
 
