@@ -97,7 +97,7 @@ def test_the_real_apk_gets_a_database_and_an_empty_package_for_each_provided_pro
     assert lines[1:] == [
         "apk info -e python >/dev/null || apk add --quiet --virtual python=3.11.2",
         *(f"apk info -e {name} >/dev/null || apk add --quiet --virtual {name}"
-          for name in ("openssh", "dinit-chimera", "nginx", "rsync", "curl"))]
+          for name in ("openssh", "dinit-chimera", "nginx", "rsync", "curl", "openssl"))]
     # The stand-in reads /etc/apk/provided; it needs only the database.
     assert provision.apk_database_lines(provided, real_apk=False) == lines[:1]
 

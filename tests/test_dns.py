@@ -175,7 +175,7 @@ def test_a_zone_gdnsd_rejects_fails_the_step_and_the_old_one_keeps_answering(sit
                 in proc.stdout + proc.stderr
         out = proc.stdout + proc.stderr
         assert "300.1.2.3" in out  # gdnsd's own message names the bad record
-        assert "gdnsd checkconf refused the new files; the old ones keep answering" in out
+        assert "apply: gdnsd refused the new files; the old ones stay in place" in out
         for continent, host in SEED_MAP.items():
             assert answers(inv, continent) == {ns: host for ns in HOSTS}
     finally:

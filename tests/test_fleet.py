@@ -91,7 +91,7 @@ def test_known_hosts_holds_each_hosts_own_key(fleet):
 
 
 def test_a_file_written_on_one_host_is_on_no_other_host_nor_on_this_machine(fleet):
-    path = f"/var/lib/outpost/repo/only-on-alpha-{uuid.uuid4().hex}"
+    path = f"/home/deploy/only-on-alpha-{uuid.uuid4().hex}"
     assert ssh(fleet, "alpha", f"echo hello > {path}").returncode == 0
     assert ssh(fleet, "alpha", f"cat {path}").stdout == "hello\n"
     assert ssh(fleet, "beta", f"test -e {path}").returncode == 1
@@ -264,7 +264,7 @@ def cmdline(pid) -> bytes | None:
 
 
 def test_stop_host_ends_everything_on_it_and_start_brings_back_its_files(fleet):
-    marker = f"/var/lib/outpost/repo/kept-{uuid.uuid4().hex}"
+    marker = f"/home/deploy/kept-{uuid.uuid4().hex}"
     seconds = random.randint(10_000, 99_999)  # tells our sleep from any other
     started = ssh(fleet, "beta", f"touch {marker}; nohup sleep {seconds} >/dev/null 2>&1 </dev/null &")
     assert started.returncode == 0, started.stderr
