@@ -120,6 +120,20 @@ def target(sshd, tmp_path):
     return make_host(sshd.port), ssh
 
 
+def console_fingerprint(public_key: Path) -> str:
+    """What `ssh-keygen -lf` shows for a key on the host's console: "SHA256:..." """
+    shown = subprocess.run(["ssh-keygen", "-lf", str(public_key)], capture_output=True,
+                           text=True, check=True).stdout
+    return shown.split()[1]
+
+
+def presents(sshd) -> str:
+    """The part of a refusal that names the test sshd's key and the command that checks it."""
+    return (f"It presents the ED25519 key {console_fingerprint(sshd.dir / 'host_key.pub')}; "
+            "if `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host's console shows "
+            "the same, ")
+
+
 def pin_other_key(ssh, tmp_path):
     """ssh with a known_hosts that pins a different key for the same host and port."""
     line = ssh.known_hosts.read_text().split()
@@ -195,8 +209,10 @@ def test_changed_host_key_is_refused_and_nothing_runs(sshd, target, tmp_path):
     before = sshd.accepted()
     with pytest.raises(RemoteError) as caught:
         remote.run_script(host, f"touch {marker}", ssh, step="sync")
-    assert str(caught.value).startswith(
-        f"host key for testhost (127.0.0.1) does not match the pinned key in {ssh.known_hosts}")
+    assert str(caught.value) == (
+        f"host key for testhost (127.0.0.1) does not match the pinned key in {ssh.known_hosts}; "
+        f"nothing was sent to it. {presents(sshd)}the host was rebuilt: replace its line in "
+        f"{ssh.known_hosts}")
     assert not marker.exists()
     assert sshd.accepted() == before  # refused before authenticating
 
@@ -208,11 +224,34 @@ def test_unknown_host_is_refused_and_nothing_runs(sshd, target, tmp_path):
                           f"127.0.0.1 {sshd.host_public_key}\n")
     marker = tmp_path / "ran"
     before = sshd.accepted()
-    with pytest.raises(RemoteError, match=rf"host key for testhost \(127.0.0.1\) is unknown: "
-                                          rf"{other_port} has no line for \[127.0.0.1\]:"
-                                          rf"{sshd.port}"):
+    with pytest.raises(RemoteError) as caught:
         remote.run_script(host, f"touch {marker}", replace(ssh, known_hosts=other_port))
+    assert str(caught.value) == (
+        f"host key for testhost (127.0.0.1) is unknown: {other_port} has no line for "
+        f"[127.0.0.1]:{sshd.port}; nothing was sent to it. {presents(sshd)}add the host's line "
+        f"to {other_port}")
     assert not marker.exists()
+    assert sshd.accepted() == before
+
+
+def test_the_client_refuses_an_unpinned_key_by_its_own_policy(sshd, target, tmp_path):
+    # Straight to Fabric's open(), past everything else of Outpost's: the paramiko client it
+    # builds must refuse the key by itself (Fabric's own default accepts any key).
+    from paramiko import RejectPolicy
+
+    host, ssh = target
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    connection = remote._pinned_connection(host, replace(ssh, known_hosts=empty), "sync")
+    assert isinstance(connection.client._policy, RejectPolicy)
+    before = sshd.accepted()
+    try:
+        with pytest.raises(RemoteError) as caught:
+            connection.open()
+        assert not connection.is_connected
+    finally:
+        connection.close()
+    assert presents(sshd) in str(caught.value)
     assert sshd.accepted() == before
 
 
@@ -286,24 +325,31 @@ def test_rsync_over_pinned_ssh_keeps_hardlinks_and_deletes(target, tree, tmp_pat
     assert not (dest / "x86_64" / "old.apk").exists()
 
 
-def test_rsync_refuses_a_changed_host_key(target, tree, tmp_path):
+def test_rsync_refuses_a_changed_host_key(sshd, target, tree, tmp_path):
     host, ssh = target
     ssh = pin_other_key(ssh, tmp_path)
     dest = tmp_path / "dest"
     with pytest.raises(RemoteError) as caught:
         remote.run_local(commands.rsync_argv(tree, host, str(dest), ssh), host, ssh,
                          step="content")
-    assert str(caught.value).startswith(
+    # The fingerprint OpenSSH printed for the key it refused.
+    assert str(caught.value) == (
         "content on host testhost (127.0.0.1): host key for testhost (127.0.0.1) does not match"
-        f" the pinned key in {ssh.known_hosts}")
+        f" the pinned key in {ssh.known_hosts}; nothing was sent to it. {presents(sshd)}the "
+        f"host was rebuilt: replace its line in {ssh.known_hosts}")
     assert not dest.exists()
 
 
-def test_rsync_refuses_an_unknown_host(target, tree, tmp_path):
+def test_rsync_refuses_an_unknown_host(sshd, target, tree, tmp_path):
     host, ssh = target
     ssh.known_hosts.write_text("")
-    with pytest.raises(RemoteError, match=r"host key for testhost \(127.0.0.1\) is unknown"):
+    with pytest.raises(RemoteError) as caught:
         remote.run_local(commands.rsync_argv(tree, host, str(tmp_path / "d"), ssh), host, ssh)
+    # OpenSSH prints no fingerprint for an unknown host: ssh-keyscan asked for it.
+    assert str(caught.value) == (
+        f"host testhost (127.0.0.1): host key for testhost (127.0.0.1) is unknown: "
+        f"{ssh.known_hosts} has no line for [127.0.0.1]:{sshd.port}; nothing was sent to it. "
+        f"{presents(sshd)}add the host's line to {ssh.known_hosts}")
     assert not (tmp_path / "d").exists()
 
 
@@ -367,8 +413,9 @@ def test_ssh_session_failures_name_the_host(sshd, target, tmp_path):
     host, ssh = target
     changed = pin_other_key(ssh, tmp_path)
     with pytest.raises(RemoteError, match=r"^content on host testhost \(127.0.0.1\): host key "
-                                          r"for testhost \(127.0.0.1\) does not match"):
+                                          r"for testhost \(127.0.0.1\) does not match") as caught:
         remote.run_ssh(commands.ssh_argv(changed, host), host, changed, "true", step="content")
+    assert presents(sshd) in str(caught.value)
     closed = replace(host, port=free_port())
     with pytest.raises(RemoteError, match=rf"cannot reach 127.0.0.1 port {closed.port}: "
                                           "connection refused"):
