@@ -2,6 +2,7 @@
 key, our own authorized_keys; it logs in as the current user). Needs root and
 `apt-get install openssh-server rsync`.
 """
+import base64
 import os
 import pwd
 import shutil
@@ -420,3 +421,111 @@ def test_ssh_session_failures_name_the_host(sshd, target, tmp_path):
     with pytest.raises(RemoteError, match=rf"cannot reach 127.0.0.1 port {closed.port}: "
                                           "connection refused"):
         remote.run_ssh(commands.ssh_argv(ssh, closed), closed, ssh, "true", step="content")
+
+
+# --- host key fingerprints and the programs' environment (pure) ------------------------------
+
+@pytest.mark.parametrize("key_type, kind", [
+    ("ssh-ed25519", "ed25519"), ("ED25519", "ed25519"),
+    ("ecdsa-sha2-nistp256", "ecdsa"), ("ecdsa-sha2-nistp521", "ecdsa"), ("ECDSA", "ecdsa"),
+    ("ssh-rsa", "rsa"), ("rsa-sha2-512", "rsa"), ("RSA", "rsa"), ("ssh-dss", "dsa"),
+])
+def test_key_kind_names_sshds_key_file(key_type, kind):
+    assert remote.key_kind(key_type) == kind
+
+
+@pytest.mark.parametrize("key_type", ["ed25519", "ecdsa", "rsa"])
+def test_fingerprint_is_what_ssh_keygen_shows(tmp_path, key_type):
+    subprocess.run(["ssh-keygen", "-q", "-t", key_type, "-N", "", "-f", str(tmp_path / "key")],
+                   check=True)
+    public = tmp_path / "key.pub"
+    blob = base64.b64decode(public.read_text().split()[1])
+    assert remote.fingerprint(blob) == console_fingerprint(public)
+
+
+def test_program_environment_is_fixed():
+    assert remote.program_environment("/home/wes", ["/opt/rsync/bin/rsync", None,
+                                                    "/usr/bin/ssh-keyscan"]) == {
+        "PATH": "/opt/rsync/bin:/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin:/bin",
+        "HOME": "/home/wes", "LANG": "C", "LC_ALL": "C"}
+
+
+OPERATOR_ENVIRONMENT = {"RSYNC_OLD_ARGS": "1", "RSYNC_PROTECT_ARGS": "0",
+                        "RSYNC_RSH": "ssh -o StrictHostKeyChecking=no",
+                        "SSH_AUTH_SOCK": "/tmp/agent.sock", "LD_PRELOAD": "/tmp/x.so",
+                        "LANG": "de_DE.UTF-8"}
+
+
+def test_local_programs_run_with_the_fixed_environment_only(target, monkeypatch):
+    host, ssh = target
+    for name, value in OPERATOR_ENVIRONMENT.items():
+        monkeypatch.setenv(name, value if name != "LD_PRELOAD" else "")
+    shown = remote.run_local(["env"], host, ssh).stdout
+    environment = dict(line.split("=", 1) for line in shown.splitlines())
+    assert environment == remote.program_environment(
+        pwd.getpwuid(os.getuid()).pw_dir, [shutil.which(p) for p in remote.LOCAL_PROGRAMS])
+    assert set(environment) == {"PATH", "HOME", "LANG", "LC_ALL"}
+
+
+def test_an_ssh_session_runs_with_the_fixed_environment_only(target, monkeypatch):
+    host, ssh = target
+    for name, value in OPERATOR_ENVIRONMENT.items():
+        monkeypatch.setenv(name, value if name != "LD_PRELOAD" else "")
+    # A local shell in ssh's place runs the session's command here (ssh itself overwrites
+    # its /proc environ for its process title): the script shows the environment it got.
+    here = ["sh", "-c", 'eval "$1"', "sh"]
+    shown = remote.run_ssh(here, host, ssh, "env", step="content").stdout
+    environment = dict(line.split("=", 1) for line in shown.splitlines())
+    environment.pop("PWD", None)  # the shell's own
+    assert environment == remote._environment()
+
+
+# --- a crafted remote path, with the operator's RSYNC_OLD_ARGS=1 -----------------------------
+
+def crafted_destination(base: Path) -> tuple[str, Path]:
+    """A destination on the host that a shell would split, and in which it would run
+    `touch <base>/ran` twice (after a ';' and in a '$()'); and that marker. Its parent
+    folders are made here, so the literal path can be created by rsync as one folder."""
+    marker = base / "ran"
+    parent = Path(f"{base}/two words;touch {marker};$(touch {marker})")
+    parent.mkdir(parents=True)
+    return f"{parent}/dest", marker
+
+
+def test_a_crafted_path_reaches_the_host_as_one_literal_path(target, tree, tmp_path,
+                                                             monkeypatch):
+    host, ssh = target
+    monkeypatch.setenv("RSYNC_OLD_ARGS", "1")  # rsync's old way: paths through the host's shell
+    dest, marker = crafted_destination(tmp_path)
+    remote.run_local(commands.rsync_argv(tree, host, dest, ssh), host, ssh, step="sync")
+    assert (Path(dest) / "x86_64" / "Packages.adb").read_bytes() == b"ADB index"
+    assert not marker.exists()
+
+
+def test_secluded_args_alone_keep_the_path_literal(target, tree, tmp_path):
+    # The operator's whole environment, RSYNC_OLD_ARGS=1 included: -s still wins.
+    host, ssh = target
+    dest, marker = crafted_destination(tmp_path)
+    argv = commands.rsync_argv(tree, host, dest, ssh)
+    subprocess.run(argv, env={**os.environ, "RSYNC_OLD_ARGS": "1"}, check=True,
+                   capture_output=True)
+    assert (Path(dest) / "x86_64" / "Packages.adb").exists()
+    assert not marker.exists()
+
+
+def test_the_fixed_environment_alone_keeps_the_path_literal(target, tree, tmp_path,
+                                                            monkeypatch):
+    host, ssh = target
+    unprotected = [arg for arg in commands.rsync_argv(tree, host, "DEST", ssh) if arg != "-s"]
+    # Without -s and with the operator's RSYNC_OLD_ARGS=1, the host's shell runs the path:
+    # what the two guards are for (and proof that this test can see it).
+    dest, marker = crafted_destination(tmp_path / "inherited")
+    subprocess.run([arg.replace("DEST", dest) for arg in unprotected],
+                   env={**os.environ, "RSYNC_OLD_ARGS": "1"}, capture_output=True)
+    assert marker.exists()
+
+    monkeypatch.setenv("RSYNC_OLD_ARGS", "1")
+    dest, marker = crafted_destination(tmp_path / "fixed")
+    remote.run_local([arg.replace("DEST", dest) for arg in unprotected], host, ssh)
+    assert (Path(dest) / "x86_64" / "Packages.adb").exists()
+    assert not marker.exists()
