@@ -54,6 +54,18 @@ def variant(old: str, new: str) -> str:
     return VALID.replace(old, new)
 
 
+def repo_inventory_error(tmp_path, old: str, new: str) -> str:
+    """The message load() raises for the repo's inventory.toml with one piece of text
+    replaced, without the '<file>: ' prefix (for tables VALID lacks: [fleet], [acme] ...)."""
+    text = (REPO / "inventory.toml").read_text()
+    assert text.count(old) == 1, old
+    path = tmp_path / "inventory.toml"
+    path.write_text(text.replace(old, new))
+    with pytest.raises(InventoryError) as raised:
+        load(path)
+    return str(raised.value).removeprefix(f"{path}: ")
+
+
 @pytest.fixture
 def write(tmp_path):
     def write(text: str) -> Path:
@@ -194,15 +206,10 @@ def test_missing_key_in_a_single_table(error):
         "[repository]: missing key 'path' (a string)")
 
 
-def test_fleet_bridge_name_must_fit_an_interface_name(write, tmp_path):
-    text = (REPO / "inventory.toml").read_text().replace(
-        'state = "build/fleet"', 'state = "build/fleet"\nbridge = "outpost-bridge-0"')
-    path = tmp_path / "inventory.toml"
-    path.write_text(text)
-    with pytest.raises(InventoryError) as raised:
-        load(path)
-    assert str(raised.value) == (
-        f"{path}: [fleet]: key 'bridge': 'outpost-bridge-0' is not a usable bridge name; "
+def test_fleet_bridge_name_must_fit_an_interface_name(tmp_path):
+    assert repo_inventory_error(tmp_path, 'state = "build/fleet"',
+                                'state = "build/fleet"\nbridge = "outpost-bridge-0"') == (
+        "[fleet]: key 'bridge': 'outpost-bridge-0' is not a usable bridge name; "
         "use up to 10 lowercase letters, digits and -")
 
 
@@ -535,14 +542,9 @@ def test_region_is_one_line(error):
 
 
 def test_cert_host_region_is_one_line(tmp_path):
-    text = (REPO / "inventory.toml").read_text().replace(
-        'name = "home"', 'name = "home"\nregion = "home\\roffice"')
-    path = tmp_path / "inventory.toml"
-    path.write_text(text)
-    with pytest.raises(InventoryError) as raised:
-        load(path)
-    assert str(raised.value) == (
-        f"{path}: [cert_host]: key 'region': 'home\\roffice' {CONTROL}")
+    assert repo_inventory_error(tmp_path, 'name = "home"',
+                                'name = "home"\nregion = "home\\roffice"') == (
+        f"[cert_host]: key 'region': 'home\\roffice' {CONTROL}")
 
 
 @pytest.mark.parametrize("region", ["north-america", 'the \\"old\\" world', "$europe", "Île"])
@@ -567,13 +569,7 @@ def test_regions_are_free_text_on_one_line(write, region):
 ])
 def test_acme_values_that_reach_the_cert_host_are_plain_words(tmp_path, key, old, new, problem):
     # templates/acme/acme.j2 writes both unquoted into lego's command line on the cert host.
-    text = (REPO / "inventory.toml").read_text()
-    assert text.count(old) == 1
-    path = tmp_path / "inventory.toml"
-    path.write_text(text.replace(old, new))
-    with pytest.raises(InventoryError) as raised:
-        load(path)
-    assert str(raised.value) == f"{path}: [acme]: key {key!r}: {problem}"
+    assert repo_inventory_error(tmp_path, old, new) == f"[acme]: key {key!r}: {problem}"
 
 
 def test_content_needs_content_dir(error):

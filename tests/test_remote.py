@@ -456,10 +456,15 @@ OPERATOR_ENVIRONMENT = {"RSYNC_OLD_ARGS": "1", "RSYNC_PROTECT_ARGS": "0",
                         "LANG": "de_DE.UTF-8"}
 
 
-def test_local_programs_run_with_the_fixed_environment_only(target, monkeypatch):
-    host, ssh = target
+@pytest.fixture
+def operator_environment(monkeypatch):
+    """Variables in the operator's shell that would change what rsync and ssh do."""
     for name, value in OPERATOR_ENVIRONMENT.items():
-        monkeypatch.setenv(name, value if name != "LD_PRELOAD" else "")
+        monkeypatch.setenv(name, value)
+
+
+def test_local_programs_run_with_the_fixed_environment_only(target, operator_environment):
+    host, ssh = target
     shown = remote.run_local(["env"], host, ssh).stdout
     environment = dict(line.split("=", 1) for line in shown.splitlines())
     assert environment == remote.program_environment(
@@ -467,10 +472,8 @@ def test_local_programs_run_with_the_fixed_environment_only(target, monkeypatch)
     assert set(environment) == {"PATH", "HOME", "LANG", "LC_ALL"}
 
 
-def test_an_ssh_session_runs_with_the_fixed_environment_only(target, monkeypatch):
+def test_an_ssh_session_runs_with_the_fixed_environment_only(target, operator_environment):
     host, ssh = target
-    for name, value in OPERATOR_ENVIRONMENT.items():
-        monkeypatch.setenv(name, value if name != "LD_PRELOAD" else "")
     # A local shell in ssh's place runs the session's command here (ssh itself overwrites
     # its /proc environ for its process title): the script shows the environment it got.
     here = ["sh", "-c", 'eval "$1"', "sh"]
