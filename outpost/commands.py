@@ -66,8 +66,11 @@ def _remote_host(host) -> str:
 def rsync_argv(src_dir, host, dest_dir: str, ssh, *, delete=True, hardlinks=False,
                extra=()) -> list[str]:
     """rsync the contents of src_dir into dest_dir on host (both with a trailing slash, so the
-    folder's contents land in dest_dir, not a folder inside it)."""
-    argv = ["rsync", "-a"]
+    folder's contents land in dest_dir, not a folder inside it). -s (--secluded-args, once
+    --protect-args; -s on every rsync since 3.0) sends the paths to the host's rsync over the
+    protocol, not through the host's shell: a path is one literal path, whatever it holds,
+    and RSYNC_OLD_ARGS can't undo it."""
+    argv = ["rsync", "-a", "-s"]
     if hardlinks:
         argv.append("-H")
     if delete:

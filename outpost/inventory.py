@@ -15,7 +15,7 @@ import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable
 
 from outpost.errors import OutpostError
@@ -254,9 +254,54 @@ def _at_least(least: int):
     return check
 
 
+# Remote paths are written unquoted into doas.conf rules, apk's repository list (where a
+# space splits the path from its components), dinit env-files and the hosts' scripts: a
+# narrow set of characters keeps each of those meaning exactly this one path.
+REMOTE_PATH_CHARS = re.compile(r"[A-Za-z0-9._+/-]*")
+# Folders a remote path may not be: chown'd to the deploy user, then filled with rsync
+# --delete, each would break the host or hand it over. Data belongs in a folder of its own,
+# under /srv or /var/lib.
+SYSTEM_FOLDERS = frozenset((
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media",
+    "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr",
+    "/var", "/var/cache", "/var/db", "/var/empty", "/var/lib", "/var/local", "/var/lock",
+    "/var/log", "/var/mail", "/var/opt", "/var/run", "/var/spool", "/var/tmp", "/var/www",
+))
+# Trees that never hold a deploy's data: the system's own files, kernel views, runtime and
+# world-writable scratch space, root's home. Nothing under them either.
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/root",
+                "/run", "/sbin", "/sys", "/tmp", "/usr", "/var/lock", "/var/log", "/var/run",
+                "/var/tmp")
+
+
+def _control_characters(value: str) -> str | None:
+    # One line of text: a newline in a value would add a line to a host's env-file or script.
+    if value.isprintable():
+        return None
+    return f"{value!r} contains a control character (a newline, tab or the like)"
+
+
 def _remote_path(value: str) -> str | None:
-    # A path on the hosts: relative would depend on the ssh user's working directory.
-    return None if PurePosixPath(value).is_absolute() else f"{value!r} must be an absolute path"
+    problem = _control_characters(value)
+    if problem:
+        return problem
+    if not REMOTE_PATH_CHARS.fullmatch(value):
+        return (f"{value!r} may contain only letters, digits and / . _ + - (it is written "
+                "unquoted into the hosts' doas.conf, scripts and env-files)")
+    # Relative would depend on the ssh user's working directory.
+    if not value.startswith("/"):
+        return f"{value!r} must be an absolute path"
+    if value != "/" and (value.endswith("/") or "//" in value
+                         or any(part in (".", "..") for part in value.split("/"))):
+        return (f"{value!r} is not normalised: write it without '.' or '..' segments, '//' "
+                "or a trailing '/'")
+    if value in SYSTEM_FOLDERS:
+        return (f"{value!r} is a system folder; give the data a folder of its own, "
+                "e.g. under /srv or /var/lib")
+    for tree in SYSTEM_TREES:
+        if value.startswith(tree + "/"):
+            return f"{value!r} is inside {tree}, which never holds a deploy's data"
+    return None
 
 
 HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
@@ -267,6 +312,31 @@ def _host_name(value: str) -> str | None:
         return None
     return (f"{value!r} is not a usable host name; use lowercase letters, digits and '-'"
             " (it names tasks such as sync:<host>)")
+
+
+# User and service names go into doas rules, scripts and dinit commands as single words.
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")  # POSIX-portable, as useradd takes them
+SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")  # dinit's names, with @ instances
+
+
+def _user_name(value: str) -> str | None:
+    if USER_NAME.fullmatch(value):
+        return None
+    return (f"{value!r} is not a usable user name; use up to 32 lowercase letters, digits, "
+            "'_' and '-', starting with a letter or '_'")
+
+
+def _service_name(value: str) -> str | None:
+    if SERVICE_NAME.fullmatch(value):
+        return None
+    return (f"{value!r} is not a usable service name; use letters, digits and . _ @ -, "
+            "starting with a letter or digit")
+
+
+def _region(value: str) -> str | None:
+    # Free text (shown in the X-Served-By header, quoted for nginx, and in the report), but
+    # one line of it.
+    return _not_empty(value) or _control_characters(value)
 
 
 # Package names and categories become folders: cports-overlay/<category>/<name>.
@@ -366,13 +436,19 @@ def _at_least_one(value: int) -> str | None:
     return None if value >= 1 else f"must be 1 or more, found {value}"
 
 
+# The ACME directory and email reach the cert host's lego script as plain words: neither
+# may hold what a shell would act on ($, ;, quotes, spaces, globs) or a second line.
 def _url(value: str) -> str | None:
-    return None if re.fullmatch(r"https?://[^\s/]+(/\S*)?", value) else f"{value!r} is not a URL"
+    if re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/%+=,:@-]*)?", value):
+        return None
+    return (f"{value!r} is not a URL made of letters, digits and . _ ~ / % + = , : @ - "
+            "(http:// or https://)")
 
 
 def _email(value: str) -> str | None:
-    return None if re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value) else \
-        f"{value!r} is not an email address"
+    if re.fullmatch(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", value):
+        return None
+    return f"{value!r} is not an email address (letters, digits and . _ % + - around one @)"
 
 
 def _renew_days(value: int) -> str | None:
@@ -406,7 +482,7 @@ SCHEMA: dict[str, Table] = {
         Key("config", STRING, None, _not_empty),  # cbuild -c FILE, relative to the cports clone
     ), required=False),
     "ssh": Table((
-        Key("user", STRING, check=_not_empty),
+        Key("user", STRING, check=_user_name),
         Key("port", INTEGER, 22, _port),
         Key("known_hosts", LOCAL_PATH),
         Key("identity", LOCAL_PATH),
@@ -431,15 +507,15 @@ SCHEMA: dict[str, Table] = {
     "cert_host": Table((
         Key("name", STRING, check=_host_name),
         Key("address", STRING, check=_address),
-        Key("user", STRING, None, _not_empty),
+        Key("user", STRING, None, _user_name),
         Key("port", INTEGER, None, _port),
         Key("arch", STRING, check=_arch),
-        Key("region", STRING, "home", _not_empty),
+        Key("region", STRING, "home", _region),
     ), required=False),
     "packages": Table((
         Key("name", STRING, check=_package_name),
         Key("category", STRING, "user", _package_name),
-        Key("service", STRING, None, _not_empty),
+        Key("service", STRING, None, _service_name),
         Key("content", LOCAL_PATH, None),
         Key("content_dir", STRING, None, _remote_path),
         Key("port", INTEGER, None, _port),
@@ -464,10 +540,10 @@ SCHEMA: dict[str, Table] = {
     "hosts": Table((
         Key("name", STRING, check=_host_name),
         Key("address", STRING, check=_address),
-        Key("user", STRING, None, _not_empty),  # default: [ssh] user
+        Key("user", STRING, None, _user_name),  # default: [ssh] user
         Key("port", INTEGER, None, _port),  # default: [ssh] port
         Key("arch", STRING, check=_arch),
-        Key("region", STRING, check=_not_empty),
+        Key("region", STRING, check=_region),
         Key("groups", STRINGS, ()),
     ), array=True),
 }
@@ -605,6 +681,28 @@ def _check_package_content(packages: list[dict], label: str) -> None:
                                  " (what to push and where hosts keep it); give both or neither")
 
 
+def _nested(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer + "/")
+
+
+def _check_remote_folders(repository: dict, packages: list[dict], label: str) -> None:
+    """Each push owns its folder on the host (and deletes what it didn't send): no content_dir
+    may be, hold or lie inside the repository path or another package's content_dir."""
+    owners = [("[repository] path", repository["path"])]
+    for number, package in enumerate(packages, start=1):
+        path = package["content_dir"]
+        if path is None:
+            continue
+        where = f"{label}: [[packages]] #{number} ({package['name']}): key 'content_dir'"
+        for owner, other in owners:
+            if _nested(path, other) or _nested(other, path):
+                relation = ("is" if path == other else
+                            "is inside" if _nested(path, other) else "holds")
+                raise InventoryError(f"{where}: {path!r} {relation} {owner} {other!r}; each "
+                                     "needs a folder of its own")
+        owners.append((f"[[packages]] #{number} ({package['name']}) content_dir", path))
+
+
 def _check_dns(dns: dict, hosts: list[dict], fleet, label: str, root: Path) -> Dns:
     where = f"{label}: [dns]"
     health = _check_table(dns["health"], DNS_HEALTH, f"{label}: [dns.health]", root)
@@ -671,6 +769,7 @@ def load(path: str | Path) -> Inventory:
     builder = checked["builder"] or _check_table({}, SCHEMA["builder"], f"{label}: [builder]", root)
     _check_builder(builder, label)
     _check_package_content(checked["packages"], label)
+    _check_remote_folders(checked["repository"], checked["packages"], label)
 
     rollout = checked["rollout"] or _check_table({}, SCHEMA["rollout"], f"{label}: [rollout]",
                                                  root)

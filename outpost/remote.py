@@ -12,7 +12,13 @@ Every failure raises RemoteError, whose message names the host (and the step, wh
 from __future__ import annotations
 
 import atexit
+import base64
+import hashlib
+import math
 import os
+import pwd
+import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -68,6 +74,31 @@ RUN_STDIN_THEN_PAYLOAD = (
     "sh -c 'script=; while IFS= read -r line; do "
     f"[ \"$line\" = \"{PAYLOAD_MARK}\" ] && break; script=\"$script$line\n\"; done; "
     "eval \"$script\"'")
+
+
+# The programs Outpost starts here, and the folders they are looked up in besides where the
+# operator's own were found.
+LOCAL_PROGRAMS = ("rsync", "ssh", "ssh-keyscan")
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def program_environment(home: str, found) -> dict[str, str]:
+    """The whole environment of the rsync and ssh Outpost starts: a PATH of the folders
+    holding the programs `found` (their paths, None for one not found) and then the system's,
+    the user's home, the C locale. Nothing is inherited, so RSYNC_OLD_ARGS, RSYNC_PROTECT_ARGS,
+    RSYNC_RSH, SSH_AUTH_SOCK, LD_PRELOAD and the like in the operator's shell can't change
+    what runs or how it reads its arguments."""
+    folders = [os.path.dirname(path) for path in found if path]
+    return {"PATH": ":".join(dict.fromkeys([*folders, *SYSTEM_PATH])), "HOME": home,
+            "LANG": "C", "LC_ALL": "C"}
+
+
+def _environment() -> dict[str, str]:
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:  # a uid without a passwd entry (some containers)
+        home = "/"
+    return program_environment(home, (shutil.which(name) for name in LOCAL_PROGRAMS))
 
 
 def run_script(host, script: str, ssh, step: str | None = None, ok_exits=(0,)) -> Result:
@@ -131,7 +162,8 @@ def run_local(argv: list[str], host, ssh, step: str | None = None) -> Result:
     try:
         # A session of its own: stop_children() ends rsync and the ssh it started together.
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+                                 stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+                                 env=_environment())
     except FileNotFoundError:
         raise RemoteError(f"{where}: {argv[0]} is not installed on this machine "
                           f"(apt-get install {argv[0]})") from None
@@ -192,7 +224,7 @@ class SshSession:
             # killed push must not go on behind the next run's back); known to stop_children.
             self.process = subprocess.Popen([*ssh_argv, RUN_STDIN_THEN_PAYLOAD],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE)
+                                            stderr=subprocess.PIPE, env=_environment())
         except FileNotFoundError:
             raise RemoteError(f"{self.where}: ssh is not installed on this machine "
                               "(apt-get install openssh-client)") from None
@@ -278,9 +310,24 @@ def _known_hosts_name(host) -> str:
     return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
 
 
-def _open(host, ssh, where):
+def _refusing_policy(host, ssh):
+    """paramiko's RejectPolicy, refusing a host key that known_hosts doesn't pin with
+    Outpost's message: the key the host presented, and how to check it on its console."""
+    from paramiko import RejectPolicy
+
+    class RefuseUnpinned(RejectPolicy):
+        def missing_host_key(self, client, hostname, key):
+            raise RemoteError(_unknown_host_key(host, ssh, (key_kind(key.get_name()),
+                                                            fingerprint(key.asbytes()))))
+
+    return RefuseUnpinned()
+
+
+def _pinned_connection(host, ssh, where):
+    """A Fabric connection to host, not yet open, that accepts only the host key pinned in
+    ssh.known_hosts: its client's policy refuses any other by itself."""
     from fabric import Config, Connection
-    from paramiko import RejectPolicy, SSHConfig
+    from paramiko import SSHConfig
     from paramiko.hostkeys import InvalidHostKey
 
     if not ssh.identity.is_file():
@@ -307,10 +354,12 @@ def _open(host, ssh, where):
     except InvalidHostKey as error:
         raise RemoteError(f"{where}: {ssh.known_hosts}: not a valid known_hosts line: "
                           f"{error.line!r}") from None
-    connection.client.set_missing_host_key_policy(RejectPolicy())
-    # RejectPolicy would refuse an unknown host too; checking first gives a plain message.
-    if connection.client.get_host_keys().lookup(_known_hosts_name(host)) is None:
-        raise RemoteError(_unknown_host_key(host, ssh))
+    connection.client.set_missing_host_key_policy(_refusing_policy(host, ssh))
+    return connection
+
+
+def _open(host, ssh, where):
+    connection = _pinned_connection(host, ssh, where)
     try:
         connection.open()
     except Exception as error:
@@ -327,7 +376,8 @@ def _connection_error(error: Exception, host, ssh, where) -> Exception:
     from paramiko import AuthenticationException, BadHostKeyException, SSHException
 
     if isinstance(error, BadHostKeyException):
-        return RemoteError(_changed_host_key(host, ssh))
+        return RemoteError(_changed_host_key(host, ssh, (key_kind(error.key.get_name()),
+                                                         fingerprint(error.key.asbytes()))))
     if isinstance(error, AuthenticationException):
         return RemoteError(f"{where}: " + _auth_failed(host, ssh))
     if isinstance(error, (socket.timeout, TimeoutError)):
@@ -359,15 +409,79 @@ def _where(host, step) -> str:
     return f"{step} on {name}" if step else name
 
 
-def _changed_host_key(host, ssh) -> str:
+def fingerprint(key_blob: bytes) -> str:
+    """A public key's fingerprint as OpenSSH shows it (ssh-keygen -l): SHA256:<base64>."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key_blob).digest()).decode().rstrip("=")
+
+
+def key_kind(key_type: str) -> str:
+    """A host key's kind as sshd names its key file (/etc/ssh/ssh_host_<kind>_key.pub), from
+    its type in a known_hosts line ("ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa") or in
+    OpenSSH's messages ("ED25519", "ECDSA", "RSA")."""
+    kind = key_type.lower().removeprefix("ssh-")
+    if kind.startswith("ecdsa"):
+        return "ecdsa"
+    if kind.startswith("rsa"):  # rsa-sha2-256/512 name signatures made with an RSA key
+        return "rsa"
+    return "dsa" if kind == "dss" else kind
+
+
+def _presented(presented, then: str) -> str:
+    """The key the host presents (a (kind, fingerprint) pair, or None when unknown) and the
+    console command that shows whether it is the host's own; `then` is what to do if so. The
+    kind in capitals, as `ssh-keygen -l` shows it."""
+    if presented is None:
+        return (f"Check the host's key on its console (ssh-keygen -lf "
+                f"/etc/ssh/ssh_host_<type>_key.pub); if it is right, {then}")
+    kind, key_fingerprint = presented
+    return (f"It presents the {kind.upper()} key {key_fingerprint}; if `ssh-keygen -lf "
+            f"/etc/ssh/ssh_host_{kind}_key.pub` on the host's console shows the same, {then}")
+
+
+def _scanned_host_key(host, ssh, key_type: str):
+    """(kind, fingerprint) of the host key of this type ("ED25519", as OpenSSH's messages
+    name it) that host presents, asked with ssh-keyscan (OpenSSH won't show it for an unknown
+    host under StrictHostKeyChecking); None when that fails too."""
+    try:
+        scan = subprocess.run(["ssh-keyscan", "-T", str(math.ceil(ssh.connect_timeout)),
+                               "-t", key_kind(key_type), "-p", str(host.port), host.address],
+                              capture_output=True, text=True, env=_environment(),
+                              timeout=ssh.connect_timeout + 5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in scan.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and not line.startswith("#"):
+            try:
+                return key_kind(fields[1]), fingerprint(base64.b64decode(fields[2],
+                                                                         validate=True))
+            except ValueError:
+                return None
+    return None
+
+
+def _openssh_presented(stderr: str, host, ssh):
+    """The key an OpenSSH refusal is about: its fingerprint when OpenSSH printed it (a
+    changed key), else the key ssh-keyscan gets for the type OpenSSH named."""
+    changed = re.search(r"fingerprint for the (\w+) key sent by the remote host is\s+"
+                        r"(SHA256:[A-Za-z0-9+/]+)", stderr)
+    if changed:
+        return key_kind(changed.group(1)), changed.group(2)
+    unknown = re.search(r"No (\w+) host key is known for", stderr)
+    return _scanned_host_key(host, ssh, unknown.group(1)) if unknown else None
+
+
+def _changed_host_key(host, ssh, presented=None) -> str:
     return (f"host key for {host.name} ({host.address}) does not match the pinned key in "
-            f"{ssh.known_hosts}; nothing was sent to it. If the host was rebuilt, check its new "
-            f"key's fingerprint on its console before replacing the line in {ssh.known_hosts}")
+            f"{ssh.known_hosts}; nothing was sent to it. "
+            + _presented(presented, f"the host was rebuilt: replace its line in "
+                                    f"{ssh.known_hosts}"))
 
 
-def _unknown_host_key(host, ssh) -> str:
+def _unknown_host_key(host, ssh, presented=None) -> str:
     return (f"host key for {host.name} ({host.address}) is unknown: {ssh.known_hosts} has no "
-            f"line for {_known_hosts_name(host)}; nothing was sent to it")
+            f"line for {_known_hosts_name(host)}; nothing was sent to it. "
+            + _presented(presented, f"add the host's line to {ssh.known_hosts}"))
 
 
 def _auth_failed(host, ssh) -> str:
@@ -414,9 +528,9 @@ def _local_failure(program: str, proc: subprocess.CompletedProcess, host, ssh) -
     for marker, kind in SSH_FAILURES:
         if marker in proc.stderr:
             if kind == "changed":
-                return _changed_host_key(host, ssh)
+                return _changed_host_key(host, ssh, _openssh_presented(proc.stderr, host, ssh))
             if kind == "unknown":
-                return _unknown_host_key(host, ssh)
+                return _unknown_host_key(host, ssh, _openssh_presented(proc.stderr, host, ssh))
             if kind == "auth":
                 return _auth_failed(host, ssh)
             return _unreachable(host, kind)

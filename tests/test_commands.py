@@ -68,7 +68,7 @@ def test_ssh_argv_is_ssh_with_the_pinned_options_to_the_user_at_the_host():
 def test_rsync_argv_for_the_repository_keeps_hardlinks_and_deletes():
     ssh, host = make_ssh(), make_host()
     argv = commands.repo_rsync_argv(Path("/inv/build/repo"), host, REPOSITORY, ssh)
-    assert argv[:4] == ["rsync", "-a", "-H", "--delete"]
+    assert argv[:5] == ["rsync", "-a", "-s", "-H", "--delete"]
     assert "--timeout=60" in argv
     assert argv[-2:] == ["/inv/build/repo/x86_64/",
                          "deploy@198.18.0.11:/var/lib/outpost/repo/x86_64/"]
@@ -81,6 +81,7 @@ def test_rsync_argv_options():
     argv = commands.rsync_argv("src/", make_host(address="fd00::5"), "/dest/", make_ssh(),
                                delete=False, extra=("--checksum",))
     assert "--delete" not in argv
+    assert argv[:3] == ["rsync", "-a", "-s"]  # the paths never pass through the host's shell
     assert argv[-3:] == ["--checksum", "src/", "deploy@[fd00::5]:/dest/"]
 
 

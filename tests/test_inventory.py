@@ -54,6 +54,18 @@ def variant(old: str, new: str) -> str:
     return VALID.replace(old, new)
 
 
+def repo_inventory_error(tmp_path, old: str, new: str) -> str:
+    """The message load() raises for the repo's inventory.toml with one piece of text
+    replaced, without the '<file>: ' prefix (for tables VALID lacks: [fleet], [acme] ...)."""
+    text = (REPO / "inventory.toml").read_text()
+    assert text.count(old) == 1, old
+    path = tmp_path / "inventory.toml"
+    path.write_text(text.replace(old, new))
+    with pytest.raises(InventoryError) as raised:
+        load(path)
+    return str(raised.value).removeprefix(f"{path}: ")
+
+
 @pytest.fixture
 def write(tmp_path):
     def write(text: str) -> Path:
@@ -194,15 +206,10 @@ def test_missing_key_in_a_single_table(error):
         "[repository]: missing key 'path' (a string)")
 
 
-def test_fleet_bridge_name_must_fit_an_interface_name(write, tmp_path):
-    text = (REPO / "inventory.toml").read_text().replace(
-        'state = "build/fleet"', 'state = "build/fleet"\nbridge = "outpost-bridge-0"')
-    path = tmp_path / "inventory.toml"
-    path.write_text(text)
-    with pytest.raises(InventoryError) as raised:
-        load(path)
-    assert str(raised.value) == (
-        f"{path}: [fleet]: key 'bridge': 'outpost-bridge-0' is not a usable bridge name; "
+def test_fleet_bridge_name_must_fit_an_interface_name(tmp_path):
+    assert repo_inventory_error(tmp_path, 'state = "build/fleet"',
+                                'state = "build/fleet"\nbridge = "outpost-bridge-0"') == (
+        "[fleet]: key 'bridge': 'outpost-bridge-0' is not a usable bridge name; "
         "use up to 10 lowercase letters, digits and -")
 
 
@@ -389,6 +396,180 @@ def test_content_dir_must_be_absolute(error):
                          'content_dir = "linkedlist/content"')) == (
         "[[packages]] #1 (linkedlist): key 'content_dir': "
         "'linkedlist/content' must be an absolute path")
+
+
+# --- Values that reach a host: remote paths and names ----------------------------------------
+
+CONTENT_DIR = 'content_dir = "/var/lib/linkedlist/content"'
+REPO_PATH = 'path = "/var/lib/outpost/repo"'
+IN_PACKAGE = "[[packages]] #1 (linkedlist): key 'content_dir': "
+CONTROL = "contains a control character (a newline, tab or the like)"
+CHARACTERS = ("may contain only letters, digits and / . _ + - (it is written unquoted into the "
+              "hosts' doas.conf, scripts and env-files)")
+NOT_NORMALISED = "is not normalised: write it without '.' or '..' segments, '//' or a trailing '/'"
+SYSTEM = "is a system folder; give the data a folder of its own, e.g. under /srv or /var/lib"
+
+
+@pytest.mark.parametrize("toml, problem", [
+    ('"/etc"', f"'/etc' {SYSTEM}"),
+    ('"/"', f"'/' {SYSTEM}"),
+    ('"/var/lib"', f"'/var/lib' {SYSTEM}"),
+    ('"/srv"', f"'/srv' {SYSTEM}"),
+    ('"/home"', f"'/home' {SYSTEM}"),
+    ('"/etc/linkedlist"', "'/etc/linkedlist' is inside /etc, which never holds a deploy's data"),
+    ('"/usr/share/linkedlist"',
+     "'/usr/share/linkedlist' is inside /usr, which never holds a deploy's data"),
+    ('"/var/log/linkedlist"',
+     "'/var/log/linkedlist' is inside /var/log, which never holds a deploy's data"),
+    ('"/tmp/content"', "'/tmp/content' is inside /tmp, which never holds a deploy's data"),
+    ('"/var/lib/x/../../etc"', f"'/var/lib/x/../../etc' {NOT_NORMALISED}"),
+    ('"/srv/./linkedlist"', f"'/srv/./linkedlist' {NOT_NORMALISED}"),
+    ('"/srv//linkedlist"', f"'/srv//linkedlist' {NOT_NORMALISED}"),
+    ('"/srv/linkedlist/"', f"'/srv/linkedlist/' {NOT_NORMALISED}"),
+    ('"relative/path"', "'relative/path' must be an absolute path"),
+    ('"/srv/linkedlist\\n"', f"'/srv/linkedlist\\n' {CONTROL}"),
+    ('"/srv/link\\tedlist"', f"'/srv/link\\tedlist' {CONTROL}"),
+    ('"/srv/$(id)"', f"'/srv/$(id)' {CHARACTERS}"),
+    ('"/srv/linked list"', f"'/srv/linked list' {CHARACTERS}"),
+    ('"/srv/a;reboot"', f"'/srv/a;reboot' {CHARACTERS}"),
+    ('"/srv/cont\u00e9nt"', f"'/srv/cont\u00e9nt' {CHARACTERS}"),
+])
+def test_bad_content_dir(error, toml, problem):
+    assert error(variant(CONTENT_DIR, f"content_dir = {toml}")) == IN_PACKAGE + problem
+
+
+@pytest.mark.parametrize("toml, problem", [
+    ('"/var"', f"'/var' {SYSTEM}"),
+    ('"/var/lib/outpost/../../../etc"', f"'/var/lib/outpost/../../../etc' {NOT_NORMALISED}"),
+    ('"/boot/repo"', "'/boot/repo' is inside /boot, which never holds a deploy's data"),
+    ('"/srv/repo\\nx"', f"'/srv/repo\\nx' {CONTROL}"),
+    ('"/srv/repo $(id)"', f"'/srv/repo $(id)' {CHARACTERS}"),
+])
+def test_bad_repository_path(error, toml, problem):
+    assert error(variant(REPO_PATH, f"path = {toml}")) == f"[repository]: key 'path': {problem}"
+
+
+@pytest.mark.parametrize("path", [
+    "/var/lib/linkedlist/content",
+    "/srv/linkedlist/content",             # folders with root-owned parents, as the lead plans
+    "/var/lib/outpost/content/linkedlist",
+    "/var/www/linkedlist",
+    "/opt/linkedlist/content",
+    "/srv/linked_list+2.0/content-1",
+])
+def test_good_content_dirs(write, path):
+    assert load(write(variant(CONTENT_DIR, f'content_dir = "{path}"'))).packages[0].content_dir \
+        == path
+
+
+def test_a_newline_in_content_dir_cannot_add_a_line_to_the_apps_env_file(error):
+    # templates/linkedlist.env.j2 writes LINKEDLIST_CONTENT=<content_dir>/current: a newline in
+    # the value would give the app a setting of the inventory's choosing.
+    crafted = "/srv/linkedlist\nLINKEDLIST_LISTEN=0.0.0.0:8080\n#"
+    toml = crafted.replace("\n", "\\n")
+    assert error(variant(CONTENT_DIR, f'content_dir = "{toml}"')) == (
+        f"{IN_PACKAGE}{crafted!r} {CONTROL}")
+
+
+@pytest.mark.parametrize("content_dir, problem", [
+    ("/var/lib/outpost/repo", "'/var/lib/outpost/repo' is [repository] path "
+                              "'/var/lib/outpost/repo'"),
+    ("/var/lib/outpost/repo/content", "'/var/lib/outpost/repo/content' is inside [repository] "
+                                      "path '/var/lib/outpost/repo'"),
+    ("/var/lib/outpost", "'/var/lib/outpost' holds [repository] path '/var/lib/outpost/repo'"),
+])
+def test_content_dir_and_repository_path_are_apart(error, content_dir, problem):
+    assert error(variant(CONTENT_DIR, f'content_dir = "{content_dir}"')) == (
+        f"{IN_PACKAGE}{problem}; each needs a folder of its own")
+
+
+def test_content_dirs_of_two_packages_are_apart(error, write):
+    second = ('[[packages]]\nname = "docs"\ncontent = "docs"\n'
+              'content_dir = "{}"\n')
+    packages = VALID.index("[[hosts]]")
+    text = VALID[:packages] + second.format("/var/lib/linkedlist") + VALID[packages:]
+    assert error(text) == (
+        "[[packages]] #2 (docs): key 'content_dir': '/var/lib/linkedlist' holds [[packages]] #1 "
+        "(linkedlist) content_dir '/var/lib/linkedlist/content'; each needs a folder of its own")
+    text = VALID[:packages] + second.format("/var/lib/linkedlist/content/docs") + VALID[packages:]
+    assert "is inside [[packages]] #1 (linkedlist) content_dir" in error(text)
+    text = VALID[:packages] + second.format("/var/lib/linkedlist/docs") + VALID[packages:]
+    assert load(write(text)).packages[1].content_dir == "/var/lib/linkedlist/docs"
+
+
+USER_PROBLEM = ("is not a usable user name; use up to 32 lowercase letters, digits, '_' and "
+                "'-', starting with a letter or '_'")
+
+
+@pytest.mark.parametrize("user", ["deploy\\nroot", "Deploy", "-deploy", "de ploy", "$(id)",
+                                  "a" * 33, ""])
+def test_ssh_user_must_be_a_user_name(error, user):
+    shown = repr(user.replace("\\n", "\n"))
+    assert error(variant('user = "deploy"', f'user = "{user}"')) == (
+        f"[ssh]: key 'user': {shown} {USER_PROBLEM}")
+
+
+def test_host_user_must_be_a_user_name(error):
+    assert error(variant('name = "ny"', 'name = "ny"\nuser = "deploy\\nx"')) == (
+        f"[[hosts]] #2 (ny): key 'user': 'deploy\\nx' {USER_PROBLEM}")
+
+
+@pytest.mark.parametrize("user", ["deploy", "root", "_lego", "web-1", "a" * 32])
+def test_good_user_names(write, user):
+    assert load(write(variant('user = "deploy"', f'user = "{user}"'))).host("au").user == user
+
+
+@pytest.mark.parametrize("service", ["linkedlist\\nx", "linkedlist reboot", "linked;list",
+                                     "-linkedlist", "../linkedlist", ""])
+def test_service_must_be_a_service_name(error, service):
+    shown = repr(service.replace("\\n", "\n"))
+    assert error(variant('service = "linkedlist"', f'service = "{service}"')) == (
+        f"[[packages]] #1 (linkedlist): key 'service': {shown} is not a usable service name; "
+        "use letters, digits and . _ @ -, starting with a letter or digit")
+
+
+@pytest.mark.parametrize("service", ["linkedlist", "nginx", "agetty@tty1", "Web_2.0"])
+def test_good_service_names(write, service):
+    assert load(write(variant('service = "linkedlist"', f'service = "{service}"'))
+                ).packages[0].service == service
+
+
+def test_region_is_one_line(error):
+    assert error(variant('region = "oceania"', 'region = "oceania\\nX-Evil: 1"')) == (
+        f"[[hosts]] #1 (au): key 'region': 'oceania\\nX-Evil: 1' {CONTROL}")
+    assert error(variant('region = "oceania"', 'region = ""')) == (
+        "[[hosts]] #1 (au): key 'region': must not be empty")
+
+
+def test_cert_host_region_is_one_line(tmp_path):
+    assert repo_inventory_error(tmp_path, 'name = "home"',
+                                'name = "home"\nregion = "home\\roffice"') == (
+        f"[cert_host]: key 'region': 'home\\roffice' {CONTROL}")
+
+
+@pytest.mark.parametrize("region", ["north-america", 'the \\"old\\" world', "$europe", "Île"])
+def test_regions_are_free_text_on_one_line(write, region):
+    # nginx_quote quotes the region for X-Served-By, or refuses what it can't (test_render).
+    inventory = load(write(variant('region = "oceania"', f'region = "{region}"')))
+    assert inventory.host("au").region == region.replace('\\"', '"')
+
+
+@pytest.mark.parametrize("key, old, new, problem", [
+    ("directory", 'directory = "https://198.18.0.30:14000/dir"',
+     'directory = "https://198.18.0.30:14000/dir$(id)"',
+     "'https://198.18.0.30:14000/dir$(id)' is not a URL made of letters, digits and "
+     ". _ ~ / % + = , : @ - (http:// or https://)"),
+    ("directory", 'directory = "https://198.18.0.30:14000/dir"',
+     'directory = "https://198.18.0.30:14000/dir --hook=x"',
+     "'https://198.18.0.30:14000/dir --hook=x' is not a URL made of letters, digits and "
+     ". _ ~ / % + = , : @ - (http:// or https://)"),
+    ("email", 'email = "hostmaster@linkedlist.test"', 'email = "a;reboot@linkedlist.test"',
+     "'a;reboot@linkedlist.test' is not an email address (letters, digits and . _ % + - around "
+     "one @)"),
+])
+def test_acme_values_that_reach_the_cert_host_are_plain_words(tmp_path, key, old, new, problem):
+    # templates/acme/acme.j2 writes both unquoted into lego's command line on the cert host.
+    assert repo_inventory_error(tmp_path, old, new) == f"[acme]: key {key!r}: {problem}"
 
 
 def test_content_needs_content_dir(error):

@@ -2,6 +2,7 @@
 key, our own authorized_keys; it logs in as the current user). Needs root and
 `apt-get install openssh-server rsync`.
 """
+import base64
 import os
 import pwd
 import shutil
@@ -120,6 +121,20 @@ def target(sshd, tmp_path):
     return make_host(sshd.port), ssh
 
 
+def console_fingerprint(public_key: Path) -> str:
+    """What `ssh-keygen -lf` shows for a key on the host's console: "SHA256:..." """
+    shown = subprocess.run(["ssh-keygen", "-lf", str(public_key)], capture_output=True,
+                           text=True, check=True).stdout
+    return shown.split()[1]
+
+
+def presents(sshd) -> str:
+    """The part of a refusal that names the test sshd's key and the command that checks it."""
+    return (f"It presents the ED25519 key {console_fingerprint(sshd.dir / 'host_key.pub')}; "
+            "if `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host's console shows "
+            "the same, ")
+
+
 def pin_other_key(ssh, tmp_path):
     """ssh with a known_hosts that pins a different key for the same host and port."""
     line = ssh.known_hosts.read_text().split()
@@ -195,8 +210,10 @@ def test_changed_host_key_is_refused_and_nothing_runs(sshd, target, tmp_path):
     before = sshd.accepted()
     with pytest.raises(RemoteError) as caught:
         remote.run_script(host, f"touch {marker}", ssh, step="sync")
-    assert str(caught.value).startswith(
-        f"host key for testhost (127.0.0.1) does not match the pinned key in {ssh.known_hosts}")
+    assert str(caught.value) == (
+        f"host key for testhost (127.0.0.1) does not match the pinned key in {ssh.known_hosts}; "
+        f"nothing was sent to it. {presents(sshd)}the host was rebuilt: replace its line in "
+        f"{ssh.known_hosts}")
     assert not marker.exists()
     assert sshd.accepted() == before  # refused before authenticating
 
@@ -208,11 +225,34 @@ def test_unknown_host_is_refused_and_nothing_runs(sshd, target, tmp_path):
                           f"127.0.0.1 {sshd.host_public_key}\n")
     marker = tmp_path / "ran"
     before = sshd.accepted()
-    with pytest.raises(RemoteError, match=rf"host key for testhost \(127.0.0.1\) is unknown: "
-                                          rf"{other_port} has no line for \[127.0.0.1\]:"
-                                          rf"{sshd.port}"):
+    with pytest.raises(RemoteError) as caught:
         remote.run_script(host, f"touch {marker}", replace(ssh, known_hosts=other_port))
+    assert str(caught.value) == (
+        f"host key for testhost (127.0.0.1) is unknown: {other_port} has no line for "
+        f"[127.0.0.1]:{sshd.port}; nothing was sent to it. {presents(sshd)}add the host's line "
+        f"to {other_port}")
     assert not marker.exists()
+    assert sshd.accepted() == before
+
+
+def test_the_client_refuses_an_unpinned_key_by_its_own_policy(sshd, target, tmp_path):
+    # Straight to Fabric's open(), past everything else of Outpost's: the paramiko client it
+    # builds must refuse the key by itself (Fabric's own default accepts any key).
+    from paramiko import RejectPolicy
+
+    host, ssh = target
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    connection = remote._pinned_connection(host, replace(ssh, known_hosts=empty), "sync")
+    assert isinstance(connection.client._policy, RejectPolicy)
+    before = sshd.accepted()
+    try:
+        with pytest.raises(RemoteError) as caught:
+            connection.open()
+        assert not connection.is_connected
+    finally:
+        connection.close()
+    assert presents(sshd) in str(caught.value)
     assert sshd.accepted() == before
 
 
@@ -286,24 +326,31 @@ def test_rsync_over_pinned_ssh_keeps_hardlinks_and_deletes(target, tree, tmp_pat
     assert not (dest / "x86_64" / "old.apk").exists()
 
 
-def test_rsync_refuses_a_changed_host_key(target, tree, tmp_path):
+def test_rsync_refuses_a_changed_host_key(sshd, target, tree, tmp_path):
     host, ssh = target
     ssh = pin_other_key(ssh, tmp_path)
     dest = tmp_path / "dest"
     with pytest.raises(RemoteError) as caught:
         remote.run_local(commands.rsync_argv(tree, host, str(dest), ssh), host, ssh,
                          step="content")
-    assert str(caught.value).startswith(
+    # The fingerprint OpenSSH printed for the key it refused.
+    assert str(caught.value) == (
         "content on host testhost (127.0.0.1): host key for testhost (127.0.0.1) does not match"
-        f" the pinned key in {ssh.known_hosts}")
+        f" the pinned key in {ssh.known_hosts}; nothing was sent to it. {presents(sshd)}the "
+        f"host was rebuilt: replace its line in {ssh.known_hosts}")
     assert not dest.exists()
 
 
-def test_rsync_refuses_an_unknown_host(target, tree, tmp_path):
+def test_rsync_refuses_an_unknown_host(sshd, target, tree, tmp_path):
     host, ssh = target
     ssh.known_hosts.write_text("")
-    with pytest.raises(RemoteError, match=r"host key for testhost \(127.0.0.1\) is unknown"):
+    with pytest.raises(RemoteError) as caught:
         remote.run_local(commands.rsync_argv(tree, host, str(tmp_path / "d"), ssh), host, ssh)
+    # OpenSSH prints no fingerprint for an unknown host: ssh-keyscan asked for it.
+    assert str(caught.value) == (
+        f"host testhost (127.0.0.1): host key for testhost (127.0.0.1) is unknown: "
+        f"{ssh.known_hosts} has no line for [127.0.0.1]:{sshd.port}; nothing was sent to it. "
+        f"{presents(sshd)}add the host's line to {ssh.known_hosts}")
     assert not (tmp_path / "d").exists()
 
 
@@ -367,9 +414,121 @@ def test_ssh_session_failures_name_the_host(sshd, target, tmp_path):
     host, ssh = target
     changed = pin_other_key(ssh, tmp_path)
     with pytest.raises(RemoteError, match=r"^content on host testhost \(127.0.0.1\): host key "
-                                          r"for testhost \(127.0.0.1\) does not match"):
+                                          r"for testhost \(127.0.0.1\) does not match") as caught:
         remote.run_ssh(commands.ssh_argv(changed, host), host, changed, "true", step="content")
+    assert presents(sshd) in str(caught.value)
     closed = replace(host, port=free_port())
     with pytest.raises(RemoteError, match=rf"cannot reach 127.0.0.1 port {closed.port}: "
                                           "connection refused"):
         remote.run_ssh(commands.ssh_argv(ssh, closed), closed, ssh, "true", step="content")
+
+
+# --- host key fingerprints and the programs' environment (pure) ------------------------------
+
+@pytest.mark.parametrize("key_type, kind", [
+    ("ssh-ed25519", "ed25519"), ("ED25519", "ed25519"),
+    ("ecdsa-sha2-nistp256", "ecdsa"), ("ecdsa-sha2-nistp521", "ecdsa"), ("ECDSA", "ecdsa"),
+    ("ssh-rsa", "rsa"), ("rsa-sha2-512", "rsa"), ("RSA", "rsa"), ("ssh-dss", "dsa"),
+])
+def test_key_kind_names_sshds_key_file(key_type, kind):
+    assert remote.key_kind(key_type) == kind
+
+
+@pytest.mark.parametrize("key_type", ["ed25519", "ecdsa", "rsa"])
+def test_fingerprint_is_what_ssh_keygen_shows(tmp_path, key_type):
+    subprocess.run(["ssh-keygen", "-q", "-t", key_type, "-N", "", "-f", str(tmp_path / "key")],
+                   check=True)
+    public = tmp_path / "key.pub"
+    blob = base64.b64decode(public.read_text().split()[1])
+    assert remote.fingerprint(blob) == console_fingerprint(public)
+
+
+def test_program_environment_is_fixed():
+    assert remote.program_environment("/home/wes", ["/opt/rsync/bin/rsync", None,
+                                                    "/usr/bin/ssh-keyscan"]) == {
+        "PATH": "/opt/rsync/bin:/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin:/bin",
+        "HOME": "/home/wes", "LANG": "C", "LC_ALL": "C"}
+
+
+OPERATOR_ENVIRONMENT = {"RSYNC_OLD_ARGS": "1", "RSYNC_PROTECT_ARGS": "0",
+                        "RSYNC_RSH": "ssh -o StrictHostKeyChecking=no",
+                        "SSH_AUTH_SOCK": "/tmp/agent.sock", "LD_PRELOAD": "/tmp/x.so",
+                        "LANG": "de_DE.UTF-8"}
+
+
+@pytest.fixture
+def operator_environment(monkeypatch):
+    """Variables in the operator's shell that would change what rsync and ssh do."""
+    for name, value in OPERATOR_ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_local_programs_run_with_the_fixed_environment_only(target, operator_environment):
+    host, ssh = target
+    shown = remote.run_local(["env"], host, ssh).stdout
+    environment = dict(line.split("=", 1) for line in shown.splitlines())
+    assert environment == remote.program_environment(
+        pwd.getpwuid(os.getuid()).pw_dir, [shutil.which(p) for p in remote.LOCAL_PROGRAMS])
+    assert set(environment) == {"PATH", "HOME", "LANG", "LC_ALL"}
+
+
+def test_an_ssh_session_runs_with_the_fixed_environment_only(target, operator_environment):
+    host, ssh = target
+    # A local shell in ssh's place runs the session's command here (ssh itself overwrites
+    # its /proc environ for its process title): the script shows the environment it got.
+    here = ["sh", "-c", 'eval "$1"', "sh"]
+    shown = remote.run_ssh(here, host, ssh, "env", step="content").stdout
+    environment = dict(line.split("=", 1) for line in shown.splitlines())
+    environment.pop("PWD", None)  # the shell's own
+    assert environment == remote._environment()
+
+
+# --- a crafted remote path, with the operator's RSYNC_OLD_ARGS=1 -----------------------------
+
+def crafted_destination(base: Path) -> tuple[str, Path]:
+    """A destination on the host that a shell would split, and in which it would run
+    `touch <base>/ran` twice (after a ';' and in a '$()'); and that marker. Its parent
+    folders are made here, so the literal path can be created by rsync as one folder."""
+    marker = base / "ran"
+    parent = Path(f"{base}/two words;touch {marker};$(touch {marker})")
+    parent.mkdir(parents=True)
+    return f"{parent}/dest", marker
+
+
+def test_a_crafted_path_reaches_the_host_as_one_literal_path(target, tree, tmp_path,
+                                                             monkeypatch):
+    host, ssh = target
+    monkeypatch.setenv("RSYNC_OLD_ARGS", "1")  # rsync's old way: paths through the host's shell
+    dest, marker = crafted_destination(tmp_path)
+    remote.run_local(commands.rsync_argv(tree, host, dest, ssh), host, ssh, step="sync")
+    assert (Path(dest) / "x86_64" / "Packages.adb").read_bytes() == b"ADB index"
+    assert not marker.exists()
+
+
+def test_secluded_args_alone_keep_the_path_literal(target, tree, tmp_path):
+    # The operator's whole environment, RSYNC_OLD_ARGS=1 included: -s still wins.
+    host, ssh = target
+    dest, marker = crafted_destination(tmp_path)
+    argv = commands.rsync_argv(tree, host, dest, ssh)
+    subprocess.run(argv, env={**os.environ, "RSYNC_OLD_ARGS": "1"}, check=True,
+                   capture_output=True)
+    assert (Path(dest) / "x86_64" / "Packages.adb").exists()
+    assert not marker.exists()
+
+
+def test_the_fixed_environment_alone_keeps_the_path_literal(target, tree, tmp_path,
+                                                            monkeypatch):
+    host, ssh = target
+    unprotected = [arg for arg in commands.rsync_argv(tree, host, "DEST", ssh) if arg != "-s"]
+    # Without -s and with the operator's RSYNC_OLD_ARGS=1, the host's shell runs the path:
+    # what the two guards are for (and proof that this test can see it).
+    dest, marker = crafted_destination(tmp_path / "inherited")
+    subprocess.run([arg.replace("DEST", dest) for arg in unprotected],
+                   env={**os.environ, "RSYNC_OLD_ARGS": "1"}, capture_output=True)
+    assert marker.exists()
+
+    monkeypatch.setenv("RSYNC_OLD_ARGS", "1")
+    dest, marker = crafted_destination(tmp_path / "fixed")
+    remote.run_local([arg.replace("DEST", dest) for arg in unprotected], host, ssh)
+    assert (Path(dest) / "x86_64" / "Packages.adb").exists()
+    assert not marker.exists()
