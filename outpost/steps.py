@@ -735,10 +735,13 @@ def _site_connection(inventory, host, timeout: float) -> _SiteConnection:
     return _SiteConnection(host.address, inventory.site.name, check_context(inventory), timeout)
 
 
-def site_request(inventory, host, path: str, timeout: float = 5.0) -> tuple[int, dict, bytes]:
+def site_request(inventory, host, path: str, timeout: float = 5.0,
+                 context: ssl.SSLContext | None = None) -> tuple[int, dict, bytes]:
     """GET path from host through nginx as the check does: trusting only what site_context
-    trusts, with the check's client certificate. (status, headers, body)."""
-    connection = _site_connection(inventory, host, timeout)
+    trusts, with the check's client certificate; or with `context` instead (a visitor's:
+    site_context). (status, headers, body)."""
+    connection = (_site_connection(inventory, host, timeout) if context is None
+                  else _SiteConnection(host.address, inventory.site.name, context, timeout))
     try:
         connection.request("GET", path)
         response = connection.getresponse()

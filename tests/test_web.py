@@ -128,17 +128,6 @@ def test_pages_and_errors_carry_the_security_headers(site):
         assert "X-Linkedlist-Version" not in headers, path
 
 
-def visitor_request(inv, host, path):
-    """GET path as a visitor: the site's trust, no client certificate."""
-    connection = steps._SiteConnection(host.address, inv.site.name, steps.site_context(inv), 5)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
-
-
 def plain_health(inv, host):
     """What gdnsd's checker asks: GET /_health on port 80 with the site's name as Host."""
     connection = http.client.HTTPConnection(host.address, 80, timeout=5)
@@ -157,7 +146,8 @@ def test_health_details_go_to_the_checks_client_certificate_only(site):
     status, _, body = steps.site_request(inv, host, "/_health")
     assert status == 200 and json.loads(body)["version"] == template_version(site)
     # A visitor: refused, with nginx's page and nothing of the app's.
-    status, headers, body = visitor_request(inv, host, "/_health")
+    status, headers, body = steps.site_request(inv, host, "/_health",
+                                               context=steps.site_context(inv))
     assert status == 403 and b"version" not in body and b"content" not in body
     assert {name: headers.get(name) for name in HARDENING} == HARDENING
     # A client certificate from another CA is no better: nginx refuses the request.
@@ -165,13 +155,8 @@ def test_health_details_go_to_the_checks_client_certificate_only(site):
     other = tls.ensure_client_certificate(other_ca, site / "build" / "other-client")
     context = ssl.create_default_context(cadata=steps.acme_roots(inv))
     context.load_cert_chain(*other)
-    connection = steps._SiteConnection(host.address, inv.site.name, context, 5)
-    try:
-        connection.request("GET", "/_health")
-        response = connection.getresponse()
-        assert response.status == 400 and b"version" not in response.read()
-    finally:
-        connection.close()
+    status, _, body = steps.site_request(inv, host, "/_health", context=context)
+    assert status == 400 and b"version" not in body
     # The host verifies with the local CA's certificate, and holds no key of it.
     on_host = fleet.from_inventory(inv).run_on("au", ["cat", "/etc/nginx/outpost/client-ca.pem"])
     assert on_host.stdout == tls.ca_paths(inv.site.ca)[0].read_text()
