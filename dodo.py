@@ -90,6 +90,12 @@ def task_certificate():
         yield {"basename": "certificate", **config.certificate(INVENTORY)}
 
 
+def task_client_certificate():
+    """The check's TLS client certificate, from the local CA: nginx shows /_health's details
+    only to it."""
+    return {"basename": "client-certificate", **config.client_certificate(INVENTORY)}
+
+
 def task_acme():
     """The cert host: set up lego, and have it issue the site's certificate."""
     yield from _tasks(acme.acme_tasks)

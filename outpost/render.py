@@ -86,16 +86,18 @@ def _package(package) -> dict:
 
 
 def tls_paths(inventory) -> dict:
-    """The site's certificate (PEM, the chain nginx sends) and key, as nginx.conf names them.
-    From ACME: the one file the cert host's lego pushes, chain and key together. From the
-    local CA: relative paths, so beside the site file; nginx resolves them against the folder
-    of the nginx.conf it runs with, so a staged copy of the whole folder is checked (nginx -t
-    -c) with its own certificate, before anything is switched."""
+    """The site's certificate (PEM, the chain nginx sends) and key, as nginx.conf names them,
+    and the local CA's certificate (client_ca) that nginx verifies the check's client
+    certificate with. From ACME: the one file the cert host's lego pushes, chain and key
+    together. From the local CA: relative paths, so beside the site file; nginx resolves them
+    against the folder of the nginx.conf it runs with, so a staged copy of the whole folder is
+    checked (nginx -t -c) with its own certificate, before anything is switched."""
+    client_ca = f"{NGINX_SITES}/client-ca.pem"
     if inventory.acme is not None:
-        return {"certificate": acme.SITE_PEM, "key": acme.SITE_PEM}
+        return {"certificate": acme.SITE_PEM, "key": acme.SITE_PEM, "client_ca": client_ca}
     site_name = inventory.site.name
     return {"certificate": f"{NGINX_SITES}/{site_name}.pem",
-            "key": f"{NGINX_SITES}/{site_name}.key"}
+            "key": f"{NGINX_SITES}/{site_name}.key", "client_ca": client_ca}
 
 
 def _nginx(site_name: str) -> dict:
@@ -161,20 +163,24 @@ def doas_conf(inventory, host) -> str:
 
 
 def host_files(inventory, host) -> list[HostFile]:
-    """The files a host gets from templates/: nginx's pair and the site certificate and key
-    (copied, not rendered; nginx reloads when any of the four changes), and an env-file for
-    each package that has a templates/<package>.env.j2 (restart its service)."""
+    """The files a host gets from templates/: nginx's pair, the local CA's certificate (nginx
+    verifies the check's client certificate with it) and, without ACME, the site certificate
+    and key (copied, not rendered; nginx reloads when any of these changes), and an env-file
+    for each package that has a templates/<package>.env.j2 (restart its service)."""
     nginx = _nginx(inventory.site.name)
     nginx_dir = PurePosixPath(nginx["conf"]).parent
+    tls_on_host = tls_paths(inventory)
     files = [
         HostFile("nginx/nginx.conf.j2", nginx["conf"], 0o644, "nginx", "reload"),
         HostFile("nginx/site.conf.j2", str(nginx_dir / nginx["site"]), 0o644, "nginx", "reload"),
+        # Public: the CA's key stays on this machine (keys/ca), with ACME too.
+        HostFile(None, str(nginx_dir / tls_on_host["client_ca"]), 0o644, "nginx", "reload",
+                 tls.ca_paths(inventory.site.ca)[0]),
     ]
     if inventory.acme is None:
         # The local CA's site certificate and key (the same on every host), beside the site
         # file. An ACME certificate comes from the cert host instead, never through here.
         certificate, key = tls.site_paths(inventory.site.certificates)
-        tls_on_host = tls_paths(inventory)
         files += [
             HostFile(None, str(nginx_dir / tls_on_host["certificate"]), 0o644, "nginx",
                      "reload", certificate),

@@ -92,10 +92,13 @@ def certificate(inventory):
 def _certificate_inputs(inventory) -> dict:
     """The site's name and the sha256 of the CA certificate, site certificate and key."""
     site = inventory.site
-    paths = [tls.ca_paths(site.ca)[0], *tls.site_paths(site.certificates)]
     return {"name": site.name,
-            **{str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
-               for p in paths}}
+            **_file_hashes([tls.ca_paths(site.ca)[0], *tls.site_paths(site.certificates)])}
+
+
+def _file_hashes(paths) -> dict:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
+            for p in paths}
 
 
 def certificate_is_current(inventory, values: dict) -> bool:
@@ -103,6 +106,27 @@ def certificate_is_current(inventory, values: dict) -> bool:
     is not yet due for renewal. Compares hashes only, so a no-op run never parses a certificate
     (nor loads cryptography); any change sends it to tls.ensure_site_certificate's full check."""
     return (values.get("made_from") == _certificate_inputs(inventory)
+            and time.time() < values.get("renew_after", 0))
+
+
+def client_certificate(inventory):
+    """Make or renew the check's client certificate (tls.ensure_client_certificate), which
+    nginx asks for before it shows /_health's details; record what it was made from."""
+    site = inventory.site
+    certificate, _ = tls.ensure_client_certificate(site.ca, site.certificates)
+    say(f"the check's client certificate: {certificate}")
+    return {"made_from": _client_certificate_inputs(inventory),
+            "renew_after": tls.client_renew_after(site.certificates)}
+
+
+def _client_certificate_inputs(inventory) -> dict:
+    site = inventory.site
+    return _file_hashes([tls.ca_paths(site.ca)[0], *tls.client_paths(site.certificates)])
+
+
+def client_certificate_is_current(inventory, values: dict) -> bool:
+    """doit uptodate, as certificate_is_current: hashes only, no cryptography."""
+    return (values.get("made_from") == _client_certificate_inputs(inventory)
             and time.time() < values.get("renew_after", 0))
 
 
@@ -753,14 +777,38 @@ def site_context(inventory) -> ssl.SSLContext:
     return _context_of_roots(acme_roots(inventory))
 
 
+def check_context(inventory) -> ssl.SSLContext:
+    """site_context's trust, presenting the check's client certificate (made by the
+    client-certificate task): nginx gives /_health's details to this client only."""
+    certificate, key = tls.client_paths(inventory.site.certificates)
+    if inventory.acme is None:
+        return _context_with_client(None, tls.ca_paths(inventory.site.ca)[0], certificate, key)
+    return _context_with_client(acme_roots(inventory), None, certificate, key)
+
+
+@functools.cache  # as _context_of_file: once per run (a failure is not kept)
+def _context_with_client(roots: str | None, ca: Path | None, certificate: Path,
+                         key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca) if ca else None, cadata=roots)
+    try:
+        context.load_cert_chain(certificate, key)
+    except (OSError, ssl.SSLError) as error:
+        raise OutpostError(f"{certificate}: the check's client certificate can't be loaded "
+                           f"({error}); `doit client-certificate` makes it") from None
+    return context
+
+
 def _site_connection(inventory, host, timeout: float) -> _SiteConnection:
-    return _SiteConnection(host.address, inventory.site.name, site_context(inventory), timeout)
+    return _SiteConnection(host.address, inventory.site.name, check_context(inventory), timeout)
 
 
-def site_request(inventory, host, path: str, timeout: float = 5.0) -> tuple[int, dict, bytes]:
-    """GET path from host through nginx, trusting only what site_context trusts.
-    (status, headers, body)."""
-    connection = _site_connection(inventory, host, timeout)
+def site_request(inventory, host, path: str, timeout: float = 5.0,
+                 context: ssl.SSLContext | None = None) -> tuple[int, dict, bytes]:
+    """GET path from host through nginx as the check does: trusting only what site_context
+    trusts, with the check's client certificate; or with `context` instead (a visitor's:
+    site_context). (status, headers, body)."""
+    connection = (_site_connection(inventory, host, timeout) if context is None
+                  else _SiteConnection(host.address, inventory.site.name, context, timeout))
     try:
         connection.request("GET", path)
         response = connection.getresponse()
@@ -815,6 +863,9 @@ def _health(inventory, host, timeout: float = 5.0) -> dict | str:
         status, body = _kept_request(inventory, host, "/_health", timeout=timeout)
     except (OSError, ssl.SSLError, http.client.HTTPException) as error:
         return str(error)
+    if status == 403:
+        return ("HTTP 403: nginx did not take the check's client certificate (was it signed "
+                "by the CA in the host's client-ca.pem?)")
     if status != 200:
         return f"HTTP {status}"
     try:
@@ -914,11 +965,12 @@ _health_seen: dict = {}
 _health_lock = threading.Lock()
 
 
-def _plain_health(host, timeout: float = 2.0) -> bool:
-    """What gdnsd's checker asks each host: GET /_health on port 80, HTTP 200 or not."""
+def _plain_health(host, site_name: str, timeout: float = 2.0) -> bool:
+    """What gdnsd's checker asks each host: GET /_health on port 80 with the site's name as
+    Host (its `vhost`: nginx closes the connection for any other), HTTP 200 or not."""
     connection = http.client.HTTPConnection(host.address, 80, timeout=timeout)
     try:
-        connection.request("GET", geodns.HEALTH_PATH)
+        connection.request("GET", geodns.HEALTH_PATH, headers={"Host": site_name})
         return connection.getresponse().status == 200
     except (OSError, http.client.HTTPException):
         return False
@@ -936,7 +988,8 @@ def healthy_hosts(inventory) -> set[str]:
             return seen[1]
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
             up = dict(zip([h.name for h in inventory.hosts],
-                          pool.map(_plain_health, inventory.hosts)))
+                          pool.map(lambda h: _plain_health(h, inventory.site.name),
+                                   inventory.hosts)))
         healthy = {name for name, ok in up.items() if ok}
         _health_seen[inventory.path] = (time.monotonic(), healthy)
         return healthy

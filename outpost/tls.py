@@ -6,8 +6,12 @@
     ensure_site_certificate(ca_dir, cert_dir, site_name) -> (cert_path, key_path)
         <cert_dir>/site.pem and site.key, signed by the CA, remade when renewal_reason says
         (fixed names: a new site name renews the same files, which stay the same doit targets).
+    ensure_client_certificate(ca_dir, cert_dir) -> (cert_path, key_path)
+        <cert_dir>/client.pem and client.key: the check's client certificate, which nginx asks
+        for before it shows /_health's details (templates/nginx/site.conf.j2). It stays here.
 
-Only the site's certificate and key go to hosts; the CA's key never leaves this machine.
+Only the site's certificate and key, and the CA's certificate (for nginx to verify the check's
+client certificate with), go to hosts; the CA's key never leaves this machine.
 Keys are written with mode 0600 before any byte of them is, and every file is replaced
 atomically, so an interrupted run leaves either the old file or the new one.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import threading
 from pathlib import Path
 
 from outpost.errors import OutpostError
@@ -23,6 +28,7 @@ from outpost.errors import OutpostError
 # the top: the task definitions import this module for its paths only.
 
 CA_NAME = "Outpost local CA"
+CLIENT_NAME = "Outpost check"
 CA_VALIDITY = datetime.timedelta(days=3650)
 SITE_VALIDITY = datetime.timedelta(days=365)
 RENEW_BEFORE = datetime.timedelta(days=30)
@@ -34,6 +40,10 @@ def ca_paths(ca_dir: Path) -> tuple[Path, Path]:
 
 def site_paths(cert_dir: Path) -> tuple[Path, Path]:
     return Path(cert_dir) / "site.pem", Path(cert_dir) / "site.key"
+
+
+def client_paths(cert_dir: Path) -> tuple[Path, Path]:
+    return Path(cert_dir) / "client.pem", Path(cert_dir) / "client.key"
 
 
 def _now() -> datetime.datetime:
@@ -81,8 +91,18 @@ def _load(cert_path: Path, key_path: Path):
     return cert, key
 
 
+# doit runs tasks in threads, and more than one task may be the first to need the CA (the
+# site's certificate, the check's, the fleet's ACME server): one of them makes it.
+_ca_lock = threading.Lock()
+
+
 def ensure_ca(ca_dir: Path) -> tuple[Path, Path]:
     """The local CA's certificate and key, made only when neither exists."""
+    with _ca_lock:
+        return _ensure_ca(ca_dir)
+
+
+def _ensure_ca(ca_dir: Path) -> tuple[Path, Path]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -111,7 +131,7 @@ def ensure_ca(ca_dir: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))  # clocks differ a little
         .not_valid_after(now + CA_VALIDITY)
-        # It signs site certificates only, never another CA.
+        # It signs site and client certificates only, never another CA.
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
                                      key_encipherment=False, data_encipherment=False,
@@ -127,14 +147,23 @@ def ensure_ca(ca_dir: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def renewal_reason(ca_dir: Path, cert_dir: Path, site_name: str) -> str | None:
-    """Why the site's certificate must be (re)made, or None when it is fine: missing, another
-    name, not signed by this CA, its key doesn't match, or it expires within RENEW_BEFORE.
-    Reads only; a doit `uptodate` can call it."""
+def _dns_names(cert) -> list[str]:
+    from cryptography import x509
+
+    try:
+        return cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        return []
+
+
+def _renewal_reason(ca_dir: Path, cert_path: Path, key_path: Path, wrong_subject) -> str | None:
+    """Why the certificate at cert_path (key at key_path) must be (re)made, or None: missing,
+    wrong_subject(cert) says something, not signed by the CA in ca_dir, its key doesn't match,
+    or it expires within RENEW_BEFORE."""
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
 
-    cert_path, key_path = site_paths(cert_dir)
     ca_cert_path, _ = ca_paths(ca_dir)
     if not cert_path.exists() or not key_path.exists():
         return "it does not exist"
@@ -145,13 +174,9 @@ def renewal_reason(ca_dir: Path, cert_dir: Path, site_name: str) -> str | None:
     except OutpostError as error:
         return str(error)
     ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
-    try:
-        names = cert.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
-    except x509.ExtensionNotFound:
-        names = []
-    if names != [site_name]:
-        return f"it is for {', '.join(names) or 'no name'}, not {site_name}"
+    subject_problem = wrong_subject(cert)
+    if subject_problem:
+        return subject_problem
     try:
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature):
@@ -163,54 +188,112 @@ def renewal_reason(ca_dir: Path, cert_dir: Path, site_name: str) -> str | None:
     return None
 
 
+def renewal_reason(ca_dir: Path, cert_dir: Path, site_name: str) -> str | None:
+    """Why the site's certificate must be (re)made, or None when it is fine: missing, another
+    name, not signed by this CA, its key doesn't match, or it expires within RENEW_BEFORE.
+    Reads only; a doit `uptodate` can call it."""
+    def wrong_name(cert):
+        names = _dns_names(cert)
+        if names != [site_name]:
+            return f"it is for {', '.join(names) or 'no name'}, not {site_name}"
+        return None
+
+    return _renewal_reason(ca_dir, *site_paths(cert_dir), wrong_name)
+
+
+def client_renewal_reason(ca_dir: Path, cert_dir: Path) -> str | None:
+    """As renewal_reason, for the check's client certificate (which names no site)."""
+    return _renewal_reason(ca_dir, *client_paths(cert_dir), lambda cert: None)
+
+
 def renew_after(cert_dir: Path) -> float:
     """When (a Unix time) the site certificate enters its last RENEW_BEFORE and must be renewed."""
+    return _renew_after(site_paths(cert_dir)[0])
+
+
+def client_renew_after(cert_dir: Path) -> float:
+    """As renew_after, for the check's client certificate."""
+    return _renew_after(client_paths(cert_dir)[0])
+
+
+def _renew_after(cert_path: Path) -> float:
     from cryptography import x509
 
-    cert = x509.load_pem_x509_certificate(site_paths(cert_dir)[0].read_bytes())
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     return (cert.not_valid_after_utc - RENEW_BEFORE).timestamp()
+
+
+def _issue(ca_dir: Path, common_name: str, alternative_names: list, usage,
+           validity: datetime.timedelta) -> tuple[bytes, bytes]:
+    """A new key and a certificate for it (PEM, in memory) from the local CA (made if
+    missing): subject common_name, SAN alternative_names (none when empty), extended key usage
+    `usage` (an ExtendedKeyUsageOID), valid for `validity` but never beyond the CA."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_cert, ca_key = _load(*ensure_ca(ca_dir))
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(min(now + validity, ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        # An ECDSA key signs the handshake, and does nothing else.
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+    )
+    if alternative_names:
+        # Clients match the name against the SAN only (RFC 6125); the CN is for people.
+        builder = builder.add_extension(x509.SubjectAlternativeName(alternative_names),
+                                        critical=False)
+    return _cert_pem(builder.sign(ca_key, hashes.SHA256())), _key_pem(key)
+
+
+def _write_pair(cert_path: Path, key_path: Path, pair: tuple[bytes, bytes]) -> None:
+    cert_pem, key_pem = pair
+    # Key first: a run cut short between the two leaves a key that doesn't match the old
+    # certificate, which the renewal check notices next time.
+    _write(key_path, key_pem, 0o600)
+    _write(cert_path, cert_pem, 0o644)
 
 
 def ensure_site_certificate(ca_dir: Path, cert_dir: Path, site_name: str) -> tuple[Path, Path]:
     """The site's certificate and key, signed by the local CA (made if missing); kept as they
     are while renewal_reason finds nothing wrong, so their mtimes only change on renewal."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     cert_path, key_path = site_paths(cert_dir)
-    ca_cert_path, ca_key_path = ensure_ca(ca_dir)
-    if renewal_reason(ca_dir, cert_dir, site_name) is None:
-        return cert_path, key_path
+    ensure_ca(ca_dir)
+    if renewal_reason(ca_dir, cert_dir, site_name) is not None:
+        _write_pair(cert_path, key_path, _issue(ca_dir, site_name, [x509.DNSName(site_name)],
+                                                ExtendedKeyUsageOID.SERVER_AUTH, SITE_VALIDITY))
+    return cert_path, key_path
 
-    ca_cert, ca_key = _load(ca_cert_path, ca_key_path)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, site_name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(min(now + SITE_VALIDITY, ca_cert.not_valid_after_utc))
-        # Clients match the name against the SAN only (RFC 6125); the CN is for people.
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(site_name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, key_cert_sign=False, crl_sign=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    # Key first: a run cut short between the two leaves a key that doesn't match the old
-    # certificate, which renewal_reason notices next time.
-    _write(key_path, _key_pem(key), 0o600)
-    _write(cert_path, _cert_pem(cert), 0o644)
+
+def ensure_client_certificate(ca_dir: Path, cert_dir: Path) -> tuple[Path, Path]:
+    """The check's client certificate and key, signed by the local CA (made if missing); kept
+    while client_renewal_reason finds nothing wrong. nginx shows /_health's details only to
+    a client that presents it; it never leaves this machine."""
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    cert_path, key_path = client_paths(cert_dir)
+    ensure_ca(ca_dir)
+    if client_renewal_reason(ca_dir, cert_dir) is not None:
+        _write_pair(cert_path, key_path, _issue(ca_dir, CLIENT_NAME, [],
+                                                ExtendedKeyUsageOID.CLIENT_AUTH, SITE_VALIDITY))
     return cert_path, key_path
 
 
@@ -221,25 +304,7 @@ def address_certificate(ca_dir: Path, address: str, days: int = 30) -> tuple[byt
     import ipaddress
 
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    ca_cert, ca_key = _load(*ensure_ca(ca_dir))
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
-                       critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return _cert_pem(cert), _key_pem(key)
+    return _issue(ca_dir, address, [x509.IPAddress(ipaddress.ip_address(address))],
+                  ExtendedKeyUsageOID.SERVER_AUTH, datetime.timedelta(days=days))

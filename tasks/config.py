@@ -1,4 +1,4 @@
-"""The web tier: the site certificate, then per host bootstrap (base packages, nginx enabled)
+"""The web tier: the site certificate and the check's, then per host bootstrap (base packages, nginx enabled)
 and config (files from templates/, checked by nginx -t before they are switched in)."""
 from doit.tools import config_changed
 
@@ -16,6 +16,21 @@ def certificate(inventory):
         "targets": [str(certificate), str(key)],
         # Renewed when missing, for another name or CA, or within 30 days of expiry.
         "uptodate": [lambda task, values: steps.certificate_is_current(inventory, values)],
+        "clean": [remove(certificate, key)],
+    }
+
+
+def client_certificate(inventory):
+    """The check's client certificate, from the local CA (with ACME too: the local CA stays
+    on this machine for this). Its targets include the CA's certificate, which config sends
+    to the hosts, so config runs after it; clean keeps the CA."""
+    site = inventory.site
+    certificate, key = tls.client_paths(site.certificates)
+    return {
+        "doc": "Make the check's TLS client certificate from the local CA (kept by clean)",
+        "actions": [action(steps.client_certificate, inventory)],
+        "targets": [str(tls.ca_paths(site.ca)[0]), str(certificate), str(key)],
+        "uptodate": [lambda task, values: steps.client_certificate_is_current(inventory, values)],
         "clean": [remove(certificate, key)],
     }
 

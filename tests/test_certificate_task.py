@@ -1,29 +1,45 @@
-"""The certificate task's up-to-date check: hashes only, never parsing the certificate."""
+"""The certificate tasks' up-to-date checks (the site's, the check's client certificate):
+hashes only, never parsing a certificate."""
 import json
 import subprocess
 import sys
 
+import pytest
+
 from outpost import inventory, steps
 
+# (make, is_current, a file it is made from) of each task.
+TASKS = {"certificate": ("certificate", "certificate_is_current", "build/tls/site.key"),
+         "client-certificate": ("client_certificate", "client_certificate_is_current",
+                                "build/tls/client.key"),
+         # The CA that nginx verifies the check's certificate with is another file.
+         "client-certificate, CA": ("client_certificate", "client_certificate_is_current",
+                                    "keys/ca/ca.pem")}
 
-def test_certificate_is_current_until_an_input_changes_or_renewal_is_due(project):
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_certificate_is_current_until_an_input_changes_or_renewal_is_due(project, task):
+    make, is_current, made_from = TASKS[task]
     inv = inventory.load(project / "inventory.toml")
-    values = steps.certificate(inv)
-    assert steps.certificate_is_current(inv, values)
-    assert not steps.certificate_is_current(inv, {})  # never made
-    assert not steps.certificate_is_current(inv, {**values, "renew_after": 0})  # due
-    key = inv.site.certificates / "site.key"
-    key.write_bytes(key.read_bytes() + b"\n")
-    assert not steps.certificate_is_current(inv, values)  # a file changed under it
+    values = getattr(steps, make)(inv)
+    current = getattr(steps, is_current)
+    assert current(inv, values)
+    assert not current(inv, {})  # never made
+    assert not current(inv, {**values, "renew_after": 0})  # due
+    changed = project / made_from
+    changed.write_bytes(changed.read_bytes() + b"\n")
+    assert not current(inv, values)  # a file changed under it
 
 
-def test_the_check_loads_no_cryptography(project):
+@pytest.mark.parametrize("task", ["certificate", "client-certificate"])
+def test_the_check_loads_no_cryptography(project, task):
+    make, is_current, _ = TASKS[task]
     inv = inventory.load(project / "inventory.toml")
-    (project / "values.json").write_text(json.dumps(steps.certificate(inv)))
+    (project / "values.json").write_text(json.dumps(getattr(steps, make)(inv)))
     code = ("import json, sys\n"
             "from outpost import inventory, steps\n"
             "inv = inventory.load('inventory.toml')\n"
-            "assert steps.certificate_is_current(inv, json.load(open('values.json')))\n"
+            f"assert steps.{is_current}(inv, json.load(open('values.json')))\n"
             "print(sorted(m for m in sys.modules if m.startswith('cryptography')))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True,
                          text=True, check=True).stdout

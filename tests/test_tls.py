@@ -139,3 +139,55 @@ def test_an_unreadable_certificate_is_renewed(tmp_path):
         f"{cert}: not a readable PEM certificate")
     tls.ensure_site_certificate(tmp_path / "ca", tmp_path / "tls", SITE)
     assert san(cert) == [SITE]
+
+
+def test_client_certificate_is_for_client_authentication_from_the_same_ca(tmp_path):
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    site, _ = tls.ensure_site_certificate(tmp_path / "ca", tmp_path / "tls", SITE)
+    cert, key = tls.ensure_client_certificate(tmp_path / "ca", tmp_path / "tls")
+    assert (cert, key) == tls.client_paths(tmp_path / "tls")
+    ca_cert, _ = tls.ca_paths(tmp_path / "ca")
+    result = openssl_verify_purpose(ca_cert, cert, "sslclient")
+    assert result.stdout.strip() == f"{cert}: OK", result.stdout + result.stderr
+    # A client certificate only: it can't pass for the site.
+    assert openssl_verify_purpose(ca_cert, cert, "sslserver").returncode != 0
+    assert openssl_verify_purpose(ca_cert, site, "sslclient").returncode != 0
+    parsed = x509.load_pem_x509_certificate(cert.read_bytes())
+    assert list(parsed.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert mode(key) == 0o600
+
+
+def openssl_verify_purpose(ca_cert, cert, purpose):
+    return subprocess.run(["openssl", "verify", "-CAfile", str(ca_cert), "-purpose", purpose,
+                           str(cert)], capture_output=True, text=True)
+
+
+def test_client_certificate_is_kept_then_renewed_when_the_ca_changes(tmp_path):
+    cert, key = tls.ensure_client_certificate(tmp_path / "ca", tmp_path / "tls")
+    before = identity(cert), identity(key)
+    assert tls.client_renewal_reason(tmp_path / "ca", tmp_path / "tls") is None
+    tls.ensure_client_certificate(tmp_path / "ca", tmp_path / "tls")
+    assert (identity(cert), identity(key)) == before
+    (tmp_path / "ca").rename(tmp_path / "old-ca")
+    tls.ensure_ca(tmp_path / "ca")
+    assert (tls.client_renewal_reason(tmp_path / "ca", tmp_path / "tls")
+            == f"it is not signed by the CA in {tmp_path / 'ca'}")
+    tls.ensure_client_certificate(tmp_path / "ca", tmp_path / "tls")
+    assert openssl_verify(tls.ca_paths(tmp_path / "ca")[0], cert).returncode == 0
+
+
+def test_threads_that_need_the_ca_at_once_share_one(tmp_path):
+    # As doit's threads: the site's certificate, the check's, the fleet's ACME server's.
+    import concurrent.futures
+
+    ca_dir = tmp_path / "ca"
+    jobs = [lambda: tls.ensure_client_certificate(ca_dir, tmp_path / "client")[0],
+            lambda: tls.ensure_site_certificate(ca_dir, tmp_path / "site", SITE)[0],
+            lambda: tls.address_certificate(ca_dir, "198.18.0.30")[0]]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        made = list(pool.map(lambda job: job(), jobs))
+    (tmp_path / "address.pem").write_bytes(made[2])
+    for cert in (made[0], made[1], tmp_path / "address.pem"):
+        assert openssl_verify(tls.ca_paths(ca_dir)[0], cert).returncode == 0, cert

@@ -3,14 +3,16 @@ health check's table, a per-host template variable, a broken template, strict re
 Real doit runs in a subprocess; the tests share one fleet and run in order."""
 import hashlib
 import http.client
+import json
 import re
+import socket
 import ssl
 import threading
 
 import pytest
 
-from helpers import fleet_project, ran_tasks, run_doit, wait_for
-from outpost import fleet, inventory, steps
+from helpers import fleet_project, ran_tasks, run_doit, template_version, wait_for
+from outpost import fleet, inventory, steps, tls
 
 HOSTS = ("au", "fr", "ny")
 ADDRESSES = {"au": "198.19.78.11", "ny": "198.19.78.12", "fr": "198.19.78.13"}
@@ -67,6 +69,115 @@ def http_redirect(inv, host):
     connection.request("GET", "/entries/", headers={"Host": inv.site.name})
     response = connection.getresponse()
     return f"{response.status} {response.getheader('Location')}"
+
+
+def handshake(host, context, name):
+    """The TLS version and cipher nginx at host agrees to with context for SNI `name`, or the
+    reason it refused."""
+    with socket.create_connection((host.address, 443), timeout=5) as sock:
+        try:
+            with context.wrap_socket(sock, server_hostname=name) as tls_sock:
+                return tls_sock.version(), tls_sock.cipher()[0]
+        except ssl.SSLError as error:
+            return error.reason
+
+
+def test_tls_12_with_only_cbc_suites_is_refused_and_an_aead_suite_is_taken(site):
+    inv = load(site)
+    cbc_only = ssl.create_default_context(cadata=steps.acme_roots(inv))
+    cbc_only.maximum_version = ssl.TLSVersion.TLSv1_2
+    cbc_only.set_ciphers("ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA:AES128-SHA")
+    aead = ssl.create_default_context(cadata=steps.acme_roots(inv))
+    aead.maximum_version = ssl.TLSVersion.TLSv1_2
+    for host in inv.hosts:
+        assert handshake(host, cbc_only, inv.site.name) == "SSLV3_ALERT_HANDSHAKE_FAILURE"
+        version, cipher = handshake(host, aead, inv.site.name)
+        assert version == "TLSv1.2" and cipher.startswith("ECDHE-ECDSA-") and (
+            "GCM" in cipher or "CHACHA20" in cipher), cipher
+
+
+def test_an_unknown_name_gets_no_handshake_and_no_page(site):
+    inv = load(site)
+    # Verification off: a refusal here is nginx's, not this client's.
+    anything = ssl.create_default_context()
+    anything.check_hostname = False
+    anything.verify_mode = ssl.CERT_NONE
+    for host in inv.hosts:
+        assert handshake(host, anything, "other.example") == "TLSV1_UNRECOGNIZED_NAME"
+        assert handshake(host, anything, inv.site.name)[0] in ("TLSv1.2", "TLSv1.3")
+        # Port 80: a Host that isn't the site's is closed unanswered (nginx's 444).
+        connection = http.client.HTTPConnection(host.address, 80, timeout=5)
+        connection.request("GET", "/", headers={"Host": host.address})
+        with pytest.raises(http.client.RemoteDisconnected):
+            connection.getresponse()
+        connection.close()
+
+
+HARDENING = {"Strict-Transport-Security": "max-age=63072000", "X-Content-Type-Options": "nosniff",
+             "Referrer-Policy": "strict-origin-when-cross-origin"}
+
+
+def test_pages_and_errors_carry_the_security_headers(site):
+    inv = load(site)
+    host = inv.host("fr")
+    for path, status in (("/", 200), ("/no-such-page", 404), ("/_health", 200)):
+        got, headers, _ = steps.site_request(inv, host, path)
+        assert got == status, path
+        assert {name: headers.get(name) for name in HARDENING} == HARDENING, path
+        assert headers["X-Served-By"] == "fr (europe)"
+        assert "X-Linkedlist-Version" not in headers, path
+
+
+def plain_health(inv, host):
+    """What gdnsd's checker asks: GET /_health on port 80 with the site's name as Host."""
+    connection = http.client.HTTPConnection(host.address, 80, timeout=5)
+    try:
+        connection.request("GET", "/_health", headers={"Host": inv.site.name})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_health_details_go_to_the_checks_client_certificate_only(site):
+    inv = load(site)
+    host = inv.host("au")
+    # The check, with the client certificate the local CA made: the details.
+    status, _, body = steps.site_request(inv, host, "/_health")
+    assert status == 200 and json.loads(body)["version"] == template_version(site)
+    # A visitor: refused, with nginx's page and nothing of the app's.
+    status, headers, body = steps.site_request(inv, host, "/_health",
+                                               context=steps.site_context(inv))
+    assert status == 403 and b"version" not in body and b"content" not in body
+    assert {name: headers.get(name) for name in HARDENING} == HARDENING
+    # A client certificate from another CA is no better: nginx refuses the request.
+    other_ca = site / "build" / "other-ca"
+    other = tls.ensure_client_certificate(other_ca, site / "build" / "other-client")
+    context = ssl.create_default_context(cadata=steps.acme_roots(inv))
+    context.load_cert_chain(*other)
+    status, _, body = steps.site_request(inv, host, "/_health", context=context)
+    assert status == 400 and b"version" not in body
+    # The host verifies with the local CA's certificate, and holds no key of it.
+    on_host = fleet.from_inventory(inv).run_on("au", ["cat", "/etc/nginx/outpost/client-ca.pem"])
+    assert on_host.stdout == tls.ca_paths(inv.site.ca)[0].read_text()
+    # Port 80 (gdnsd's checker): the status, no details.
+    assert plain_health(inv, host) == (200, b"ok\n")
+
+
+def test_port_80_health_is_200_only_while_the_app_answers(site):
+    inv = load(site)
+    host = inv.host("au")
+    hosts_fleet = fleet.from_inventory(inv)
+    assert plain_health(inv, host)[0] == 200
+    result = hosts_fleet.run_on("au", ["dinitctl", "stop", "linkedlist"])
+    assert result.returncode == 0, result.stderr
+    try:
+        status, body = plain_health(inv, host)
+        assert status == 500 and b"version" not in body
+    finally:
+        result = hosts_fleet.run_on("au", ["dinitctl", "start", "linkedlist"])
+    assert result.returncode == 0, result.stderr
+    assert wait_for(lambda: plain_health(inv, host)[0] == 200, "au's app to answer again")
 
 
 def test_check_alone_prints_the_table(site):
