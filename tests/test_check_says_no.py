@@ -59,8 +59,8 @@ def check_passes(project, *args) -> str:
 
 def statuses(stdout: str) -> dict:
     """The status column of the check's table: {host: "ok" | "FAIL"}."""
-    table = stdout[stdout.index("\nhost "):].strip().splitlines()[1:]
-    rows = [line.split() for line in table[:len(HOSTS)]]
+    table = stdout[re.search(r"^host +region +status", stdout, re.M).start():].splitlines()
+    rows = [line.split() for line in table[1:len(HOSTS) + 1]]
     return {row[0]: "FAIL" if "FAIL" in row else row[2] for row in rows}
 
 
