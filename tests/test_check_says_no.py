@@ -11,7 +11,6 @@ the wanted version on a host that serves another. So each test runs the check al
 after the steps), which must fail; then the repair where there is one, with plain `doit check`
 or `doit deploy`, which also puts the host back. The tests share one fleet, each leaves it as
 it found it (deployed, every host ok), and any order works."""
-import datetime
 import re
 import ssl
 import urllib.request
@@ -108,38 +107,12 @@ def au_certificate(site):
         wait_for(lambda: served_leaf(inv, "au") == served, "au to serve its certificate again")
 
 
-def leaf_for(name: str, issuer_certificate, issuer_key) -> tuple[bytes, bytes]:
-    """(certificate PEM, key PEM) for DNS name `name`, signed by the issuer given."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(issuer_certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(issuer_key, hashes.SHA256()))
-    return (certificate.public_bytes(serialization.Encoding.PEM),
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()))
-
-
 def test_a_host_serving_a_certificate_from_another_ca_fails_the_check(site, au_certificate,
                                                                       tmp_path):
     project, inv, hosts_fleet = site
     # For the site's name, from a CA this machine has but the site's visitors don't trust: the
     # local CA (pebble's own HTTPS certificate is from it).
-    certificate, key = tls.ensure_site_certificate(inv.site.ca,
-                                                   tmp_path, inv.site.name)
+    certificate, key = tls.ensure_site_certificate(inv.site.ca, tmp_path, inv.site.name)
     serve_certificate(hosts_fleet, inv, "au", certificate.read_bytes(), key.read_bytes())
 
     out = check_alone_fails(project, "au")
@@ -154,13 +127,13 @@ def test_a_host_serving_a_certificate_from_another_ca_fails_the_check(site, au_c
     assert served_leaf(inv, "au") == issued
 
 
-def test_a_host_serving_a_certificate_for_another_name_fails_the_check(site, au_certificate):
+def test_a_host_serving_a_certificate_for_another_name_fails_the_check(site, au_certificate,
+                                                                       tmp_path):
     project, inv, hosts_fleet = site
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
 
-    # From the ACME server's own intermediate (pebble hands out its key): a chain the check
-    # trusts, for a name that is not the site's.
+    # From the ACME server's own intermediate (pebble hands out its key), used as a CA by the
+    # local CA's helper: a chain the check trusts, for a name that is not the site's.
     trusted = ssl.create_default_context(cafile=str(inv.acme.server_ca))
 
     def fetch(path):
@@ -169,10 +142,15 @@ def test_a_host_serving_a_certificate_for_another_name_fails_the_check(site, au_
             return answer.read()
 
     intermediate_pem = fetch("/intermediates/0")
+    intermediate_cert, intermediate_key = tls.ca_paths(tmp_path / "pebble")
+    intermediate_cert.parent.mkdir()
+    intermediate_cert.write_bytes(intermediate_pem)
+    intermediate_key.write_bytes(fetch("/intermediate-keys/0"))
+    certificate, key = tls.ensure_site_certificate(tmp_path / "pebble", tmp_path / "site",
+                                                   "elsewhere.test")
+    serve_certificate(hosts_fleet, inv, "au", certificate.read_bytes() + intermediate_pem,
+                      key.read_bytes())
     intermediate = x509.load_pem_x509_certificate(intermediate_pem)
-    signer = serialization.load_pem_private_key(fetch("/intermediate-keys/0"), password=None)
-    certificate, key = leaf_for("elsewhere.test", intermediate, signer)
-    serve_certificate(hosts_fleet, inv, "au", certificate + intermediate_pem, key)
 
     out = check_alone_fails(project, "au")
     assert re.search(rf"host au, step check: .*its certificate is refused \(.+\): it serves a "
