@@ -316,19 +316,36 @@ def wanted_versions(inventory) -> dict[str, str]:
 
 
 class HostRuns:
-    """doit uptodate of upgrade:<host>: the host's record says it runs `wanted`. Named, so
+    """doit uptodate of upgrade:<host>: the host's record says it runs `wanted`, and the host,
+    asked over HTTPS (the drift probe, never SSH), serves the wanted version of the package
+    nginx serves. A host left on another version (a package installed there by hand, then
+    the service restarted) is upgraded again by this very run; a host that doesn't answer is
+    taken at its record, and the check will say what is wrong with it. Named, so
     `doit info upgrade:<host>` says what it compared."""
 
     def __init__(self, inventory, host, wanted: dict[str, str]):
         self.inventory, self.host, self.wanted = inventory, host, wanted
 
+    def _served_version(self) -> tuple[str, str] | None:
+        """(package, version) the host serves, when it answers."""
+        package = render.served_package(self.inventory)
+        health = _probe(self.inventory, self.host)
+        if not isinstance(health, dict):
+            return None
+        return package.name, health.get("version")
+
     def __call__(self) -> bool:
-        return hoststate.runs(self.inventory, self.host, self.wanted)
+        if not hoststate.runs(self.inventory, self.host, self.wanted):
+            return False
+        served = self._served_version()
+        return served is None or served[1] == self.wanted.get(served[0])
 
     def __repr__(self):
         ran = hoststate.history(self.inventory, self.host)
+        served = self._served_version()
         return (f"{self.host.name} should run " + ", ".join(
-            f"{name} {version} (its record: {(ran.get(name) or ['nothing'])[-1]})"
+            f"{name} {version} (its record: {(ran.get(name) or ['nothing'])[-1]}"
+            + (f"; it serves {served[1]}" if served and served[0] == name else "") + ")"
             for name, version in self.wanted.items()))
 
 
@@ -438,12 +455,14 @@ _probe_lock = threading.Lock()
 
 
 def _probe(inventory, host) -> dict | str | None:
-    """The host's /_health, asked once per run. doit asks for each task's status in turn on
-    one thread, so the first call asks every host whose record is current at once, and each
-    call waits for its own host's answer only."""
+    """The host's /_health, asked once per run (upgrade's and content's uptodate share it).
+    doit asks for each task's status in turn on one thread, so the first call asks every host
+    with a record at once, and each call waits for its own host's answer only."""
     with _probe_lock:
         if inventory.path not in _probes:
-            hosts = [h for h in inventory.hosts if content.is_current(inventory, h)]
+            # Hosts the upgrade or content step would otherwise take at their records.
+            hosts = [h for h in inventory.hosts
+                     if content.is_current(inventory, h) or hoststate.history(inventory, h)]
             pool = ThreadPoolExecutor(max_workers=max(1, len(hosts)))
             _probes[inventory.path] = {h.name: pool.submit(_health, inventory, h, PROBE_TIMEOUT)
                                        for h in hosts}
@@ -487,12 +506,38 @@ def _certificate_days(inventory, host) -> int:
     try:
         connection.connect()
         not_after = ssl.cert_time_to_seconds(connection.sock.getpeercert()["notAfter"])
+    except ssl.SSLCertVerificationError as error:
+        raise OutpostError(f"host {host.name}, step check: its certificate for "
+                           f"{inventory.site.name}: {_untrusted(inventory, host, error)}") from None
     except (OSError, ssl.SSLError) as error:
         raise OutpostError(f"host {host.name}, step check: its certificate for "
                            f"{inventory.site.name}: {error}") from None
     finally:
         connection.close()
     return int((not_after - time.time()) // 86400)
+
+
+def _untrusted(inventory, host, error: ssl.SSLCertVerificationError) -> str:
+    """Why the host's certificate is refused, and what it is: a wrong certificate is fixed on
+    the host, so say which one the host serves (asked again without verifying it)."""
+    served = _served_certificate(inventory, host)
+    what = describe_certificate(served) if served else "no certificate on a second handshake"
+    return f"its certificate is refused ({error.verify_message}): it serves {what}"
+
+
+def describe_certificate(der: bytes) -> str:
+    """A certificate as a person checks it: the names it is for, who issued it, until when."""
+    from cryptography import x509
+    certificate = x509.load_der_x509_certificate(der)
+    try:
+        names = certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    return (f"a certificate for {', '.join(names) or 'no DNS name'} "
+            f"(subject {certificate.subject.rfc4514_string()}), issued by "
+            f"{certificate.issuer.rfc4514_string()}, valid until "
+            f"{certificate.not_valid_after_utc:%Y-%m-%d}")
 
 
 # --- ACME certificates (outpost.acme) ---------------------------------------------------------
@@ -861,6 +906,8 @@ def _health(inventory, host, timeout: float = 5.0) -> dict | str:
     """The app's /_health through nginx, as a dict, or why it couldn't be had."""
     try:
         status, body = _kept_request(inventory, host, "/_health", timeout=timeout)
+    except ssl.SSLCertVerificationError as error:
+        return _untrusted(inventory, host, error)
     except (OSError, ssl.SSLError, http.client.HTTPException) as error:
         return str(error)
     if status == 403:
@@ -932,12 +979,12 @@ def check(inventory, host):
     if not isinstance(health, dict) or health.get("version") != wanted.get(package.name) or problem:
         if problem:
             content.mark_drift(inventory, package, host, problem)
-        seen = (f"version {health.get('version')}, {_served(health)}"
+        seen = (f"it gives version {health.get('version')}, {_served(health)}"
                 if isinstance(health, dict) else health)
         raise OutpostError(f"host {host.name}, step check: https://{inventory.site.name}/_health "
                            f"at {host.address} does not serve {package.name} "
                            f"{wanted.get(package.name)} with release {folder or '-'} content "
-                           f"{(digest or '-')[:12]}: it gives {seen}"
+                           f"{(digest or '-')[:12]}: {seen}"
                            + ("; the next deploy sends the release again" if problem else ""))
     times = []
     for _ in range(CHECK_REQUESTS):
