@@ -95,7 +95,8 @@ def au_certificate(site):
     """au's certificate files as they are, put back after the test if it left another one
     served (the test's own repair, `doit check`, normally has)."""
     _, inv, hosts_fleet = site
-    paths = sorted(set(render.tls_paths(inv).values()))
+    tls = render.tls_paths(inv)
+    paths = sorted({tls["certificate"], tls["key"]})
     kept = {p: hosts_fleet.run_on("au", ["cat", p], text=False, check=True).stdout for p in paths}
     served = served_leaf(inv, "au")
     yield

@@ -391,7 +391,7 @@ def test_from_inventory_hides_the_project_and_lets_root_in_with_the_bootstrap_ke
     # root's key is the bootstrap's own, not the deploy key.
     root_key = Path(f"{inventory.ssh.bootstrap_identity}.pub").read_text()
     assert fleet.provision.root_key == root_key
-    assert root_key != Path(f"{inventory.ssh.identity}.pub").read_text()
+    assert inventory.ssh.bootstrap_identity != inventory.ssh.identity
 
 
 def test_from_inventory_refuses_a_fleet_host_on_another_port(tmp_path):
