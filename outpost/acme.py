@@ -121,7 +121,7 @@ def certhost_permits(inventory) -> list[tuple[str, list[str]]]:
     user = inventory.acme.cert_host.user
     lego = ["-u", LEGO_USER, DRIVER]
     return ([(user, [HELPER])]
-            + [(user, lego + [command]) for command in ("key", "issue", "show")]
+            + [(user, lego + [command]) for command in ("key", "issue", "issue-again", "show")]
             + [(user, lego + ["push", host.name]) for host in inventory.hosts])
 
 

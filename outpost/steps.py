@@ -600,16 +600,43 @@ def gate(inventory, host):
 def acme_issue(inventory) -> dict:
     """A certificate for the site's names from the ACME server, made by lego on the cert host
     unless it has one for them; keep its public certificate here."""
-    from outpost import acme
     cert_host = inventory.acme.cert_host
-    output = remote.run_script(cert_host, acme.driver_command("issue")
-                               + acme.driver_command("show"), inventory.ssh,
-                               step="acme:issue").stdout
-    begin = output.find("-----BEGIN CERTIFICATE-----")
-    status, certificate = (output[:begin], output[begin:]) if begin >= 0 else (output, "")
+    status, certificate = _issue(inventory, "issue")
+    roots = acme_roots(inventory)
+    if certificate and roots and not _chains_to(certificate, roots):
+        # The ACME server's root changed since (a restarted pebble makes a new one): the
+        # certificate lego holds leads nowhere a client trusts.
+        _report(cert_host, status + "its chain does not lead to the ACME server's root: "
+                "issuing again")
+        status, certificate = _issue(inventory, "issue-again")
     _report(cert_host, status)
     _keep_issued(inventory, certificate)
     return {"renew_by": _renew_by(inventory, certificate), "roots": _roots_digest(inventory)}
+
+
+def _issue(inventory, command: str) -> tuple[str, str]:
+    """Run `acme COMMAND` then `acme show` on the cert host: (its status, the certificate)."""
+    from outpost import acme
+    output = remote.run_script(inventory.acme.cert_host, acme.driver_command(command)
+                               + acme.driver_command("show"), inventory.ssh,
+                               step="acme:issue").stdout
+    begin = output.find("-----BEGIN CERTIFICATE-----")
+    return (output[:begin], output[begin:]) if begin >= 0 else (output, "")
+
+
+def _chains_to(chain_pem: str, roots_pem: str) -> bool:
+    """Whether the chain's last certificate is signed by one of the roots."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    top = x509.load_pem_x509_certificates(chain_pem.encode())[-1]
+    for root in x509.load_pem_x509_certificates(roots_pem.encode()):
+        try:
+            top.verify_directly_issued_by(root)
+            return True
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+    return False
 
 
 def _keep_issued(inventory, certificate: str):

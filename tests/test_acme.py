@@ -222,3 +222,17 @@ def test_a_host_added_to_the_inventory_gets_the_current_certificate(site):
     hook = hosts_fleet.run_on(CERT_HOST, ["cat", acme.HOOK]).stdout
     assert "sg) " in hook and "198.19.81.14" in hook
 
+
+
+def test_a_restarted_acme_server_means_a_new_certificate_everywhere(site):
+    # pebble makes a new root at each start: the certificate lego holds then leads nowhere.
+    project, inv, hosts_fleet = site
+    before = serials(inv)
+    hosts_fleet.stop_host(fleet.ACME_SERVER)
+    proc = doit(project, "deploy")  # fleet:up starts it again
+    assert "its chain does not lead to the ACME server's root: issuing again" in proc.stdout
+    after = serials(inv)  # verified against the new root
+    assert len(set(after.values())) == 1 and set(after.values()).isdisjoint(before.values())
+    # And once is enough.
+    again = doit(project, "deploy")
+    assert "issuing again" not in again.stdout

@@ -72,7 +72,7 @@ RULES = {
     r"deploy as root: dinitctl (restart --ignore-unstarted|start|enable|reload|stop) linkedlist": [
         "doas -n dinitctl stop sshd", "doas -n dinitctl restart sshd"],
     r"deploy as root: tail -n 20 /var/log/linkedlist.log": ["doas -n tail -n 20 /etc/shadow"],
-    r"deploy as lego: /usr/libexec/outpost/acme (key|issue|show|push \S+)": [
+    r"deploy as lego: /usr/libexec/outpost/acme (key|issue|issue-again|show|push \S+)": [
         "doas -n -u lego /usr/libexec/outpost/acme push evil",
         "doas -n -u lego sh -c id"],
     r"lego as _gdnsd: /usr/libexec/outpost/acme-challenge": [
