@@ -149,7 +149,7 @@ def _reload(install: Install, version_var: str) -> list[str]:
         f"    if ! outpost_said=$({reload} 2>&1); then",
         f"      {start} >/dev/null 2>&1",
         "      outpost_failed=1",
-        f'      outpost_reason="dinit refused its new service file: $outpost_said"',
+        '      outpost_reason="dinit refused its new service file: $outpost_said"',
         f'      echo "outpost: refused {install.name} ${version_var}"',
         "    fi",
         "  fi",
@@ -161,7 +161,7 @@ def _put(install: Install, version_var: str) -> list[str]:
     """Lines that install the version in $version_var and, if it changed, reload the service's
     changed file and restart it (neither after a refused file: outpost_failed)."""
     q = shlex.quote
-    name_var = f"$(" + _installed(install.name) + ")"
+    name_var = "$(" + _installed(install.name) + ")"
     lines = [f'if [ "{name_var}" != "${version_var}" ]; then']
     if install.service:
         path = q(f"{SERVICE_DIR}/{install.service}")
@@ -212,7 +212,6 @@ def install_script(installs: list[Install], health_timeout: float) -> str:
              "doas apk update >&2"]
     for n, install in enumerate(installs):
         q = shlex.quote
-        name = q(install.name)
         before, wanted = f"outpost_before_{n}", f"outpost_wanted_{n}"
         lines += [f"{before}=$({_installed(install.name)})",
                   f"{wanted}={q(install.version)}",
