@@ -670,8 +670,12 @@ def acme_issue_is_current(inventory, values: dict) -> bool:
     """doit uptodate of acme:issue: a certificate is kept here, it is not yet time to look for
     its renewal, and the ACME server's root is the one it was issued under (pebble makes a new
     one at each start)."""
-    return (issued_certificate(inventory).exists() and time.time() < values.get("renew_by", 0)
-            and values.get("roots") == _roots_digest(inventory))
+    try:
+        return (issued_certificate(inventory).exists()
+                and time.time() < values.get("renew_by", 0)
+                and values.get("roots") == _roots_digest(inventory))
+    except OutpostError:
+        return False  # the task runs, and its action says what is wrong (no traceback)
 
 
 _certificates_seen: dict = {}
@@ -817,17 +821,33 @@ def acme_roots(inventory) -> str | None:
         return None
     with _roots_lock:
         if acme_settings.roots not in _roots_seen:
-            import urllib.request
-            cafile = str(acme_settings.server_ca) if acme_settings.server_ca else None
-            context = ssl.create_default_context(cafile=cafile)
-            try:
-                with urllib.request.urlopen(acme_settings.roots, context=context,
-                                            timeout=10) as answer:
-                    _roots_seen[acme_settings.roots] = answer.read().decode()
-            except (OSError, ValueError) as error:
-                raise OutpostError(f"{inventory.path}: [acme] roots: cannot fetch the ACME "
-                                   f"server's root from {acme_settings.roots}: {error}") from None
+            _roots_seen[acme_settings.roots] = _fetch_roots(inventory)
         return _roots_seen[acme_settings.roots]
+
+
+# A server that refuses the connection may be starting (the fleet's pebble, just after
+# fleet:up, listens a moment after its machine's sshd): asked again for this long.
+ROOTS_STARTING = 15.0
+
+
+def _fetch_roots(inventory) -> str:
+    import urllib.request
+    acme_settings = inventory.acme
+    cafile = str(acme_settings.server_ca) if acme_settings.server_ca else None
+    context = ssl.create_default_context(cafile=cafile)
+    deadline = time.monotonic() + ROOTS_STARTING
+    while True:
+        try:
+            with urllib.request.urlopen(acme_settings.roots, context=context,
+                                        timeout=10) as answer:
+                return answer.read().decode()
+        except (OSError, ValueError) as error:
+            refused = isinstance(getattr(error, "reason", error), ConnectionRefusedError)
+            if refused and time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            raise OutpostError(f"{inventory.path}: [acme] roots: cannot fetch the ACME "
+                               f"server's root from {acme_settings.roots}: {error}") from None
 
 
 @functools.cache
