@@ -18,7 +18,7 @@ Who can do what:
     gate_files(inventory, lego_pub)  what a web host gets: lego-gate, acme-challenge, the key
     lego_permits()                  lego's rules on a web host
     setup_bundle(...), gate_bundle(...)  those files as signed bundles (outpost.bundle)
-    setup_script(...), driver_command(...)  what the steps run
+    print_public_key(), driver_command(...)  what the steps run
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ SSH_KEY = f"{LEGO_HOME}/.ssh/id_ed25519"
 GCORE_TOKEN = f"{LEGO_HOME}/gcore.token"
 # Gcore's own nameservers answer for a zone it serves: where lego checks propagation.
 GCORE_RESOLVER = "ns1.gcorelabs.net:53"
-# Marks the line of setup_script's output that holds lego's public key.
+# Marks the line of acme:setup's output that holds lego's public key.
 PUBLIC_KEY_MARK = "lego-public-key: "
 
 
@@ -173,11 +173,10 @@ def setup_bundle(inventory, files: list[File]) -> bundle.Bundle:
         actions=bundle.actions_of(files))
 
 
-def setup_script(signed: bytes) -> str:
-    """One round trip on the cert host: the bundle applied, then lego's SSH key made if
-    missing and its public key printed after PUBLIC_KEY_MARK."""
-    return (bundle.apply_script(signed)
-            + f"printf '{PUBLIC_KEY_MARK}%s\\n' \"$(doas -u {LEGO_USER} {DRIVER} key)\"\n")
+def print_public_key() -> str:
+    """Script lines, after the setup bundle: lego's SSH key made if missing and its public
+    key printed after PUBLIC_KEY_MARK."""
+    return f"printf '{PUBLIC_KEY_MARK}%s\\n' \"$(doas -u {LEGO_USER} {DRIVER} key)\"\n"
 
 
 def public_key(output: str) -> str | None:

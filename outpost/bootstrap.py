@@ -15,6 +15,7 @@ and enables nginx. Run again, it changes only what differs.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shlex
@@ -38,11 +39,11 @@ class Plan:
     user: str                 # the deploy user
     packages: tuple[str, ...]
     key_name: str
-    public_key_pem: str
     list_line: str | None     # None: a host that installs no package from the repository
     owned_folders: tuple[str, ...]
     helper: str               # templates/outpost/apply.j2's source (rendered by script())
     enable: tuple[str, ...]
+    public_key_pem: str = ""  # read when the bootstrap runs (outpost.steps.bootstrap)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()
@@ -51,6 +52,7 @@ class Plan:
 HELPER_TEMPLATE = "outpost/apply.j2"
 
 
+@functools.cache  # one read per run, however many hosts
 def helper_source() -> str:
     """The helper's template as it is: part of the plan's digest without rendering it."""
     from outpost.render import TEMPLATES

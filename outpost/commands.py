@@ -1,7 +1,6 @@
 """Every command the remote steps run, built by pure functions: argv lists for local programs
 (ssh options, rsync) and one POSIX sh script per host per step. Nothing here runs anything;
-outpost.remote does. (index_format reads local files, nothing else.) The content releases'
-scripts are in outpost.releases.
+outpost.remote does. The content releases' scripts are in outpost.releases.
 
 Root on the hosts: the SSH user (`deploy`) is not root, and no doas rule of its takes a path, a
 file or an argument it controls. `doas_permits` lists them; doas.conf (templates/doas.conf.j2)
@@ -100,16 +99,6 @@ def ssh_argv(ssh, host) -> list[str]:
 
 
 # --- sync: repository key and list ------------------------------------------------------------
-
-def index_format(arch_dir: Path) -> str:
-    """"v3" when the repository folder has a Packages.adb (cbuild), "v2" when it has only an
-    APKINDEX.tar.gz (the local builder)."""
-    for fmt in ("v3", "v2"):
-        if (arch_dir / INDEX_FILES[fmt]).is_file():
-            return fmt
-    raise OutpostError(f"{arch_dir}: no repository index (Packages.adb or APKINDEX.tar.gz);"
-                       f" run `doit index:{arch_dir.name}` first")
-
 
 def repo_list_line(fmt: str, repo_path: str) -> str:
     """The repositories.d line for a local-path repository: apk reads

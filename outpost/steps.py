@@ -137,25 +137,23 @@ def _report(host, output: str):
         say(f"{host.name}: {line}")
 
 
-def bootstrap_plan(inventory, host, public_key_pem=None) -> bootstrap_module.Plan:
-    """What root sets up on a web host, once (outpost.bootstrap)."""
+def bootstrap_plan(inventory, host) -> bootstrap_module.Plan:
+    """What root sets up on a web host, once (outpost.bootstrap); its public key is read
+    when it runs."""
     return bootstrap_module.Plan(
         host=host.name, user=host.user,
         packages=bootstrap_module.WEB_PACKAGES + (("gdnsd",) if geodns.on_hosts(inventory) else ()),
         key_name=inventory.repository.key_name,
-        public_key_pem=_read_public_key(inventory) if public_key_pem is None else public_key_pem,
         list_line=render.list_line(inventory), owned_folders=(inventory.repository.path,),
         helper=bootstrap_module.helper_source(), enable=("nginx",))
 
 
-def certhost_plan(inventory, public_key_pem=None) -> bootstrap_module.Plan:
+def certhost_plan(inventory) -> bootstrap_module.Plan:
     """What root sets up on the cert host: lego, and the helper for its bundles."""
     cert_host = inventory.acme.cert_host
     return bootstrap_module.Plan(
         host=cert_host.name, user=cert_host.user, packages=("lego", "openssl"),
-        key_name=inventory.repository.key_name,
-        public_key_pem=_read_public_key(inventory) if public_key_pem is None else public_key_pem,
-        list_line=None, owned_folders=(),
+        key_name=inventory.repository.key_name, list_line=None, owned_folders=(),
         helper=bootstrap_module.helper_source(), enable=())
 
 
@@ -197,17 +195,19 @@ def bootstrap(inventory, host, plan: bootstrap_module.Plan):
 
 
 def bootstrap_settings(plan: bootstrap_module.Plan, inventory) -> dict:
-    """A bootstrap's doit config_changed value: its plan without the public key (a file_dep,
-    and not there before `doit keygen`), cheap: no template rendered."""
-    return {"plan": dataclasses.replace(plan, public_key_pem="").digest(),
+    """A bootstrap's doit config_changed value: its plan, still without the public key (a
+    file_dep, and not there before `doit keygen`); cheap: no template rendered."""
+    return {"plan": plan.digest(),
             "as_root": inventory.ssh.bootstrap_identity is not None}
 
 
-def apply_bundle(inventory, host, b: bundle.Bundle, step: str, ok_exits=(0,)) -> remote.Result:
-    """Sign the bundle here and have the host's helper apply it (outpost.bundle)."""
+def apply_bundle(inventory, host, b: bundle.Bundle, step: str, ok_exits=(0,),
+                 then: str = "") -> remote.Result:
+    """Sign the bundle here and have the host's helper apply it (outpost.bundle); `then`:
+    script lines run after it, in the same round trip."""
     signed = bundle.signed(b, inventory.repository.signing_key, time.time_ns())
-    return remote.run_script(host, bundle.apply_script(signed), inventory.ssh, step=step,
-                             ok_exits=ok_exits)
+    return remote.run_script(host, bundle.apply_script(signed) + then, inventory.ssh,
+                             step=step, ok_exits=ok_exits)
 
 
 # --- config -----------------------------------------------------------------------------------
@@ -575,10 +575,8 @@ def acme_setup(inventory):
     from outpost import acme
     cert_host = inventory.acme.cert_host
     files = acme.certhost_files(inventory, _web_known_hosts(inventory))
-    signed = bundle.signed(acme.setup_bundle(inventory, files),
-                           inventory.repository.signing_key, time.time_ns())
-    output = remote.run_script(cert_host, acme.setup_script(signed), inventory.ssh,
-                               step="acme:setup").stdout
+    output = apply_bundle(inventory, cert_host, acme.setup_bundle(inventory, files),
+                          "acme:setup", then=acme.print_public_key()).stdout
     key = acme.public_key(output)
     if not key:
         raise OutpostError(f"host {cert_host.name}, step acme:setup: lego's SSH key was not "

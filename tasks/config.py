@@ -38,10 +38,9 @@ def client_certificate(inventory):
 def bootstrap(inventory):
     """Root's one-time setup of each host (outpost.bootstrap): as root over SSH with
     [ssh] bootstrap_identity, else checked and written to build/bootstrap/<host>.sh."""
-    hosts = [(host, steps.bootstrap_plan(inventory, host, public_key_pem=""))
-             for host in inventory.hosts]
+    hosts = [(host, steps.bootstrap_plan(inventory, host)) for host in inventory.hosts]
     if inventory.acme is not None:
-        hosts.append((inventory.acme.cert_host, steps.certhost_plan(inventory, public_key_pem="")))
+        hosts.append((inventory.acme.cert_host, steps.certhost_plan(inventory)))
     for host, plan in hosts:
         yield {
             "name": host.name,

@@ -42,6 +42,24 @@ def fleet_project(parent, addresses: dict, bridge: str):
     return project
 
 
+def deployed_site(tmp_path_factory, request, label: str, addresses: dict, bridge: str,
+                  prepare=None):
+    """A test module's own fleet (fleet_project), deployed: (project, inventory, fleet).
+    `prepare(project)` runs before the deploy. The fleet goes down after the module, twice if
+    need be: fleet.down stops at a host whose namespaces take the kernel longer than its
+    timeout to tear down (seen on a loaded machine), leaving the hosts after it running."""
+    from outpost import fleet, inventory
+
+    project = fleet_project(tmp_path_factory.mktemp(label), addresses, bridge)
+    request.addfinalizer(lambda: run_doit(project, "fleet:down", check=False).returncode
+                         and run_doit(project, "fleet:down", check=False))
+    if prepare is not None:
+        prepare(project)
+    run_doit(project, "deploy")
+    inv = inventory.load(project / "inventory.toml")
+    return project, inv, fleet.from_inventory(inv)
+
+
 def moved_fleet(text: str, addresses: dict, bridge: str) -> str:
     """The default inventory's text with the web hosts at `addresses` and every other fleet
     address (cert host, ACME server, its URLs) moved into the same /24, on `bridge`."""

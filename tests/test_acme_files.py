@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from outpost import acme, inventory, render
+from outpost import acme, bundle, inventory, render
 from outpost.errors import OutpostError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def test_dns01_goes_to_every_nameserver_or_to_gcore(inv, tmp_path):
 
 def test_the_cert_host_runs_only_permitted_doas_commands(inv):
     permitted = {" ".join(argv) for _, argv in acme.certhost_permits(inv)}
-    script = acme.setup_script(b"bundle")
+    script = bundle.apply_script(b"bundle") + acme.print_public_key()
     script += acme.driver_command("issue") + acme.driver_command("show")
     script += "".join(acme.driver_command("push", h.name) for h in inv.hosts)
     used = {c.strip().removeprefix("doas ") for c in re.findall(r"\bdoas [^\n;|&>)]*", script)}

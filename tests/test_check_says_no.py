@@ -18,8 +18,8 @@ import urllib.request
 import pytest
 
 from fleet_helpers import require_fleet_machine
-from helpers import fleet_project, ran_tasks, run_doit, template_version, wait_for
-from outpost import fleet, inventory, manifest, releases, render, steps, tls
+from helpers import deployed_site, ran_tasks, run_doit, template_version, wait_for
+from outpost import manifest, releases, render, steps, tls
 
 HOSTS = ("au", "fr", "ny")
 ADDRESSES = {"au": "198.19.86.11", "ny": "198.19.86.12", "fr": "198.19.86.13"}
@@ -30,13 +30,7 @@ VERSION_FILE = "/usr/share/linkedlist/version"
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, request):
     require_fleet_machine()
-    project = fleet_project(tmp_path_factory.mktemp("says-no"), ADDRESSES, "outpost-t9")
-    # Twice if need be, as in test_content: a slow namespace teardown can stop the first.
-    request.addfinalizer(lambda: run_doit(project, "fleet:down", check=False).returncode
-                         and run_doit(project, "fleet:down", check=False))
-    run_doit(project, "deploy")
-    inv = inventory.load(project / "inventory.toml")
-    return project, inv, fleet.from_inventory(inv)
+    return deployed_site(tmp_path_factory, request, "says-no", ADDRESSES, "outpost-t9")
 
 
 def check_alone_fails(project, name: str) -> str:

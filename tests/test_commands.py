@@ -85,21 +85,11 @@ def test_rsync_argv_options():
     assert argv[-3:] == ["--checksum", "src/", "deploy@[fd00::5]:/dest/"]
 
 
-def test_repo_list_line_and_index_format(tmp_path):
+def test_repo_list_line():
     assert commands.repo_list_line("v2", "/var/lib/outpost/repo") == "v2 /var/lib/outpost/repo"
     assert commands.repo_list_line("v3", "/srv/repo") == "v3 /srv/repo"
     with pytest.raises(ValueError):
         commands.repo_list_line("v4", "/srv/repo")
-
-    arch = tmp_path / "x86_64"
-    arch.mkdir()
-    with pytest.raises(OutpostError, match=r"x86_64: no repository index.*doit index:x86_64"):
-        commands.index_format(arch)
-    (arch / "APKINDEX.tar.gz").write_bytes(b"v2")
-    assert commands.index_format(arch) == "v2"
-    # cbuild: APKINDEX.tar.gz is a hardlink of Packages.adb, the repository is v3.
-    os.link(arch / "APKINDEX.tar.gz", arch / "Packages.adb")
-    assert commands.index_format(arch) == "v3"
 
 
 def test_health_url():

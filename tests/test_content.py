@@ -15,8 +15,8 @@ import pytest
 
 from content_tree import add_entries, edit_all, entry_path, make_tree
 from fleet_helpers import ssh
-from helpers import fleet_project, ran_tasks, run_doit, wait_for
-from outpost import fleet, inventory, manifest, steps
+from helpers import deployed_site, ran_tasks, run_doit, wait_for
+from outpost import manifest, steps
 
 HOSTS = ("au", "fr", "ny")
 ADDRESSES = {"au": "198.19.83.11", "ny": "198.19.83.12", "fr": "198.19.83.13"}
@@ -26,16 +26,11 @@ ENTRIES = 2000
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, request):
-    project = fleet_project(tmp_path_factory.mktemp("content"), ADDRESSES, "outpost-t3")
-    # Twice if need be: fleet.down stops at a host whose namespaces take the kernel longer than
-    # its timeout to tear down (seen on a loaded machine), leaving the hosts after it running.
-    request.addfinalizer(lambda: run_doit(project, "fleet:down", check=False).returncode
-                         and run_doit(project, "fleet:down", check=False))
-    subprocess.run(["rm", "-rf", str(project / "content")], check=True)
-    make_tree(project / "content", entries=ENTRIES)
-    run_doit(project, "deploy")
-    inv = inventory.load(project / "inventory.toml")
-    return project, inv, fleet.from_inventory(inv)
+    def generated_content(project):
+        subprocess.run(["rm", "-rf", str(project / "content")], check=True)
+        make_tree(project / "content", entries=ENTRIES)
+    return deployed_site(tmp_path_factory, request, "content", ADDRESSES, "outpost-t3",
+                         generated_content)
 
 
 def health(inv, host):

@@ -13,8 +13,8 @@ import subprocess
 import pytest
 
 from fleet_helpers import ssh
-from helpers import fleet_project, run_doit
-from outpost import bundle, fleet, inventory
+from helpers import deployed_site, run_doit
+from outpost import bundle
 
 ADDRESSES = {"au": "198.19.87.11", "ny": "198.19.87.12", "fr": "198.19.87.13"}
 WEB_HOSTS = tuple(ADDRESSES)
@@ -23,12 +23,7 @@ REFUSED = "Operation not permitted"
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, request):
-    project = fleet_project(tmp_path_factory.mktemp("privilege"), ADDRESSES, "outpost-ta")
-    request.addfinalizer(lambda: run_doit(project, "fleet:down", check=False).returncode
-                         and run_doit(project, "fleet:down", check=False))
-    run_doit(project, "deploy")
-    inv = inventory.load(project / "inventory.toml")
-    return project, inv, fleet.from_inventory(inv)
+    return deployed_site(tmp_path_factory, request, "privilege", ADDRESSES, "outpost-ta")
 
 
 def as_user(hosts_fleet, name, user, command):
