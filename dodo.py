@@ -13,11 +13,13 @@ import sys
 
 from pathlib import Path
 
-from outpost import depfile, interrupt, lock, steps
+from outpost import depfile, interrupt, lock
 from outpost import inventory as inventory_file
 from outpost.errors import OutpostError
 from outpost.report import OutpostReporter
-from tasks import acme, build, config, dns, hosts, rollback
+from outpost.steps.build import broken_template
+from tasks import (acme, bootstrap, build, certificates, check, config, content, deploy, dns, fleet,
+                   sync, upgrade)
 
 try:
     INVENTORY = inventory_file.load(os.environ.get("OUTPOST_INVENTORY", "inventory.toml"))
@@ -28,7 +30,7 @@ except OutpostError as err:
     sys.exit(f"outpost: {err}")
 
 # Said by every command (list included); only the steps that need the package stop.
-if (_BROKEN := steps.broken_template(INVENTORY)) is not None:
+if (_BROKEN := broken_template(INVENTORY)) is not None:
     sys.stderr.write(f"outpost: {_BROKEN}\n  (build, index, upgrade and rollback:app stop until "
                      "it is fixed; the rest of the pipeline, check and fleet:down still run)\n")
 
@@ -79,7 +81,7 @@ def task_index():
 
 def task_fleet():
     """The built-in local fleet: fleet:up starts its hosts, fleet:down stops them."""
-    yield from _tasks(hosts.fleet)
+    yield from _tasks(fleet.fleet)
 
 
 def task_certificate():
@@ -87,13 +89,13 @@ def task_certificate():
     if INVENTORY.acme is not None:
         yield from _tasks(acme.certificate)
     else:
-        yield {"basename": "certificate", **config.certificate(INVENTORY)}
+        yield {"basename": "certificate", **certificates.certificate(INVENTORY)}
 
 
 def task_client_certificate():
     """The check's TLS client certificate, from the local CA: nginx shows /_health's details
     only to it."""
-    return {"basename": "client-certificate", **config.client_certificate(INVENTORY)}
+    return {"basename": "client-certificate", **certificates.client_certificate(INVENTORY)}
 
 
 def task_acme():
@@ -108,7 +110,7 @@ def task_gate():
 
 def task_bootstrap():
     """Prepare each host: base packages, nginx enabled, repository key and list."""
-    yield from _tasks(config.bootstrap)
+    yield from _tasks(bootstrap.bootstrap)
 
 
 def task_config():
@@ -118,12 +120,12 @@ def task_config():
 
 def task_sync():
     """Copy the repository and its public key to each host."""
-    yield from _tasks(hosts.sync)
+    yield from _tasks(sync.sync)
 
 
 def task_upgrade():
     """Upgrade the packages on each host and restart their services."""
-    yield from _tasks(hosts.upgrade)
+    yield from _tasks(upgrade.upgrade)
 
 
 def task_geoip():
@@ -138,19 +140,20 @@ def task_dns():
 
 def task_content():
     """Push the content to each host as a new release, and switch to it."""
-    yield from _tasks(hosts.content)
+    yield from _tasks(content.content)
 
 
 def task_check():
     """Check over HTTPS that each host serves the app and the content just pushed."""
-    yield from _tasks(hosts.check)
+    yield from _tasks(check.check)
 
 
 def task_deploy():
     """The whole pipeline for every host (deploy:<host> for one)."""
-    yield from _tasks(hosts.deploy)
+    yield from _tasks(deploy.deploy)
 
 
 def task_rollback():
     """Go back one step: rollback:app (previous app version, gated), rollback:content."""
-    yield from _tasks(rollback.rollback)
+    yield from _tasks(upgrade.rollback_app)
+    yield from _tasks(content.rollback)

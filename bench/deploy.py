@@ -43,7 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from conftest import copy_project  # noqa: E402  the project copy the integration tests use
 from content_tree import add_entries, edit_all, entry_path, make_tree  # noqa: E402
-from outpost import commands, fleet, inventory  # noqa: E402
+from outpost import fleet, inventory  # noqa: E402
+from outpost.commands import base as commands  # noqa: E402
 
 ENTRIES = 2000
 # Addresses and bridges apart from the default fleet's and the tests', so either can run beside.

@@ -26,13 +26,13 @@ import os
 import re
 import stat
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from outpost.errors import OutpostError
+from outpost.files import write_atomic
 
 # cryptography is imported by the functions that sign, verify or make keys, not at the top:
 # the task definitions import this module, and a no-op deploy does none of that.
@@ -213,7 +213,7 @@ def write_package(out_path: Path, info: PackageInfo, destdir: Path, key_path: Pa
     control_gz = _gzip(_tar([(_member(".PKGINFO", tarfile.REGTYPE, 0o644, info.builddate),
                               pkginfo.encode())], tarfile.USTAR_FORMAT, cut=True))
     signature_gz = _signature_member(control_gz, key_path, info.builddate)
-    _write_atomically(out_path, signature_gz + control_gz + data_gz)
+    write_atomic(out_path, signature_gz + control_gz + data_gz)
     return out_path
 
 
@@ -332,7 +332,7 @@ def write_index(out_path: Path, apk_paths: list[Path], key_path: Path,
                         description.encode()))
     members.append((_member("APKINDEX", tarfile.REGTYPE, 0o644, mtime), text))
     unsigned = _gzip(_tar(members, tarfile.USTAR_FORMAT, cut=False))
-    _write_atomically(out_path, _signature_member(unsigned, key_path, mtime) + unsigned)
+    write_atomic(out_path, _signature_member(unsigned, key_path, mtime) + unsigned)
     return out_path
 
 
@@ -390,19 +390,6 @@ def _tar(entries, tar_format: int, cut: bool) -> bytes:
 def _gzip(data: bytes) -> bytes:
     # mtime 0 and no file name in the header, like `gzip -n -9`.
     return gzip.compress(data, compresslevel=9, mtime=0)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _gzip_members(path: Path, data: bytes) -> list[tuple[bytes, bytes]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from outpost.errors import OutpostError
-from outpost.geodns import PROBE_NETWORKS
+from outpost.commands.dns import PROBE_NETWORKS
 
 # Where the fleet's database is made, relative to the inventory's folder.
 FLEET_DATABASE = Path("build/dns/fleet-country.mmdb")

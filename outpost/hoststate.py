@@ -10,8 +10,9 @@ upgrade ask the host again (it installs and restarts nothing that already runs).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from outpost.files import write_atomic
 
 
 def _dir(inventory) -> Path:
@@ -26,10 +27,7 @@ def _read(path: Path) -> dict:
 
 
 def _write(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
 def history(inventory, host) -> dict[str, list[str]]:

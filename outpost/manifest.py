@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from outpost.errors import OutpostError
+from outpost.files import write_atomic
 
 RACY_NS = 2_000_000_000
 CACHE_FORMAT = 1
@@ -175,8 +176,5 @@ def _read_cache(cache: Path | None) -> dict:
 
 
 def _write_cache(cache: Path, files: dict):
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_name(cache.name + ".partial")
-    partial.write_text(json.dumps({"format": CACHE_FORMAT, "files": files},
-                                  separators=(",", ":")))
-    os.replace(partial, cache)
+    write_atomic(cache, json.dumps({"format": CACHE_FORMAT, "files": files},
+                                   separators=(",", ":")).encode())

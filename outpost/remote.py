@@ -305,7 +305,7 @@ def _forget(host, ssh) -> None:
         connection.close()
 
 
-def _known_hosts_name(host) -> str:
+def known_hosts_name(host) -> str:
     # How OpenSSH and paramiko name a host in known_hosts.
     return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
 
@@ -480,7 +480,7 @@ def _changed_host_key(host, ssh, presented=None) -> str:
 
 def _unknown_host_key(host, ssh, presented=None) -> str:
     return (f"host key for {host.name} ({host.address}) is unknown: {ssh.known_hosts} has no "
-            f"line for {_known_hosts_name(host)}; nothing was sent to it. "
+            f"line for {known_hosts_name(host)}; nothing was sent to it. "
             + _presented(presented, f"add the host's line to {ssh.known_hosts}"))
 
 

@@ -18,11 +18,12 @@ atomically, so an interrupted run leaves either the old file or the new one.
 from __future__ import annotations
 
 import datetime
-import os
+import ssl
 import threading
 from pathlib import Path
 
 from outpost.errors import OutpostError
+from outpost.files import write_atomic
 
 # cryptography is imported by the functions that read or make keys and certificates, not at
 # the top: the task definitions import this module for its paths only.
@@ -48,17 +49,6 @@ def client_paths(cert_dir: Path) -> tuple[Path, Path]:
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    # The mode is set at creation, so a key is never readable by others, not even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-    os.replace(tmp, path)
 
 
 def _key_pem(key) -> bytes:
@@ -142,8 +132,8 @@ def _ensure_ca(ca_dir: Path) -> tuple[Path, Path]:
         .sign(key, hashes.SHA256())
     )
     Path(ca_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    _write(key_path, _key_pem(key), 0o600)
-    _write(cert_path, _cert_pem(cert), 0o644)
+    write_atomic(key_path, _key_pem(key), 0o600)
+    write_atomic(cert_path, _cert_pem(cert), 0o644)
     return cert_path, key_path
 
 
@@ -265,8 +255,8 @@ def _write_pair(cert_path: Path, key_path: Path, pair: tuple[bytes, bytes]) -> N
     cert_pem, key_pem = pair
     # Key first: a run cut short between the two leaves a key that doesn't match the old
     # certificate, which the renewal check notices next time.
-    _write(key_path, key_pem, 0o600)
-    _write(cert_path, cert_pem, 0o644)
+    write_atomic(key_path, key_pem, 0o600)
+    write_atomic(cert_path, cert_pem, 0o644)
 
 
 def ensure_site_certificate(ca_dir: Path, cert_dir: Path, site_name: str) -> tuple[Path, Path]:
@@ -308,3 +298,41 @@ def address_certificate(ca_dir: Path, address: str, days: int = 30) -> tuple[byt
 
     return _issue(ca_dir, address, [x509.IPAddress(ipaddress.ip_address(address))],
                   ExtendedKeyUsageOID.SERVER_AUTH, datetime.timedelta(days=days))
+
+
+# --- what a certificate is, and where its chain leads -------------------------------------------
+
+def describe_certificate(der: bytes) -> str:
+    """A certificate as a person checks it: the names it is for, who issued it, until when."""
+    from cryptography import x509
+    certificate = x509.load_der_x509_certificate(der)
+    try:
+        names = certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    return (f"a certificate for {', '.join(names) or 'no DNS name'} "
+            f"(subject {certificate.subject.rfc4514_string()}), issued by "
+            f"{certificate.issuer.rfc4514_string()}, valid until "
+            f"{certificate.not_valid_after_utc:%Y-%m-%d}")
+
+
+def chains_to(chain_pem: str, roots_pem: str) -> bool:
+    """Whether the chain's last certificate is signed by one of the roots."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    top = x509.load_pem_x509_certificates(chain_pem.encode())[-1]
+    for root in x509.load_pem_x509_certificates(roots_pem.encode()):
+        try:
+            top.verify_directly_issued_by(root)
+            return True
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+    return False
+
+
+def leaf_der(pem: str) -> bytes:
+    """The first certificate of a PEM chain (the leaf), as DER."""
+    begin = pem.index("-----BEGIN CERTIFICATE-----")
+    return ssl.PEM_cert_to_DER_cert(pem[begin:pem.index("-----END CERTIFICATE-----") + 25])

@@ -1,11 +1,13 @@
-"""Certificates from ACME (outpost/acme.py): the cert host set up, each web host's lego-gate,
-the certificate issued on the cert host, then each web host made to serve it (before
-config:<host>, whose nginx reads it)."""
+"""Certificates from ACME: the cert host set up, each web host's lego-gate, the certificate
+issued on the cert host, then each web host made to serve it (before config:<host>, whose nginx
+reads it)."""
 from doit.tools import config_changed
 
-from outpost import acme, steps
-from outpost.taskutil import action, files_under, remove
+from outpost.commands import acme
+from outpost.steps import acme as acme_step
+from outpost.steps.common import host_marker
 from outpost.render import TEMPLATES
+from outpost.taskutil import action, files_under, remove
 
 
 def acme_tasks(inventory):
@@ -16,24 +18,24 @@ def acme_tasks(inventory):
     yield {
         "name": "setup",
         "doc": f"Set up the cert host {cert_host.name}: lego, its scripts, the daily renewal",
-        "actions": [action(steps.acme_setup, inventory)],
+        "actions": [action(acme_step.acme_setup, inventory)],
         "file_dep": templates + [str(inventory.ssh.known_hosts)]
         + ([str(inventory.acme.server_ca)] if inventory.acme.server_ca else []),
-        "targets": [str(steps.lego_public_key(inventory))],
+        "targets": [str(acme_step.lego_public_key(inventory))],
         "uptodate": [config_changed(acme.acme_context(inventory))],
         "task_dep": [f"bootstrap:{cert_host.name}"],
-        "clean": [remove(steps.acme_dir(inventory))],
+        "clean": [remove(acme_step.acme_dir(inventory))],
     }
     yield {
         "name": "issue",
         "doc": f"Have lego on {cert_host.name} get the certificate for "
                f"{', '.join(acme.names(inventory))}, unless it has one",
-        "actions": [action(steps.acme_issue, inventory)],
-        "targets": [str(steps.issued_certificate(inventory))],
+        "actions": [action(acme_step.acme_issue, inventory)],
+        "targets": [str(acme_step.issued_certificate(inventory))],
         "uptodate": [config_changed({"names": acme.names(inventory),
                                      "directory": inventory.acme.directory,
                                      "email": inventory.acme.email}),
-                     lambda task, values: steps.acme_issue_is_current(inventory, values)],
+                     lambda task, values: acme_step.acme_issue_is_current(inventory, values)],
         "task_dep": ["acme:setup"],
         # Only when it must issue: the nameservers must then hold challenges. As a setup and
         # not a task_dep, a host that is down later blocks no other host's certificate.
@@ -57,9 +59,9 @@ def gate(inventory):
         yield {
             "name": host.name,
             "doc": f"Let the cert host reach {host.name} for challenges and certificates only",
-            "actions": [action(steps.gate, inventory, host)],
-            "file_dep": [str(steps.lego_public_key(inventory))]
-            + files_under(TEMPLATES / "acme") + steps.host_marker(inventory, host),
+            "actions": [action(acme_step.gate, inventory, host)],
+            "file_dep": [str(acme_step.lego_public_key(inventory))]
+            + files_under(TEMPLATES / "acme") + host_marker(inventory, host),
             "uptodate": [config_changed(acme.acme_context(inventory))],
             "task_dep": ["acme:setup", f"bootstrap:{host.name}"],
         }
@@ -74,6 +76,6 @@ def certificate(inventory):
             "doc": f"Make {host.name} serve the current certificate (the cert host pushes it)",
             # No inputs: it always runs. A TLS handshake tells whether the host has the
             # current certificate; only a host that lacks it costs an SSH session.
-            "actions": [action(steps.host_certificate, inventory, host, read_only=True)],
+            "actions": [action(acme_step.host_certificate, inventory, host, read_only=True)],
             "task_dep": ["acme:issue", f"gate:{host.name}"],
         }

@@ -3,14 +3,16 @@ import os
 
 from doit.tools import config_changed
 
-from outpost import builders, repo, steps
+from outpost import repo
+from outpost.steps import build as build_step
+from outpost.steps.common import fail
 from outpost.taskutil import action, files_under, remove
 
 
 def keygen(inventory):
     key = inventory.repository.signing_key
     return {
-        "actions": [action(builders.make_builder(inventory).make_key, key)],
+        "actions": [action(build_step.make_builder(inventory).make_key, key)],
         "targets": [str(key), str(inventory.repository.public_key)],
         # Never made again once it exists, and `doit clean` keeps it (no "clean" here).
         "uptodate": [True],
@@ -20,15 +22,15 @@ def keygen(inventory):
 
 def _broken(inventory, task, names, what):
     """Tasks that fail with the template's problem, so only what needs the package stops."""
-    problem = steps.broken_template(inventory)
+    problem = build_step.broken_template(inventory)
     for name in names if problem else ():
         yield {"name": name, "doc": f"{what} (a template is broken: `doit {task}:{name}` says how)",
-               "actions": [action(steps.fail, problem)], "uptodate": [False]}
+               "actions": [action(fail, problem)], "uptodate": [False]}
     return problem is not None
 
 
 def packages(inventory):
-    builder = builders.make_builder(inventory)
+    builder = build_step.make_builder(inventory)
     key = inventory.repository.signing_key
     if (yield from _broken(inventory, "build", builder.build_arches(inventory.arches),
                            "Build the packages")):
@@ -48,7 +50,7 @@ def packages(inventory):
 
 
 def index(inventory):
-    builder = builders.make_builder(inventory)
+    builder = build_step.make_builder(inventory)
     key = inventory.repository.signing_key
     if (yield from _broken(inventory, "index", inventory.arches, "Publish the packages")):
         return

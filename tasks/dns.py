@@ -2,8 +2,11 @@
 database (after upgrade:<host>)."""
 from doit.tools import config_changed
 
-from outpost import geodns, geoip, render, steps
-from outpost.gcore import TOKEN_ENV
+from outpost import geoip, render
+from outpost.commands import dns as dns_commands
+from outpost.commands.gcore import TOKEN_ENV
+from outpost.steps import dns as dns_step
+from outpost.steps.common import host_marker
 from outpost.taskutil import action, files_under, remove
 
 
@@ -15,10 +18,10 @@ def fleet_database(inventory):
     yield {
         "basename": "geoip",
         "doc": "Write the local fleet's test country database (never used for real hosts)",
-        "actions": [action(steps.fleet_database, inventory)],
+        "actions": [action(dns_step.fleet_database, inventory)],
         "targets": [str(path)],
-        # Its content is geodns.PROBE_NETWORKS: made again when they change.
-        "uptodate": [config_changed(geodns.PROBE_NETWORKS)],
+        # Its content is dns_commands.PROBE_NETWORKS: made again when they change.
+        "uptodate": [config_changed(dns_commands.PROBE_NETWORKS)],
         "clean": [remove(path)],
     }
 
@@ -32,10 +35,10 @@ def dns(inventory):
             "name": "gcore",
             "doc": f"Put the GeoDNS map on Gcore's managed DNS for {inventory.site.name} "
                    f"(token from ${TOKEN_ENV})",
-            "actions": [action(steps.dns_gcore, inventory)],
+            "actions": [action(dns_step.dns_gcore, inventory)],
             "uptodate": [config_changed({"api": dns.api, "requests": [
                 {"method": r.method, "path": r.path, "body": r.body}
-                for r in geodns.gcore_requests(inventory)]})],
+                for r in dns_commands.gcore_requests(inventory)]})],
         }
         return
     templates = files_under(render.TEMPLATES / "gdnsd")
@@ -45,12 +48,12 @@ def dns(inventory):
             "name": host.name,
             "doc": f"Switch in {host.name}'s gdnsd config, zone and country database after "
                    "gdnsd checkconf",
-            "actions": [action(steps.dns, inventory, host)],
+            "actions": [action(dns_step.dns, inventory, host)],
             # A user's database that is missing is not a file_dep (doit would say only that a
             # dependency is missing): the step runs and says which file and why.
-            "file_dep": templates + steps.host_marker(inventory, host)
+            "file_dep": templates + host_marker(inventory, host)
             + ([str(database)] if database.is_file() or dns.database is None else []),
-            "uptodate": [config_changed(geodns.dns_context(inventory, host)),
+            "uptodate": [config_changed(dns_commands.dns_context(inventory, host)),
                          lambda: database.is_file()],
             # After upgrade (gdnsd may come from the repository), not after config: ACME's
             # DNS-01 needs the nameservers before config's nginx can have its certificate.

@@ -12,7 +12,8 @@ import pytest
 
 from fleet_helpers import accepted_connections
 from helpers import fleet_project, ran_tasks, run_doit, wait_for
-from outpost import acme, fleet, inventory, steps
+from outpost import fleet, inventory, probe
+from outpost.commands import acme
 
 HOSTS = ("au", "fr", "ny")
 ADDRESSES = {"au": "198.19.81.11", "ny": "198.19.81.12", "fr": "198.19.81.13"}
@@ -40,7 +41,7 @@ def site(tmp_path_factory, request):
 def served(inv, host) -> dict:
     """The certificate the host serves for the site's name, verified against the ACME
     server's root (pebble's, from its management port): serial, names, issuer."""
-    connection = steps._SiteConnection(host.address, inv.site.name, steps.site_context(inv), 5)
+    connection = probe.SiteConnection(host.address, inv.site.name, probe.site_context(inv), 5)
     connection.connect()
     try:
         cert = connection.sock.getpeercert()
@@ -78,7 +79,7 @@ def test_every_host_serves_the_acme_certificate_for_the_sites_name(site):
     # Not the local CA's: that one would not verify against pebble's root.
     local = ssl.create_default_context(cafile=str(inv.site.ca / "ca.pem"))
     with pytest.raises(ssl.SSLCertVerificationError):
-        connection = steps._SiteConnection(inv.hosts[0].address, inv.site.name, local, 5)
+        connection = probe.SiteConnection(inv.hosts[0].address, inv.site.name, local, 5)
         connection.connect()
     proc = doit(project, "check")
     table = proc.stdout[proc.stdout.index("host "):].splitlines()
@@ -231,7 +232,7 @@ def test_a_restarted_acme_server_means_a_new_certificate_everywhere(site):
     hosts_fleet.stop_host(fleet.ACME_SERVER)
     proc = doit(project, "deploy")  # fleet:up starts it again
     assert "its chain does not lead to the ACME server's root: issuing again" in proc.stdout
-    steps._roots_seen.clear()  # this process fetched the old root once: fetch the new one
+    probe.RUN.forget("acme roots")  # this process fetched the old root once: fetch the new one
     after = serials(inv)  # verified against the new root
     assert len(set(after.values())) == 1 and set(after.values()).isdisjoint(before.values())
     # And once is enough.

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from outpost import acme, bundle, inventory, render
+from outpost import inventory
+from outpost.commands import acme
+from outpost.commands import bundle
+from outpost.commands import sync as sync_commands
 from outpost.errors import OutpostError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +88,7 @@ def test_the_cert_host_runs_only_permitted_doas_commands(inv):
 
 
 def test_a_web_hosts_rules_for_lego_are_two(inv):
-    rules = render.doas_conf(inv, inv.host("au"))
+    rules = sync_commands.doas_conf(inv, inv.host("au"))
     lego = [line for line in rules.splitlines() if line.startswith("permit nopass lego")]
     assert lego == ["permit nopass lego as _gdnsd cmd /usr/libexec/outpost/acme-challenge args",
                     "permit nopass lego as root cmd dinitctl args signal HUP nginx"]

@@ -1,4 +1,4 @@
-"""outpost.builders and outpost.repo: the local builder, the cbuild builder (against the cbuild
+"""outpost.steps.build and outpost.repo: the local builder, the cbuild builder (against the cbuild
 stand-in in a fake cports clone), and publishing into build/repo/<arch>/."""
 import json
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from outpost import apk, inventory, repo
-from outpost.builders import LocalBuilder, CbuildBuilder, make_builder
+from outpost.steps.build import LocalBuilder, CbuildBuilder, make_builder
 from outpost.errors import OutpostError
 from outpost.template import load_template
 

@@ -1,5 +1,5 @@
-"""outpost.bundle and the helper that applies bundles (templates/outpost/apply.j2), and the
-bootstrap script (outpost.bootstrap), run for real.
+"""outpost.commands.bundle and the helper that applies bundles (templates/outpost/apply.j2), and the
+bootstrap script (outpost.commands.bootstrap), run for real.
 
 The helper runs as root with the real /bin/sh, openssl, doas -C and nginx -t, in a private
 mount namespace whose /etc, /var, /srv and /usr/local are overlays (nothing on this machine
@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from outpost import apk, bootstrap, bundle, commands
+from outpost import apk
+from outpost.commands import bootstrap
+from outpost.commands import bundle
+from outpost.commands import sync as sync_commands
 from outpost.errors import OutpostError
 
 OVERLAID = ("etc", "var", "srv", "usr/local", "usr/libexec")
@@ -87,9 +90,9 @@ NGINX = b"pid /run/test-nginx.pid;\nevents {}\n"
 def config(nginx=NGINX, env=b"PORT=8080\n", host="au", step="config", folders=()):
     return bundle.Bundle(
         host, step,
-        files=(bundle.BundleFile("/etc/nginx/nginx.conf", 0o644, nginx, "nginx"),
-               bundle.BundleFile("/etc/nginx/outpost/site.key", 0o600, b"KEY\n", "nginx"),
-               bundle.BundleFile("/etc/default/app", 0o644, env, "app")),
+        files=(bundle.HostFile("/etc/nginx/nginx.conf", 0o644, nginx, "nginx"),
+               bundle.HostFile("/etc/nginx/outpost/site.key", 0o600, b"KEY\n", "nginx"),
+               bundle.HostFile("/etc/default/app", 0o644, env, "app")),
         folders=folders,
         checks=(("nginx", "/etc/nginx/nginx.conf"),),
         actions=(bundle.Action("nginx", "reload", "nginx"),
@@ -108,8 +111,8 @@ def apply(machine, b, keys, serial, key="test.rsa"):
 def test_manifest_lists_every_item_one_per_line():
     b = bundle.Bundle(
         "au", "dns",
-        files=(bundle.BundleFile("/etc/gdnsd/config", 0o644, b"x", "gdnsd"),
-               bundle.BundleFile("/etc/gdnsd/geoip/country.mmdb", 0o644, None, "gdnsd",
+        files=(bundle.HostFile("/etc/gdnsd/config", 0o644, b"x", "gdnsd"),
+               bundle.HostFile("/etc/gdnsd/geoip/country.mmdb", 0o644, None, "gdnsd",
                                  "ab" * 32)),
         folders=(bundle.Folder("/srv/app", "deploy"),),
         checks=(("gdnsd", "/etc/gdnsd"),), enable=("gdnsd",),
@@ -129,7 +132,7 @@ def test_manifest_lists_every_item_one_per_line():
 @pytest.mark.parametrize("path", ["etc/doas.conf", "/etc/a b", "/etc/../shadow", "/etc/x\n",
                                   "/etc/$(id)", "/srv/./x"])
 def test_a_path_that_is_not_plain_is_refused(path):
-    b = bundle.Bundle("au", "config", files=(bundle.BundleFile(path, 0o644, b""),))
+    b = bundle.Bundle("au", "config", files=(bundle.HostFile(path, 0o644, b""),))
     with pytest.raises(OutpostError, match="not a plain absolute path"):
         bundle.manifest(b, 1)
 
@@ -217,11 +220,11 @@ def test_a_folder_for_the_deploy_user_has_root_owned_parents_and_is_never_a_link
 
 def test_a_file_sent_by_hash_must_be_on_the_host(machine, keys):
     kept = bundle.Bundle("au", "dns", files=(
-        bundle.BundleFile("/etc/outpost/db", 0o644, None, None, bundle.sha256(b"DB")),))
+        bundle.HostFile("/etc/outpost/db", 0o644, None, None, bundle.sha256(b"DB")),))
     result = apply(machine, kept, keys, 1)
     assert result.returncode == bundle.EXITS["needs"]
     assert result.stdout.decode().strip() == "needs: /etc/outpost/db"
-    sent = bundle.Bundle("au", "dns", files=(bundle.BundleFile("/etc/outpost/db", 0o644, b"DB"),))
+    sent = bundle.Bundle("au", "dns", files=(bundle.HostFile("/etc/outpost/db", 0o644, b"DB"),))
     assert apply(machine, sent, keys, 2).returncode == 0
     assert apply(machine, kept, keys, 3).returncode == 0
 
@@ -237,7 +240,7 @@ def test_bootstrap_script_is_idempotent(machine, keys):
     assert first.returncode == 0, first.stderr.decode()
     assert machine.file(bundle.HELPER).read_text() == bootstrap.helper_text(
         f"/etc/apk/keys/{KEY_NAME}")
-    assert machine.file(commands.list_path()).read_text() == "v2 /var/lib/outpost/repo\n"
+    assert machine.file(sync_commands.list_path()).read_text() == "v2 /var/lib/outpost/repo\n"
     doas_conf = machine.file("/etc/doas.conf")
     assert doas_conf.read_text().splitlines()[1:] == [
         "permit nopass nobody as root cmd /usr/libexec/outpost/apply args"]

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from outpost import inventory, steps
+from outpost import inventory
+from outpost.steps import certificates
 
 # (make, is_current, a file it is made from) of each task.
 TASKS = {"certificate": ("certificate", "certificate_is_current", "build/tls/site.key"),
@@ -21,8 +22,8 @@ TASKS = {"certificate": ("certificate", "certificate_is_current", "build/tls/sit
 def test_certificate_is_current_until_an_input_changes_or_renewal_is_due(project, task):
     make, is_current, made_from = TASKS[task]
     inv = inventory.load(project / "inventory.toml")
-    values = getattr(steps, make)(inv)
-    current = getattr(steps, is_current)
+    values = getattr(certificates, make)(inv)
+    current = getattr(certificates, is_current)
     assert current(inv, values)
     assert not current(inv, {})  # never made
     assert not current(inv, {**values, "renew_after": 0})  # due
@@ -35,9 +36,9 @@ def test_certificate_is_current_until_an_input_changes_or_renewal_is_due(project
 def test_the_check_loads_no_cryptography(project, task):
     make, is_current, _ = TASKS[task]
     inv = inventory.load(project / "inventory.toml")
-    (project / "values.json").write_text(json.dumps(getattr(steps, make)(inv)))
+    (project / "values.json").write_text(json.dumps(getattr(certificates, make)(inv)))
     code = ("import json, sys\n"
-            "from outpost import inventory, steps\n"
+            "from outpost import inventory\nfrom outpost.steps import certificates as steps\n"
             "inv = inventory.load('inventory.toml')\n"
             f"assert steps.{is_current}(inv, json.load(open('values.json')))\n"
             "print(sorted(m for m in sys.modules if m.startswith('cryptography')))\n")

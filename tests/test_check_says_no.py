@@ -19,7 +19,10 @@ import pytest
 
 from fleet_helpers import require_fleet_machine
 from helpers import deployed_site, ran_tasks, run_doit, template_version, wait_for
-from outpost import manifest, releases, render, steps, tls
+from outpost import manifest, probe, tls
+from outpost.commands import config as config_commands
+from outpost.commands import content as releases
+from outpost.steps import acme as acme_step
 
 HOSTS = ("au", "fr", "ny")
 ADDRESSES = {"au": "198.19.86.11", "ny": "198.19.86.12", "fr": "198.19.86.13"}
@@ -59,12 +62,12 @@ def statuses(stdout: str) -> dict:
 
 def health(inv, name) -> dict:
     """The host's /_health as the check asks it ({} when it gives none)."""
-    answer = steps._health(inv, inv.host(name))
+    answer = probe.health(inv, inv.host(name))
     return answer if isinstance(answer, dict) else {}
 
 
 def served_leaf(inv, name) -> bytes | None:
-    return steps._served_certificate(inv, inv.host(name))
+    return probe.served_certificate(inv, inv.host(name))
 
 
 # --- certificates ------------------------------------------------------------------------------
@@ -72,7 +75,7 @@ def served_leaf(inv, name) -> bytes | None:
 def serve_certificate(hosts_fleet, inv, name, chain: bytes, key: bytes):
     """Put chain and key where the host's nginx reads the site's (as root, written in place: the
     file keeps its owner and mode), HUP nginx, and wait until the host serves that leaf."""
-    paths = render.tls_paths(inv)
+    paths = config_commands.tls_paths(inv)
     files = ({paths["certificate"]: chain + key} if paths["certificate"] == paths["key"]
              else {paths["certificate"]: chain, paths["key"]: key})
     for path, data in files.items():
@@ -89,7 +92,7 @@ def au_certificate(site):
     """au's certificate files as they are, put back after the test if it left another one
     served (the test's own repair, `doit check`, normally has)."""
     _, inv, hosts_fleet = site
-    tls = render.tls_paths(inv)
+    tls = config_commands.tls_paths(inv)
     paths = sorted({tls["certificate"], tls["key"]})
     kept = {p: hosts_fleet.run_on("au", ["cat", p], text=False, check=True).stdout for p in paths}
     served = served_leaf(inv, "au")
@@ -118,7 +121,7 @@ def test_a_host_serving_a_certificate_from_another_ca_fails_the_check(site, au_c
 
     # The certificate step sees it too, and has the cert host push the site's certificate back.
     check_passes(project, "check")
-    issued = steps._leaf_der(steps.issued_certificate(inv).read_text())
+    issued = tls.leaf_der(acme_step.issued_certificate(inv).read_text())
     assert served_leaf(inv, "au") == issued
 
 
@@ -154,13 +157,13 @@ def test_a_host_serving_a_certificate_for_another_name_fails_the_check(site, au_
                      out), out
 
     check_passes(project, "check")
-    assert served_leaf(inv, "au") == steps._leaf_der(steps.issued_certificate(inv).read_text())
+    assert served_leaf(inv, "au") == tls.leaf_der(acme_step.issued_certificate(inv).read_text())
 
 
 # --- versions ----------------------------------------------------------------------------------
 
 def restart_app(hosts_fleet, inv, name):
-    service = render.served_package(inv).service
+    service = config_commands.served_package(inv).service
     hosts_fleet.run_on(name, ["dinitctl", "restart", service], check=True)
 
 
@@ -221,7 +224,7 @@ def test_a_host_left_with_an_older_package_fails_the_check_and_the_next_deploy_u
 
 def current_release(inv) -> str:
     """The folder the app serves on a host (the `current` link of the package's content_dir)."""
-    return releases.current_path(render.served_package(inv).content_dir)
+    return releases.current_path(config_commands.served_package(inv).content_dir)
 
 
 def test_a_host_serving_other_content_fails_the_check(site):
@@ -253,11 +256,11 @@ def test_a_content_file_deleted_here_but_still_served_fails_the_check(site):
         check_passes(project, "deploy")
         without = manifest.scan(project / "content").digest
         assert health(inv, "au")["content"] == without
-        assert steps.site_request(inv, inv.host("au"), "/entries/doit/")[0] == 404
+        assert probe.site_request(inv, inv.host("au"), "/entries/doit/")[0] == 404
         # The file is back in au's release, as a push that failed to delete it would leave it.
         hosts_fleet.run_on("au", ["sh", "-c", f'cat > "{current_release(inv)}/entries/doit.txt"'],
                            input=text, text=False, check=True)
-        wait_for(lambda: steps.site_request(inv, inv.host("au"), "/entries/doit/")[0] == 200,
+        wait_for(lambda: probe.site_request(inv, inv.host("au"), "/entries/doit/")[0] == 200,
                  "au to serve the deleted entry")
         seen = health(inv, "au")
 
@@ -267,7 +270,7 @@ def test_a_content_file_deleted_here_but_still_served_fails_the_check(site):
                          out), out
 
         check_passes(project, "check")
-        assert steps.site_request(inv, inv.host("au"), "/entries/doit/")[0] == 404
+        assert probe.site_request(inv, inv.host("au"), "/entries/doit/")[0] == 404
     finally:
         entry.write_bytes(text)
     check_passes(project, "deploy")

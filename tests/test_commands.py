@@ -1,4 +1,4 @@
-"""outpost.commands: the argv lists and the scripts, and what the scripts really do.
+"""outpost.commands.base and .sync: the argv lists and the scripts, and what the scripts really do.
 
 The scripts run with the real /bin/sh in a private mount namespace whose /etc and /var are
 overlays (so the paths they name are the real ones, and nothing on this machine changes),
@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from outpost import commands, rollout
+from outpost.commands import base
+from outpost.commands import sync as sync_commands
+from outpost.commands import upgrade as rollout
 from outpost.errors import OutpostError
 from outpost.inventory import Host, Package, Repository, Ssh
 
@@ -46,7 +48,7 @@ REPOSITORY = Repository(signing_key=Path("/inv/keys/outpost.rsa"), path="/var/li
 # --- argv builders ----------------------------------------------------------------------------
 
 def test_ssh_options_pin_the_host_key_and_the_identity():
-    options = commands.ssh_options(make_ssh(), make_host(port=2222))
+    options = base.ssh_options(make_ssh(), make_host(port=2222))
     pairs = dict(zip(options[::2], options[1::2]))
     assert options[:2] == ["-F", "/dev/null"]
     assert pairs["-i"] == "/inv/deploy key"
@@ -60,25 +62,25 @@ def test_ssh_options_pin_the_host_key_and_the_identity():
 
 def test_ssh_argv_is_ssh_with_the_pinned_options_to_the_user_at_the_host():
     ssh = make_ssh()
-    assert commands.ssh_argv(ssh, make_host()) == [
-        "ssh", *commands.ssh_options(ssh, make_host()), "deploy@198.18.0.11"]
-    assert commands.ssh_argv(ssh, make_host(address="fd00::5"))[-1] == "deploy@[fd00::5]"
+    assert base.ssh_argv(ssh, make_host()) == [
+        "ssh", *base.ssh_options(ssh, make_host()), "deploy@198.18.0.11"]
+    assert base.ssh_argv(ssh, make_host(address="fd00::5"))[-1] == "deploy@[fd00::5]"
 
 
 def test_rsync_argv_for_the_repository_keeps_hardlinks_and_deletes():
     ssh, host = make_ssh(), make_host()
-    argv = commands.repo_rsync_argv(Path("/inv/build/repo"), host, REPOSITORY, ssh)
+    argv = sync_commands.repo_rsync_argv(Path("/inv/build/repo"), host, REPOSITORY, ssh)
     assert argv[:5] == ["rsync", "-a", "-s", "-H", "--delete"]
     assert "--timeout=60" in argv
     assert argv[-2:] == ["/inv/build/repo/x86_64/",
                          "deploy@198.18.0.11:/var/lib/outpost/repo/x86_64/"]
     # rsync splits -e itself, honouring quotes: it must give back exactly the pinned options.
     remote_shell = argv[argv.index("-e") + 1]
-    assert shlex.split(remote_shell) == ["ssh", *commands.ssh_options(ssh, host)]
+    assert shlex.split(remote_shell) == ["ssh", *base.ssh_options(ssh, host)]
 
 
 def test_rsync_argv_options():
-    argv = commands.rsync_argv("src/", make_host(address="fd00::5"), "/dest/", make_ssh(),
+    argv = base.rsync_argv("src/", make_host(address="fd00::5"), "/dest/", make_ssh(),
                                delete=False, extra=("--checksum",))
     assert "--delete" not in argv
     assert argv[:3] == ["rsync", "-a", "-s"]  # the paths never pass through the host's shell
@@ -86,22 +88,22 @@ def test_rsync_argv_options():
 
 
 def test_repo_list_line():
-    assert commands.repo_list_line("v2", "/var/lib/outpost/repo") == "v2 /var/lib/outpost/repo"
-    assert commands.repo_list_line("v3", "/srv/repo") == "v3 /srv/repo"
+    assert sync_commands.repo_list_line("v2", "/var/lib/outpost/repo") == "v2 /var/lib/outpost/repo"
+    assert sync_commands.repo_list_line("v3", "/srv/repo") == "v3 /srv/repo"
     with pytest.raises(ValueError):
-        commands.repo_list_line("v4", "/srv/repo")
+        sync_commands.repo_list_line("v4", "/srv/repo")
 
 
 def test_health_url():
-    assert commands.health_url(make_host(), make_package()) == "http://198.18.0.11:8080/_health"
-    assert (commands.health_url(make_host(address="fd00::5"), make_package(port=81))
+    assert base.health_url(make_host(), make_package()) == "http://198.18.0.11:8080/_health"
+    assert (base.health_url(make_host(address="fd00::5"), make_package(port=81))
             == "http://[fd00::5]:81/_health")
     with pytest.raises(OutpostError, match="'linkedlist' has no port.*host au"):
-        commands.health_url(make_host(), make_package(port=None))
+        base.health_url(make_host(), make_package(port=None))
 
 
 def rules_text(user, installs=()):
-    return commands.doas_conf_text(commands.doas_permits(user, installs=installs))
+    return base.doas_conf_text(base.doas_permits(user, installs=installs))
 
 
 def test_doas_rules_text():
@@ -130,7 +132,7 @@ def test_doas_rules_text():
 def test_doas_permits_are_the_commands_without_doas_each_once():
     installs = (rollout.doas_commands("linkedlist", ["2.0.12-r1"], "linkedlist", None)
                 + rollout.doas_commands("other", ["1.0-r0"], "other", None))
-    permits = commands.doas_permits("deploy", installs=installs)
+    permits = base.doas_permits("deploy", installs=installs)
     assert permits[:3] == [("deploy", ["/usr/libexec/outpost/apply"]),
                            ("deploy", ["apk", "update"]),
                            ("deploy", ["apk", "add", "linkedlist=2.0.12-r1"])]
@@ -288,7 +290,7 @@ def test_a_service_file_dinit_refuses_keeps_the_old_one_and_the_host_goes_back(f
     # host fails as a failed gate does, and goes back to the version (and file) it ran.
     fake_host.file("/usr/lib/dinit.d").mkdir(parents=True)
     fake_host.file("/usr/lib/dinit.d/linkedlist").write_text("command = /usr/bin/linkedlistd\n")
-    log = fake_host.file(commands.DINIT_LOG)
+    log = fake_host.file(base.DINIT_LOG)
     log.parent.mkdir(parents=True)
     log.write_text("dinit: an old line from before the step\n")
     fake_host.env["DINITCTL_REFUSE"] = "2.0-r0"

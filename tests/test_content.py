@@ -16,7 +16,7 @@ import pytest
 from content_tree import add_entries, edit_all, entry_path, make_tree
 from fleet_helpers import ssh
 from helpers import deployed_site, ran_tasks, run_doit, wait_for
-from outpost import manifest, steps
+from outpost import manifest, probe
 
 HOSTS = ("au", "fr", "ny")
 ADDRESSES = {"au": "198.19.83.11", "ny": "198.19.83.12", "fr": "198.19.83.13"}
@@ -34,7 +34,7 @@ def site(tmp_path_factory, request):
 
 
 def health(inv, host):
-    return steps._health(inv, host)
+    return probe.health(inv, host)
 
 
 def digest(project) -> str:
@@ -165,7 +165,7 @@ def test_an_edit_that_keeps_the_size_and_mtime_is_deployed(site):
     assert content_tasks(proc.stdout) == [f"content:{h}" for h in HOSTS]
     assert "1 of 2040 files sent" in proc.stdout
     assert serves(inv, digest(project))
-    status, _, body = steps.site_request(inv, inv.host("fr"), "/entries/entry-00007/")
+    status, _, body = probe.site_request(inv, inv.host("fr"), "/entries/entry-00007/")
     assert status == 200 and b"Generated entry ?" in body
 
 
@@ -199,8 +199,8 @@ def test_the_app_serves_no_link_even_one_that_reached_the_host(site):
                                   "ln -sfn releases/by-hand current")
     assert made.returncode == 0, made.stderr
     wait_for(lambda: health(inv, fr)["release"] == "by-hand", "fr to serve the hand-made release")
-    assert steps.site_request(inv, fr, "/static/passwd.txt")[0] == 404
-    assert steps.site_request(inv, fr, "/static/style.css")[0] == 200
+    assert probe.site_request(inv, fr, "/static/passwd.txt")[0] == 404
+    assert probe.site_request(inv, fr, "/static/style.css")[0] == 200
     assert health(inv, fr)["content"] == digest(project)  # the link is not part of it
     log = hosts_fleet.run_on("fr", ["cat", "/var/log/linkedlist.log"]).stdout
     assert f"not serving {CONTENT_DIR}/releases/by-hand/static/passwd.txt: a symlink" in log

@@ -1,4 +1,4 @@
-"""outpost.content: the push and rollback of the content step, what it records about each host,
+"""outpost.steps.content: the push and rollback of the content step, what it records about each host,
 and when content:<host> is up to date. The "host" is a folder on this machine: SSH is replaced
 by running the same stdin (script, mark, payload) through the same remote shell command with
 /bin/sh here, so the real scripts, tar and mv do the work (the fleet tests add real SSH)."""
@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from outpost import content, manifest, remote
+from outpost import manifest, remote
+from outpost.steps import content
 from outpost.inventory import Host, Package, Ssh
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from helpers import fleet_project, ran_tasks, run_doit, template_version
-from outpost import fleet, inventory, manifest, steps
+from outpost import fleet, inventory, manifest, probe
 
 HOSTS = ("au", "fr", "ny")
 # Addresses apart from the default inventory's, so a developer's own fleet can keep running.
@@ -28,7 +28,7 @@ def site(tmp_path_factory, request):
 
 def health(inv, host):
     """The app's /_health through the host's nginx over HTTPS, trusting only the site's CA."""
-    status, _, body = steps.site_request(inv, host, "/_health")
+    status, _, body = probe.site_request(inv, host, "/_health")
     assert status == 200, (host.name, status, body)
     return json.loads(body)
 

@@ -13,7 +13,8 @@ import pytest
 
 from fleet_helpers import accepted_connections
 from helpers import fleet_project, ran_tasks, run_doit, wait_for
-from outpost import fleet, geodns, inventory
+from outpost import fleet, inventory
+from outpost.commands import dns as geodns
 
 HOSTS = ("au", "fr", "ny")
 ADDRESSES = {"au": "198.19.82.11", "ny": "198.19.82.12", "fr": "198.19.82.13"}

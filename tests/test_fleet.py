@@ -201,7 +201,7 @@ def test_root_login_is_refused_even_with_an_authorised_key(fleet):
 
 
 def test_the_fleet_gives_the_deploy_user_no_root_command(fleet):
-    # doas.conf is the bootstrap's to write, as root (outpost.bootstrap): none before it.
+    # doas.conf is the bootstrap's to write, as root (outpost.commands.bootstrap): none before it.
     assert fleet.run_on("alpha", ["test", "-e", "/etc/doas.conf"]).returncode != 0
     refused = ssh(fleet, "alpha", "doas -n true")
     assert refused.returncode != 0

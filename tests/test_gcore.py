@@ -1,4 +1,4 @@
-"""outpost.gcore: the GeoDNS map as Gcore's DNS API request, and the runner that sends it.
+"""outpost.commands.gcore and outpost.gcore: the GeoDNS map as Gcore's DNS API request, and the runner that sends it.
 
 The expected bodies are written out by hand from Gcore's API documentation (see the module's
 docstring), not computed by outpost's code. `apply` is tested against a local HTTP server that
@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from outpost import gcore
+from outpost.commands import gcore as gcore_commands
 from outpost.errors import OutpostError
 
 # The seed's map as the inventory gives it: each list complete (the default and the remaining
@@ -22,7 +23,7 @@ SEED_ROUTES = [
     ("SA", ["fr", "ny", "au"]),
 ]
 ADDRESSES = {"au": "198.18.0.11", "ny": "198.18.0.12", "fr": "198.18.0.13"}
-HEALTH = gcore.Health(interval=2.0, timeout=1.0, path="/_health", port=80,
+HEALTH = gcore_commands.Health(interval=2.0, timeout=1.0, path="/_health", port=80,
                       vhost="linkedlist.org")
 TOKEN = "4242$0123456789abcdefSECRET"
 
@@ -48,7 +49,7 @@ SEED_BODY = {
 
 
 def seed_requests():
-    return gcore.geodns_requests("linkedlist.org", SEED_ROUTES, "au", ADDRESSES, HEALTH, 30)
+    return gcore_commands.geodns_requests("linkedlist.org", SEED_ROUTES, "au", ADDRESSES, HEALTH, 30)
 
 
 # --- builders ----------------------------------------------------------------------------------
@@ -62,7 +63,7 @@ def test_seed_map_is_one_put_of_the_apex_a_rrset():
 
 def test_a_country_goes_in_countries_and_the_default_may_serve_regions_too():
     routes = [("EU", ["fr", "au"]), ("EU/DE", ["ny", "fr", "au"]), ("OC", ["au", "fr"])]
-    records = gcore.resource_records(routes, "au", ADDRESSES)
+    records = gcore_commands.resource_records(routes, "au", ADDRESSES)
     assert records == [
         {"content": ["198.18.0.11"], "enabled": True,
          "meta": {"continents": ["oc"], "default": True}},
@@ -73,7 +74,7 @@ def test_a_country_goes_in_countries_and_the_default_may_serve_regions_too():
 
 def test_a_host_first_nowhere_gets_a_record_with_no_geo_meta():
     routes = [("NA", ["ny", "fr", "au"])]
-    records = gcore.resource_records(routes, "au", ADDRESSES)
+    records = gcore_commands.resource_records(routes, "au", ADDRESSES)
     assert [r["content"] for r in records] == [["198.18.0.11"], ["198.18.0.12"],
                                                ["198.18.0.13"]]
     assert records[2]["meta"] == {}
@@ -86,13 +87,13 @@ def test_a_host_first_nowhere_gets_a_record_with_no_geo_meta():
     (7200.0, 20.0, 3600, 10),
 ])
 def test_health_check_fits_gcores_ranges(interval, timeout, frequency, check_timeout):
-    health = gcore.Health(interval, timeout, "/_health", 80, "linkedlist.org")
-    meta = gcore.failover_meta(health)
+    health = gcore_commands.Health(interval, timeout, "/_health", 80, "linkedlist.org")
+    meta = gcore_commands.failover_meta(health)
     assert (meta["frequency"], meta["timeout"]) == (frequency, check_timeout)
 
 
 def test_ttl_and_names_are_passed_through():
-    [request] = gcore.geodns_requests("example.org", [("NA", ["ny"])], "ny", ADDRESSES,
+    [request] = gcore_commands.geodns_requests("example.org", [("NA", ["ny"])], "ny", ADDRESSES,
                                       HEALTH, 120)
     assert request.path == "/dns/v2/zones/example.org/example.org/A"
     assert request.body["ttl"] == 120
@@ -104,7 +105,7 @@ def test_ttl_and_names_are_passed_through():
 def test_regions_where_gcore_falls_back_otherwise_than_gdnsd():
     # ny down: gdnsd answers North America with fr (its list), Gcore with the default au.
     # fr down: Europe and South America get ny from gdnsd, au from Gcore; Africa gets au from both.
-    assert gcore.unexpressed_fallbacks(SEED_ROUTES, "au") == [
+    assert gcore_commands.unexpressed_fallbacks(SEED_ROUTES, "au") == [
         ("NA", "fr", "au"), ("EU", "ny", "au"), ("SA", "ny", "au")]
 
 
@@ -112,7 +113,7 @@ def test_a_country_falls_back_to_its_continents_first_host_on_gcore():
     routes = [("EU", ["fr", "au", "ny"]), ("EU/DE", ["ny", "fr", "au"]),
               ("EU/CH", ["ny", "au", "fr"]), ("AS/JP", ["ny", "au", "fr"])]
     # DE with ny down: fr (EU's first) on both. CH: gdnsd au, Gcore fr. JP: au on both.
-    assert gcore.unexpressed_fallbacks(routes, "au") == [("EU/CH", "au", "fr")]
+    assert gcore_commands.unexpressed_fallbacks(routes, "au") == [("EU/CH", "au", "fr")]
 
 
 @pytest.mark.parametrize("routes, default, addresses, expected", [
@@ -129,7 +130,7 @@ def test_a_country_falls_back_to_its_continents_first_host_on_gcore():
 ])
 def test_bad_input_is_one_clear_error(routes, default, addresses, expected):
     with pytest.raises(OutpostError) as err:
-        gcore.geodns_requests("linkedlist.org", routes, default, addresses, HEALTH, 30)
+        gcore_commands.geodns_requests("linkedlist.org", routes, default, addresses, HEALTH, 30)
     assert expected in str(err.value)
     assert str(err.value).startswith('[dns] provider = "gcore": ')
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from outpost import bundle, geodns, geoip, inventory, report
+from outpost import geoip, inventory, report
+from outpost.commands import bundle
+from outpost.commands import dns as geodns
 from outpost.errors import OutpostError
 from outpost.fleet import provision
 from outpost.standins import _dinit
@@ -145,15 +147,16 @@ def test_the_zone_names_every_host_as_a_nameserver(inv, fleet_database):
 
 
 def test_a_map_change_changes_the_dns_context_and_nothing_of_config(inv, tmp_path):
-    from outpost import render
+    from outpost.commands import config as config_commands
     path = tmp_path / "inventory.toml"
     path.write_text((REPO / "inventory.toml").read_text().replace('NA = ["ny", "fr"]',
                                                                  'NA = ["fr"]'))
     changed = inventory.load(path)
     host = inv.host("au")
     assert geodns.dns_context(changed, host) != geodns.dns_context(inv, host)
-    # What config's doit task compares (render.config_inputs).
-    assert render.config_inputs(changed, changed.host("au")) == render.config_inputs(inv, host)
+    # What config's doit task compares (config_commands.config_inputs).
+    assert (config_commands.config_inputs(changed, changed.host("au"))
+            == config_commands.config_inputs(inv, host))
 
 
 def test_countries_nest_under_their_continent(tmp_path, fleet_database):

@@ -31,6 +31,6 @@ def test_task_definitions_import_no_heavy_library(project):
     modules = set(result.stdout.split())
     # The modules that use them were loaded, so their absence below means something.
     assert {"dodo", "outpost.render", "outpost.apk", "outpost.tls", "outpost.steps",
-            "outpost.geodns", "outpost.geoip", "outpost.gcore"} <= modules
+            "outpost.commands.dns", "outpost.geoip", "outpost.gcore"} <= modules
     loaded = sorted(m for m in modules if m.partition(".")[0] in HEAVY)
     assert loaded == []

@@ -14,7 +14,7 @@ import pytest
 
 from fleet_helpers import ssh
 from helpers import deployed_site, run_doit
-from outpost import bundle
+from outpost.commands import bundle
 
 ADDRESSES = {"au": "198.19.87.11", "ny": "198.19.87.12", "fr": "198.19.87.13"}
 WEB_HOSTS = tuple(ADDRESSES)
@@ -148,7 +148,7 @@ def test_the_helper_applies_only_bundles_signed_with_the_repositorys_key(site, t
     from outpost import apk
     apk.generate_key(tmp_path / "other.rsa")
     evil = bundle.Bundle("au", "sync", files=(
-        bundle.BundleFile("/etc/doas.conf", 0o400, b"permit nopass deploy as root\n"),))
+        bundle.HostFile("/etc/doas.conf", 0o400, b"permit nopass deploy as root\n"),))
     before = digest(hosts_fleet, "au", "/etc/doas.conf")
     for data in (bundle.signed(evil, tmp_path / "other.rsa", 2**62), bundle.archive(evil, 2**62)):
         result = subprocess.run(

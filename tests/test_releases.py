@@ -1,4 +1,4 @@
-"""outpost.releases: the push and rollback scripts, run for real with /bin/sh, tar and mv on
+"""outpost.commands.content: the push and rollback scripts, run for real with /bin/sh, tar and mv on
 this machine, fed as a host feeds them (outpost.remote's RUN_STDIN_THEN_PAYLOAD: the script,
 the mark, the payload on one stdin). A folder here stands for a host's content_dir."""
 import io
@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from outpost import manifest, releases, remote
+from outpost import manifest, remote
+from outpost.commands import content as releases
 
 
 class Host:
-    """A content_dir and the releases pushed to it, as outpost.content keeps track of them."""
+    """A content_dir and the releases pushed to it, as outpost.steps.content keeps track of them."""
 
     def __init__(self, folder: Path, keep: int = 3):
         self.dir = folder
@@ -57,7 +58,7 @@ def reader(m):
 
 
 def push(host, tree, linked=True):
-    """Push the tree's release, linked to the one the host serves (as outpost.content does)."""
+    """Push the tree's release, linked to the one the host serves (as outpost.steps.content does)."""
     m = manifest.scan(tree)
     base, base_folder = host.serves if (linked and host.serves) else (None, None)
     data = releases.payload(m, reader(m), base, base_folder)

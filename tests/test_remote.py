@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from outpost import commands, remote
+from outpost import remote
+from outpost.commands import base
 from outpost.inventory import Host, Ssh
 from outpost.remote import RemoteError
 
@@ -147,7 +148,7 @@ def pin_other_key(ssh, tmp_path):
 # --- import cost ------------------------------------------------------------------------------
 
 def test_importing_remote_loads_neither_fabric_nor_paramiko():
-    code = ("import sys, outpost.remote, outpost.commands\n"
+    code = ("import sys, outpost.remote, outpost.commands.base\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in"
             " ('fabric', 'paramiko', 'invoke')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
@@ -314,7 +315,7 @@ def tree(tmp_path):
 def test_rsync_over_pinned_ssh_keeps_hardlinks_and_deletes(target, tree, tmp_path):
     host, ssh = target
     dest = tmp_path / "repo"
-    argv = commands.rsync_argv(tree, host, str(dest), ssh, hardlinks=True)
+    argv = base.rsync_argv(tree, host, str(dest), ssh, hardlinks=True)
     remote.run_local(argv, host, ssh, step="sync")
     index = dest / "x86_64" / "Packages.adb"
     assert index.read_bytes() == b"ADB index"
@@ -331,7 +332,7 @@ def test_rsync_refuses_a_changed_host_key(sshd, target, tree, tmp_path):
     ssh = pin_other_key(ssh, tmp_path)
     dest = tmp_path / "dest"
     with pytest.raises(RemoteError) as caught:
-        remote.run_local(commands.rsync_argv(tree, host, str(dest), ssh), host, ssh,
+        remote.run_local(base.rsync_argv(tree, host, str(dest), ssh), host, ssh,
                          step="content")
     # The fingerprint OpenSSH printed for the key it refused.
     assert str(caught.value) == (
@@ -345,7 +346,7 @@ def test_rsync_refuses_an_unknown_host(sshd, target, tree, tmp_path):
     host, ssh = target
     ssh.known_hosts.write_text("")
     with pytest.raises(RemoteError) as caught:
-        remote.run_local(commands.rsync_argv(tree, host, str(tmp_path / "d"), ssh), host, ssh)
+        remote.run_local(base.rsync_argv(tree, host, str(tmp_path / "d"), ssh), host, ssh)
     # OpenSSH prints no fingerprint for an unknown host: ssh-keyscan asked for it.
     assert str(caught.value) == (
         f"host testhost (127.0.0.1): host key for testhost (127.0.0.1) is unknown: "
@@ -359,13 +360,13 @@ def test_rsync_wrong_identity_and_closed_port(target, tree, tmp_path):
     keygen(tmp_path / "stranger")
     stranger = replace(ssh, identity=tmp_path / "stranger")
     with pytest.raises(RemoteError, match=r"refused the key .*stranger \(authentication"):
-        remote.run_local(commands.rsync_argv(tree, host, str(tmp_path / "d"), stranger), host,
+        remote.run_local(base.rsync_argv(tree, host, str(tmp_path / "d"), stranger), host,
                          stranger)
 
     closed = replace(host, port=free_port())
     with pytest.raises(RemoteError, match=rf"sync on host testhost \(127.0.0.1\): cannot reach "
                                           rf"127.0.0.1 port {closed.port}: connection refused"):
-        remote.run_local(commands.rsync_argv(tree, closed, str(tmp_path / "d"), ssh), closed,
+        remote.run_local(base.rsync_argv(tree, closed, str(tmp_path / "d"), ssh), closed,
                          ssh, step="sync")
 
 
@@ -374,7 +375,7 @@ def test_rsync_failure_on_the_host_names_the_exit_code(target, tree):
     # The destination's parent is a file: rsync on the host can't create the folder.
     with pytest.raises(RemoteError, match=r"content on host testhost \(127.0.0.1\): rsync exited"
                                           r" \d+ \(.+\):\n  .*"):
-        remote.run_local(commands.rsync_argv(tree, host, "/etc/hostname/sub", ssh), host, ssh,
+        remote.run_local(base.rsync_argv(tree, host, "/etc/hostname/sub", ssh), host, ssh,
                          step="content")
 
 
@@ -385,7 +386,7 @@ def test_a_script_reads_the_payload_after_it_in_one_login(sshd, target, tmp_path
     before = sshd.accepted()
     payload = bytes(range(256)) * 4096 + b"\nno newline at the end"
     out = tmp_path / "payload"
-    result = remote.run_ssh(commands.ssh_argv(ssh, host), host, ssh,
+    result = remote.run_ssh(base.ssh_argv(ssh, host), host, ssh,
                             f"set -eu\ncat > {out}\necho got $(wc -c < {out})", payload,
                             step="content")
     assert out.read_bytes() == payload
@@ -396,7 +397,7 @@ def test_a_script_reads_the_payload_after_it_in_one_login(sshd, target, tmp_path
 def test_a_failing_script_raises_with_its_exit_status_and_stderr(target):
     host, ssh = target
     with pytest.raises(remote.ScriptFailed) as caught:
-        remote.run_ssh(commands.ssh_argv(ssh, host), host, ssh,
+        remote.run_ssh(base.ssh_argv(ssh, host), host, ssh,
                        "echo the base is gone >&2; exit 75", step="content")
     assert caught.value.exited == 75
     assert str(caught.value) == ("content on host testhost (127.0.0.1) failed (exit 75):\n"
@@ -405,7 +406,7 @@ def test_a_failing_script_raises_with_its_exit_status_and_stderr(target):
 
 def test_a_session_left_unused_ends_its_ssh_process(target):
     host, ssh = target
-    with remote.SshSession(commands.ssh_argv(ssh, host), host, ssh, "content") as session:
+    with remote.SshSession(base.ssh_argv(ssh, host), host, ssh, "content") as session:
         pass
     assert session.process.returncode is not None
 
@@ -415,12 +416,12 @@ def test_ssh_session_failures_name_the_host(sshd, target, tmp_path):
     changed = pin_other_key(ssh, tmp_path)
     with pytest.raises(RemoteError, match=r"^content on host testhost \(127.0.0.1\): host key "
                                           r"for testhost \(127.0.0.1\) does not match") as caught:
-        remote.run_ssh(commands.ssh_argv(changed, host), host, changed, "true", step="content")
+        remote.run_ssh(base.ssh_argv(changed, host), host, changed, "true", step="content")
     assert presents(sshd) in str(caught.value)
     closed = replace(host, port=free_port())
     with pytest.raises(RemoteError, match=rf"cannot reach 127.0.0.1 port {closed.port}: "
                                           "connection refused"):
-        remote.run_ssh(commands.ssh_argv(ssh, closed), closed, ssh, "true", step="content")
+        remote.run_ssh(base.ssh_argv(ssh, closed), closed, ssh, "true", step="content")
 
 
 # --- host key fingerprints and the programs' environment (pure) ------------------------------
@@ -500,7 +501,7 @@ def test_a_crafted_path_reaches_the_host_as_one_literal_path(target, tree, tmp_p
     host, ssh = target
     monkeypatch.setenv("RSYNC_OLD_ARGS", "1")  # rsync's old way: paths through the host's shell
     dest, marker = crafted_destination(tmp_path)
-    remote.run_local(commands.rsync_argv(tree, host, dest, ssh), host, ssh, step="sync")
+    remote.run_local(base.rsync_argv(tree, host, dest, ssh), host, ssh, step="sync")
     assert (Path(dest) / "x86_64" / "Packages.adb").read_bytes() == b"ADB index"
     assert not marker.exists()
 
@@ -509,7 +510,7 @@ def test_secluded_args_alone_keep_the_path_literal(target, tree, tmp_path):
     # The operator's whole environment, RSYNC_OLD_ARGS=1 included: -s still wins.
     host, ssh = target
     dest, marker = crafted_destination(tmp_path)
-    argv = commands.rsync_argv(tree, host, dest, ssh)
+    argv = base.rsync_argv(tree, host, dest, ssh)
     subprocess.run(argv, env={**os.environ, "RSYNC_OLD_ARGS": "1"}, check=True,
                    capture_output=True)
     assert (Path(dest) / "x86_64" / "Packages.adb").exists()
@@ -519,7 +520,7 @@ def test_secluded_args_alone_keep_the_path_literal(target, tree, tmp_path):
 def test_the_fixed_environment_alone_keeps_the_path_literal(target, tree, tmp_path,
                                                             monkeypatch):
     host, ssh = target
-    unprotected = [arg for arg in commands.rsync_argv(tree, host, "DEST", ssh) if arg != "-s"]
+    unprotected = [arg for arg in base.rsync_argv(tree, host, "DEST", ssh) if arg != "-s"]
     # Without -s and with the operator's RSYNC_OLD_ARGS=1, the host's shell runs the path:
     # what the two guards are for (and proof that this test can see it).
     dest, marker = crafted_destination(tmp_path / "inherited")

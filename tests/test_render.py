@@ -1,4 +1,4 @@
-"""outpost.render and templates/: what each host's files say, that rendering is strict, and
+"""outpost.render, outpost.commands.config and templates/: what each host's files say, that rendering is strict, and
 that the nginx pair is a configuration real nginx accepts and serves as meant.
 
 The nginx tests need Debian's nginx (apt: nginx-light) and, for the one that serves requests,
@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from outpost import acme, commands, render, tls
+from outpost import render, tls
+from outpost.commands import acme
+from outpost.commands import base
+from outpost.commands import config as config_commands
+from outpost.commands import sync as sync_commands
+from outpost.commands import upgrade as upgrade_commands
+from outpost.steps import config as config_step
 from outpost.errors import OutpostError
 from outpost.inventory import load
 
@@ -71,7 +77,7 @@ def line_of(path, text):
 
 def test_host_files_map_templates_to_paths_and_services(local_ca_inventory):
     inventory = local_ca_inventory
-    files = render.host_files(inventory, inventory.host("au"))
+    files = config_commands.host_files(inventory, inventory.host("au"))
     assert [(f.template, f.remote_path, oct(f.mode), f.service, f.action) for f in files] == [
         ("nginx/nginx.conf.j2", "/etc/nginx/nginx.conf", "0o644", "nginx", "reload"),
         ("nginx/site.conf.j2", f"/etc/nginx/outpost/{SITE}.conf", "0o644", "nginx", "reload"),
@@ -89,13 +95,13 @@ def test_host_files_map_templates_to_paths_and_services(local_ca_inventory):
 
 def test_with_acme_no_certificate_or_key_goes_through_config(inventory):
     # The cert host pushes them to each host; the deploy machine never holds the key.
-    files = render.host_files(inventory, inventory.host("au"))
+    files = config_commands.host_files(inventory, inventory.host("au"))
     assert [f.remote_path for f in files] == [
         "/etc/nginx/nginx.conf", f"/etc/nginx/outpost/{SITE}.conf",
         "/etc/nginx/outpost/client-ca.pem", "/etc/default/linkedlist"]
     # The check's client certificate is from the local CA, with ACME too.
     assert files[2].source == tls.ca_paths(inventory.site.ca)[0]
-    site = render.render("nginx/site.conf.j2", render.host_context(inventory, inventory.host("au")))
+    site = render.render("nginx/site.conf.j2", config_commands.host_context(inventory, inventory.host("au")))
     # Chain and key in one file, switched in by one rename.
     assert 'ssl_certificate "/var/lib/lego/site.pem";' in site
     assert 'ssl_certificate_key "/var/lib/lego/site.pem";' in site
@@ -105,7 +111,7 @@ def test_with_acme_no_certificate_or_key_goes_through_config(inventory):
     ("au", "au (oceania)"), ("ny", "ny (north-america)"), ("fr", "fr (europe)")])
 def test_nginx_site_for_each_default_host(local_ca_inventory, name, served_by):
     inventory = local_ca_inventory
-    context = render.host_context(inventory, inventory.host(name))
+    context = config_commands.host_context(inventory, inventory.host(name))
     site = render.render("nginx/site.conf.j2", context)
     assert f'add_header X-Served-By "{served_by}" always;' in site
     assert site.count(f"server_name {SITE};") == 2
@@ -168,7 +174,7 @@ MOZILLA_INTERMEDIATE_TLS12 = (
 
 
 def test_nginx_site_has_mozillas_intermediate_tls_for_every_server_of_the_address(inventory):
-    site = render.render("nginx/site.conf.j2", render.host_context(inventory, inventory.host("au")))
+    site = render.render("nginx/site.conf.j2", config_commands.host_context(inventory, inventory.host("au")))
     statements, _ = nginx_blocks(site)
     # At http level: nginx negotiates with the default server's settings, which is the one
     # that refuses unknown names, so they can't live in the site's server alone.
@@ -188,7 +194,7 @@ def test_nginx_site_has_mozillas_intermediate_tls_for_every_server_of_the_addres
 
 
 def test_nginx_site_refuses_unknown_names_on_both_ports(inventory):
-    site = render.render("nginx/site.conf.j2", render.host_context(inventory, inventory.host("au")))
+    site = render.render("nginx/site.conf.j2", config_commands.host_context(inventory, inventory.host("au")))
     found = servers(site)
     assert sorted(found) == ["443 ssl", "443 ssl default_server", "80", "80 default_server"]
     assert found["80 default_server"] == (["listen 80 default_server", "return 444"], {})
@@ -200,7 +206,7 @@ def test_nginx_site_refuses_unknown_names_on_both_ports(inventory):
 
 
 def test_nginx_site_headers_reach_every_answer_of_the_tls_server(inventory):
-    site = render.render("nginx/site.conf.j2", render.host_context(inventory, inventory.host("au")))
+    site = render.render("nginx/site.conf.j2", config_commands.host_context(inventory, inventory.host("au")))
     statements, locations = servers(site)["443 ssl"]
     headers = [s for s in statements if s.startswith("add_header")]
     for header in ('add_header Strict-Transport-Security "max-age=63072000" always',
@@ -216,7 +222,7 @@ def test_nginx_site_headers_reach_every_answer_of_the_tls_server(inventory):
 
 
 def test_nginx_site_gives_health_details_to_the_checks_client_certificate_only(inventory):
-    site = render.render("nginx/site.conf.j2", render.host_context(inventory, inventory.host("au")))
+    site = render.render("nginx/site.conf.j2", config_commands.host_context(inventory, inventory.host("au")))
     found = servers(site)
     statements, locations = found["443 ssl"]
     assert 'ssl_client_certificate "outpost/client-ca.pem"' in statements
@@ -234,7 +240,7 @@ def test_nginx_site_gives_health_details_to_the_checks_client_certificate_only(i
 
 
 def test_env_file_sends_the_app_behind_nginx_to_the_current_release(inventory):
-    context = render.host_context(inventory, inventory.host("au"))
+    context = config_commands.host_context(inventory, inventory.host("au"))
     text = render.render("linkedlist.env.j2", context)
     settings = [line for line in text.splitlines() if not line.startswith("#")]
     assert settings == [
@@ -249,15 +255,15 @@ def test_env_file_sends_the_app_behind_nginx_to_the_current_release(inventory):
 
 
 def test_apk_list_line_follows_the_builder(inventory, tmp_path):
-    assert render.list_line(inventory) == commands.repo_list_line("v2", "/var/lib/outpost/repo")
+    assert sync_commands.list_line(inventory) == sync_commands.repo_list_line("v2", "/var/lib/outpost/repo")
     cbuild = inventory_variant(tmp_path, 'kind = "local"', 'kind = "cbuild"\ncports = "cports"')
-    assert render.list_line(cbuild) == "v3 /var/lib/outpost/repo"
+    assert sync_commands.list_line(cbuild) == "v3 /var/lib/outpost/repo"
 
 
 def test_doas_conf_is_the_helper_the_upgrade_and_legos_two(inventory):
     host = inventory.host("au")
-    permits = commands.doas_permits("deploy", installs=render.install_commands(inventory, host))
-    assert render.doas_conf(inventory, host) == commands.doas_conf_text(
+    permits = base.doas_permits("deploy", installs=upgrade_commands.install_commands(inventory, host))
+    assert sync_commands.doas_conf(inventory, host) == base.doas_conf_text(
         permits + acme.lego_permits())
     # No rule takes a path: the helper has none, the others name fixed files only.
     assert permits[0] == ("deploy", ["/usr/libexec/outpost/apply"])
@@ -269,7 +275,7 @@ def test_doas_words_with_spaces_or_quotes_are_quoted():
         {"user": "lego", "as": "root", "argv": ["dinitctl", "restart", "nginx"]},
         {"user": "deploy", "as": "root", "argv": ["tee", '/srv/a "b"']},
         {"user": "deploy", "as": "root", "argv": ["apk"]},
-        commands.doas_rule("deploy", ["-u", "_gdnsd", "gdnsdctl", "reload-zones"])]})
+        base.doas_rule("deploy", ["-u", "_gdnsd", "gdnsdctl", "reload-zones"])]})
     assert text.splitlines()[1:] == [
         "permit nopass lego as root cmd dinitctl args restart nginx",  # the seed's rule
         'permit nopass deploy as root cmd tee args "/srv/a \\"b\\""',
@@ -280,8 +286,8 @@ def test_doas_words_with_spaces_or_quotes_are_quoted():
 
 
 def test_host_context_is_json_and_stable(inventory):
-    context = render.host_context(inventory, inventory.host("au"))
-    again = render.host_context(load(REPO / "inventory.toml"), inventory.host("au"))
+    context = config_commands.host_context(inventory, inventory.host("au"))
+    again = config_commands.host_context(load(REPO / "inventory.toml"), inventory.host("au"))
     assert json.dumps(context) == json.dumps(again)
     assert json.loads(json.dumps(context)) == context  # nothing JSON can't carry
 
@@ -290,7 +296,7 @@ def test_nginx_serves_the_one_package_with_a_port(tmp_path):
     two = inventory_variant(tmp_path, "port = 8080\n", "port = 8080\n\n[[packages]]\n"
                                                       'name = "other"\nport = 8081\n')
     with pytest.raises(OutpostError, match="packages with a port: linkedlist, other"):
-        render.host_context(two, two.host("au"))
+        config_commands.host_context(two, two.host("au"))
 
 
 # --- one host's change stays on that host -------------------------------------------------------
@@ -303,15 +309,15 @@ def test_changing_one_hosts_region_changes_only_that_hosts_site_file(tmp_path):
     for host in inventory.hosts:
         # What config's doit task compares (the repository's versions aside: they live in
         # each project's build/, which differs between these two).
-        same = render.config_inputs(inventory, host) == render.config_inputs(
+        same = config_commands.config_inputs(inventory, host) == config_commands.config_inputs(
             changed, changed.host(host.name))
         assert same == (host.name != "ny"), host.name
 
-    before = {h.name: render.render_host(inventory, h, tmp_path / "build" / h.name)
+    before = {h.name: config_step.render_host(inventory, h, tmp_path / "build" / h.name)
               for h in inventory.hosts}
     stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
               for paths in before.values() for p in paths}
-    after = {h.name: render.render_host(changed, h, tmp_path / "build" / h.name)
+    after = {h.name: config_step.render_host(changed, h, tmp_path / "build" / h.name)
              for h in changed.hosts}
     assert after == before  # the same paths
     rewritten = [p for p in stamps
@@ -322,9 +328,9 @@ def test_changing_one_hosts_region_changes_only_that_hosts_site_file(tmp_path):
 
 def test_render_host_writes_each_file_at_its_host_path(inventory, tmp_path):
     host = inventory.host("fr")
-    paths = render.render_host(inventory, host, tmp_path / "fr")
-    context = render.host_context(inventory, host)
-    rendered = [f for f in render.host_files(inventory, host) if f.template is not None]
+    paths = config_step.render_host(inventory, host, tmp_path / "fr")
+    context = config_commands.host_context(inventory, host)
+    rendered = [f for f in config_commands.host_files(inventory, host) if f.template is not None]
     assert len(paths) == len(rendered)
     for f, path in zip(rendered, paths):
         assert path == tmp_path / "fr" / f.remote_path.lstrip("/")
@@ -335,13 +341,13 @@ def test_render_host_writes_each_file_at_its_host_path(inventory, tmp_path):
 def test_a_failing_template_leaves_the_rendered_files_as_they_were(inventory, tmp_path,
                                                                     templates_copy):
     host = inventory.host("au")
-    paths = render.render_host(inventory, host, tmp_path / "au")
+    paths = config_step.render_host(inventory, host, tmp_path / "au")
     before = [p.read_bytes() for p in paths]
     (templates_copy / "linkedlist.env.j2").write_text("{{ nothing_here }}\n")
     site = templates_copy / "nginx" / "site.conf.j2"
     site.write_text(site.read_text().replace("TLSv1.2 TLSv1.3", "TLSv1.3"))
     with pytest.raises(OutpostError, match="linkedlist.env.j2"):
-        render.render_host(inventory, host, tmp_path / "au")
+        config_step.render_host(inventory, host, tmp_path / "au")
     assert [p.read_bytes() for p in paths] == before  # site.conf not half-updated
 
 
@@ -351,7 +357,7 @@ def test_undefined_variable_names_template_line_and_variable(inventory, template
     site = templates_copy / "nginx" / "site.conf.j2"
     site.write_text(site.read_text().replace("return 301 https://{{ site.name }}",
                                              "return 301 https://{{ site.nmae }}"))
-    context = render.host_context(inventory, inventory.host("au"))
+    context = config_commands.host_context(inventory, inventory.host("au"))
     with pytest.raises(OutpostError) as raised:
         render.render("nginx/site.conf.j2", context)
     assert str(raised.value) == (f"templates/nginx/site.conf.j2:{line_of(site, 'site.nmae')}: "
@@ -359,7 +365,7 @@ def test_undefined_variable_names_template_line_and_variable(inventory, template
 
 
 def test_missing_context_names_the_variable(inventory):
-    context = render.host_context(inventory, inventory.host("au"))
+    context = config_commands.host_context(inventory, inventory.host("au"))
     del context["tls"]
     with pytest.raises(render.RenderError,
                        match=r"^templates/nginx/site.conf.j2:\d+: undefined variable 'tls'$"):
@@ -371,7 +377,7 @@ def test_missing_context_names_the_variable(inventory):
 
 
 def test_a_value_that_is_none_is_an_error_not_the_word_none(inventory):
-    context = render.host_context(inventory, inventory.host("au"))
+    context = config_commands.host_context(inventory, inventory.host("au"))
     context["packages"]["linkedlist"]["content_root"] = None
     with pytest.raises(render.RenderError, match=r"^templates/linkedlist.env.j2:\d+: variable "
                                                  r"'packages.linkedlist.content_root' is not set"):
@@ -396,12 +402,12 @@ def test_a_region_nginx_would_expand_is_refused(tmp_path):
     odd = inventory_variant(tmp_path, 'region = "europe"', 'region = "$europe"')
     with pytest.raises(render.RenderError, match=r"^templates/nginx/site.conf.j2:\d+: "
                                                  r"'fr \(\$europe\)' can't be an nginx string"):
-        render.render("nginx/site.conf.j2", render.host_context(odd, odd.host("fr")))
+        render.render("nginx/site.conf.j2", config_commands.host_context(odd, odd.host("fr")))
 
 
 def test_regions_with_quotes_are_quoted_for_nginx(tmp_path):
     odd = inventory_variant(tmp_path, 'region = "europe"', "region = 'the \"old\" world'")
-    site = render.render("nginx/site.conf.j2", render.host_context(odd, odd.host("fr")))
+    site = render.render("nginx/site.conf.j2", config_commands.host_context(odd, odd.host("fr")))
     assert 'add_header X-Served-By "fr (the \\"old\\" world)" always;' in site
 
 
@@ -413,7 +419,7 @@ def nginx_tree(tmp_path, inventory, host, certificate=None):
     assert shutil.which("nginx"), "these tests need nginx (apt-get install nginx-light)"
     cert, key = certificate or tls.ensure_site_certificate(tmp_path / "ca", tmp_path / "tls",
                                                            inventory.site.name)
-    context = render.host_context(inventory, host)
+    context = config_commands.host_context(inventory, host)
     context["nginx"].update(pid=str(tmp_path / "nginx.pid"),
                             error_log=str(tmp_path / "error.log"),
                             access_log=str(tmp_path / "access.log"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers import fleet_project, ran_tasks, run_doit, template_version, wait_for
-from outpost import depfile, fleet, inventory, manifest, steps
+from outpost import depfile, fleet, hoststate, inventory, manifest, probe
 
 HOSTS = ("au", "fr", "ny")
 ADDRESSES = {"au": "198.19.79.11", "ny": "198.19.79.12", "fr": "198.19.79.13"}
@@ -34,7 +34,7 @@ def site(tmp_path_factory, request):
 
 
 def served_version(inv, name):
-    status, _, body = steps.site_request(inv, inv.host(name), "/_health")
+    status, _, body = probe.site_request(inv, inv.host(name), "/_health")
     assert status == 200, (name, status)
     return re.search(r'"version": "([^"]+)"', body.decode()).group(1)
 
@@ -69,7 +69,7 @@ class Poller(threading.Thread):
             if self.stop.is_set():
                 return
             try:
-                status, _, _ = steps.site_request(self.inv, self.inv.host(self.name), "/_health",
+                status, _, _ = probe.site_request(self.inv, self.inv.host(self.name), "/_health",
                                                   timeout=3)
                 if status == 200:
                     self.ok += 1
@@ -151,7 +151,7 @@ def test_fixing_the_version_converges_with_no_other_command(site):
 def test_rollback_returns_every_host_to_the_previous_version_and_holds(site):
     project, inv, _ = site
     current = template_version(project)
-    previous = steps.hoststate.history(inv, inv.host("ny"))["linkedlist"][-2]
+    previous = hoststate.hoststate.history(inv, inv.host("ny"))["linkedlist"][-2]
     proc = run_doit(project, "rollback:app")
     for name in HOSTS:
         assert f"{name}: linkedlist {previous} passed the health gate" in proc.stdout
@@ -258,7 +258,7 @@ def test_an_interrupt_mid_content_push_leaves_a_run_that_converges(site, how):
     assert "content:" in proc.stdout
     digest = manifest.scan(project / "content").digest
     for name in HOSTS:
-        status, _, body = steps.site_request(inv, inv.host(name), "/_health")
+        status, _, body = probe.site_request(inv, inv.host(name), "/_health")
         assert digest in body.decode(), name
 
 

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from helpers import fleet_project, ran_tasks, run_doit, template_version, wait_for
-from outpost import fleet, inventory, steps, tls
+from outpost import fleet, inventory, probe, tls
 
 HOSTS = ("au", "fr", "ny")
 ADDRESSES = {"au": "198.19.78.11", "ny": "198.19.78.12", "fr": "198.19.78.13"}
@@ -40,8 +40,8 @@ def host_tasks(ran):
 def served_certificate(inv, host) -> str:
     """sha256 of the certificate the host's nginx presents for the site's name, verified
     against the ACME server's root (pebble's, from its management port)."""
-    context = steps.site_context(inv)
-    connection = steps._SiteConnection(host.address, inv.site.name, context, 5)
+    context = probe.site_context(inv)
+    connection = probe.SiteConnection(host.address, inv.site.name, context, 5)
     connection.connect()
     try:
         return hashlib.sha256(connection.sock.getpeercert(binary_form=True)).hexdigest()
@@ -54,7 +54,7 @@ def test_every_host_serves_the_content_over_https_with_the_shared_certificate(si
     certificates = set()
     for host in inv.hosts:
         # Verified against the ACME server's root with the site's name: no check is off.
-        status, headers, body = steps.site_request(inv, host, "/")
+        status, headers, body = probe.site_request(inv, host, "/")
         assert status == 200
         assert headers["X-Served-By"] == f"{host.name} ({host.region})"
         assert b"Linked List" in body
@@ -84,10 +84,10 @@ def handshake(host, context, name):
 
 def test_tls_12_with_only_cbc_suites_is_refused_and_an_aead_suite_is_taken(site):
     inv = load(site)
-    cbc_only = ssl.create_default_context(cadata=steps.acme_roots(inv))
+    cbc_only = ssl.create_default_context(cadata=probe.acme_roots(inv))
     cbc_only.maximum_version = ssl.TLSVersion.TLSv1_2
     cbc_only.set_ciphers("ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA:AES128-SHA")
-    aead = ssl.create_default_context(cadata=steps.acme_roots(inv))
+    aead = ssl.create_default_context(cadata=probe.acme_roots(inv))
     aead.maximum_version = ssl.TLSVersion.TLSv1_2
     for host in inv.hosts:
         assert handshake(host, cbc_only, inv.site.name) == "SSLV3_ALERT_HANDSHAKE_FAILURE"
@@ -121,7 +121,7 @@ def test_pages_and_errors_carry_the_security_headers(site):
     inv = load(site)
     host = inv.host("fr")
     for path, status in (("/", 200), ("/no-such-page", 404), ("/_health", 200)):
-        got, headers, _ = steps.site_request(inv, host, path)
+        got, headers, _ = probe.site_request(inv, host, path)
         assert got == status, path
         assert {name: headers.get(name) for name in HARDENING} == HARDENING, path
         assert headers["X-Served-By"] == "fr (europe)"
@@ -143,19 +143,19 @@ def test_health_details_go_to_the_checks_client_certificate_only(site):
     inv = load(site)
     host = inv.host("au")
     # The check, with the client certificate the local CA made: the details.
-    status, _, body = steps.site_request(inv, host, "/_health")
+    status, _, body = probe.site_request(inv, host, "/_health")
     assert status == 200 and json.loads(body)["version"] == template_version(site)
     # A visitor: refused, with nginx's page and nothing of the app's.
-    status, headers, body = steps.site_request(inv, host, "/_health",
-                                               context=steps.site_context(inv))
+    status, headers, body = probe.site_request(inv, host, "/_health",
+                                               context=probe.site_context(inv))
     assert status == 403 and b"version" not in body and b"content" not in body
     assert {name: headers.get(name) for name in HARDENING} == HARDENING
     # A client certificate from another CA is no better: nginx refuses the request.
     other_ca = site / "build" / "other-ca"
     other = tls.ensure_client_certificate(other_ca, site / "build" / "other-client")
-    context = ssl.create_default_context(cadata=steps.acme_roots(inv))
+    context = ssl.create_default_context(cadata=probe.acme_roots(inv))
     context.load_cert_chain(*other)
-    status, _, body = steps.site_request(inv, host, "/_health", context=context)
+    status, _, body = probe.site_request(inv, host, "/_health", context=context)
     assert status == 400 and b"version" not in body
     # The host verifies with the local CA's certificate, and holds no key of it.
     on_host = fleet.from_inventory(inv).run_on("au", ["cat", "/etc/nginx/outpost/client-ca.pem"])
@@ -208,7 +208,7 @@ def test_one_host_variable_reloads_nginx_there_only_and_the_site_stays_up(site):
     def keep_asking():
         while not stop.is_set():
             try:
-                answers.append(steps.site_request(inv, ny, "/")[0])
+                answers.append(probe.site_request(inv, ny, "/")[0])
             except OSError as error:
                 answers.append(repr(error))
 
@@ -229,7 +229,7 @@ def test_one_host_variable_reloads_nginx_there_only_and_the_site_stays_up(site):
     assert answers and set(answers) == {200}, answers
     # A HUP'd nginx starts new workers while the old ones finish their requests: the new
     # header shows up within moments, not necessarily on the very next request.
-    wait_for(lambda: steps.site_request(load(site), ny, "/")[1]["X-Served-By"] == "ny (americas)",
+    wait_for(lambda: probe.site_request(load(site), ny, "/")[1]["X-Served-By"] == "ny (americas)",
              "ny to serve with its new region")
     hosts_fleet = fleet.from_inventory(load(site))
     # The app was not restarted; nginx was reloaded, not restarted (same master process).
@@ -251,7 +251,7 @@ def test_broken_nginx_template_stops_with_nginx_message_and_old_config_serves(si
         for name in HOSTS:
             assert re.search(rf"config on host {name} \(", out), out
         for host in inv.hosts:
-            status, headers, _ = steps.site_request(inv, host, "/")
+            status, headers, _ = probe.site_request(inv, host, "/")
             assert status == 200 and headers["X-Served-By"].startswith(host.name)
             on_host = fleet.from_inventory(inv).run_on(
                 host.name, ["cat", f"/etc/nginx/outpost/{inv.site.name}.conf"]).stdout

@@ -6,12 +6,12 @@ SSH key) and Debian's lego, counted by apk as Chimera's lego package. What runs 
 from the pipeline's `acme:setup` step, as on a real cert host.
 
 On a web host: a `lego` user whose SSH key is the cert host's and whose one program is
-lego-gate (outpost/acme.py): sshd's Match block here is what a real host's admin writes once,
+lego-gate (outpost/commands/acme.py): sshd's Match block here is what a real host's admin writes once,
 as README.md says. The key file and lego-gate itself come from the pipeline's `gate:<host>`.
 """
 from __future__ import annotations
 
-from outpost import acme
+from outpost.commands import acme
 from outpost.fleet.provision import Role
 
 # sshd for the lego user on a web host: the root-owned key file, only lego-gate, and nothing

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from outpost import commands
+from outpost.commands import base
 from outpost.errors import OutpostError
 from outpost.fleet.local import STANDINS_DIR, ChimeraTools
 
@@ -43,12 +43,12 @@ SSHD_LOG = PurePosixPath("/var/log/sshd.log")
 APK_PROVIDED = PurePosixPath("/etc/apk/provided")
 # The copy of the package on each host, for the stand-ins.
 HOST_PACKAGE = PurePosixPath("/usr/local/lib/outpost/outpost")
-# Where each host's dinit (real or stand-in) logs, as `dinit --log-file` (commands.DINIT_LOG).
-DINIT_LOG = PurePosixPath(commands.DINIT_LOG)
+# Where each host's dinit (real or stand-in) logs, as `dinit --log-file` (base.DINIT_LOG).
+DINIT_LOG = PurePosixPath(base.DINIT_LOG)
 # Run by the real apk after each of its transactions (apk-tools: commit_hooks.d).
 APK_COMMIT_HOOK = PurePosixPath("/etc/apk/commit_hooks.d/outpost-sysusers-tmpfiles")
 # Where `dinitctl enable NAME` links NAME: the waits-for.d folder of Chimera's boot service.
-BOOT_D = PurePosixPath(commands.BOOT_D)
+BOOT_D = PurePosixPath(base.BOOT_D)
 # Enabled on every host, as `dinitctl enable` links them: service -> link target.
 ENABLED_SERVICES = {"sshd": "../sshd"}
 

@@ -1,12 +1,12 @@
 """GeoDNS with gdnsd on every host: what each nameserver serves and the script that switches
-it in, built by pure functions (outpost.steps runs them).
+it in, built by pure functions (outpost.steps.dns runs them).
 
     region_orders(dns, hosts)       each [dns.map] region's complete fallback order
     expected_host(dns, hosts, c)    the host a visitor on continent c should get
     dns_context(inventory, host)    everything templates/gdnsd/ reads (a config_changed value)
     dns_files(inventory, host, db)  the files a host gets: config, zone, country database
     dns_bundle(host, files)         what the helper does with them: stage, `gdnsd checkconf`,
-                                    switch, apply (outpost.bundle)
+                                    switch, apply (commands.bundle)
     ecs_query(name, network, id)    the check's DNS query, with EDNS Client Subnet
 
 Applying a change (FACTS.md, gdnsd 3.8.1): a zone change is `gdnsdctl reload-zones` (about
@@ -18,13 +18,13 @@ before it listens); resolvers ask the site's other nameservers meanwhile.
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import struct
 import zlib
-from dataclasses import dataclass
 
-from outpost import bundle
+from outpost import render
+from outpost.commands import bundle, gcore
+from outpost.commands.bundle import HostFile
 
 # Paths on the hosts, as the gdnsd package installs them (cports-overlay/user/gdnsd).
 SERVICE = "gdnsd"
@@ -148,38 +148,21 @@ def zone_serial(context: dict) -> int:
                       .encode()) or 1
 
 
-@dataclass(frozen=True)
-class DnsFile:
-    remote_path: str
-    mode: int
-    content: bytes | None   # None: not sent (the database, when the host has it already)
-    sha256: str
-    service: str            # which change it is: "zone" reloads zones, "gdnsd" restarts
-
-    @classmethod
-    def of(cls, remote_path: str, content: bytes, service: str) -> "DnsFile":
-        return cls(remote_path, 0o644, content, hashlib.sha256(content).hexdigest(), service)
-
-
 def zone_path(zone: str) -> str:
     return f"{CONF_DIR}/zones/{zone}"
 
 
-def dns_files(inventory, host, database: bytes, send_database: bool = True) -> list[DnsFile]:
+def dns_files(inventory, host, database: bytes, send_database: bool = True) -> list[HostFile]:
     """The host's gdnsd config and zone, rendered from templates/gdnsd/, and the country
-    database (its content only when send_database)."""
-    from outpost import render  # jinja2, only when rendering
-
+    database (by its hash only unless send_database)."""
     context = dns_context(inventory, host)
     context["dns"]["serial"] = zone_serial(context)
-    database_file = DnsFile.of(DATABASE, database, SERVICE)
-    if not send_database:
-        database_file = DnsFile(DATABASE, 0o644, None, database_file.sha256, SERVICE)
+    database_file = HostFile(DATABASE, 0o644, database, SERVICE)
     return [
-        DnsFile.of(CONFIG, render.render("gdnsd/config.j2", context).encode(), SERVICE),
-        DnsFile.of(zone_path(inventory.site.name),
-                   render.render("gdnsd/zone.j2", context).encode(), "zone"),
-        database_file,
+        HostFile(CONFIG, 0o644, render.render("gdnsd/config.j2", context).encode(), SERVICE),
+        HostFile(zone_path(inventory.site.name), 0o644,
+                 render.render("gdnsd/zone.j2", context).encode(), "zone"),
+        database_file if send_database else database_file.by_hash(),
     ]
 
 
@@ -190,7 +173,7 @@ def on_hosts(inventory) -> bool:
 
 # --- the bundle -------------------------------------------------------------------------------
 
-def dns_bundle(host: str, files: list[DnsFile]) -> bundle.Bundle:
+def dns_bundle(host: str, files: list[HostFile]) -> bundle.Bundle:
     """What the helper (outpost.bundle) does with the host's gdnsd files:
 
     1. stage the files sent (the database, when not sent, must be on the host as its hash
@@ -203,8 +186,7 @@ def dns_bundle(host: str, files: list[DnsFile]) -> bundle.Bundle:
     Prints `changed: <path>`, `restarted: gdnsd`, `reloaded: zones`."""
     return bundle.Bundle(
         host, "dns",
-        files=tuple(bundle.BundleFile(f.remote_path, f.mode, f.content, f.service, f.sha256)
-                    for f in files),
+        files=tuple(files),
         checks=(("gdnsd", CONF_DIR),),
         enable=(SERVICE,),
         actions=(bundle.Action(SERVICE, "restart", SERVICE),
@@ -215,10 +197,8 @@ def dns_bundle(host: str, files: list[DnsFile]) -> bundle.Bundle:
 # --- Gcore, the managed alternative ----------------------------------------------------------
 
 def gcore_requests(inventory) -> list:
-    """The map as Gcore DNS API requests (outpost.gcore): the same orders, health path and TTL
+    """The map as Gcore DNS API requests (commands.gcore): the same orders, health path and TTL
     as gdnsd's."""
-    from outpost import gcore
-
     dns, site = inventory.dns, inventory.site
     health = gcore.Health(interval=dns.health.interval, timeout=dns.health.timeout,
                           path=HEALTH_PATH, port=80, vhost=site.name)

@@ -1,22 +1,22 @@
-"""Every command the remote steps run, built by pure functions: argv lists for local programs
-(ssh options, rsync) and one POSIX sh script per host per step. Nothing here runs anything;
-outpost.remote does. The content releases' scripts are in outpost.releases.
+"""What every step's builders share (Kamal's commands/base.rb): the ssh and rsync command lines
+run on this machine, the paths every host has, and the one maker of doas.conf. Pure: nothing
+here runs anything (outpost.remote does).
 
 Root on the hosts: the SSH user (`deploy`) is not root, and no doas rule of its takes a path, a
 file or an argument it controls. `doas_permits` lists them; doas.conf (templates/doas.conf.j2)
 allows exactly those and nothing more:
 
     doas /usr/libexec/outpost/apply                every root-owned file: a bundle signed on the
-                                                   build machine, on stdin (outpost.bundle)
+                                                   build machine, on stdin (commands.bundle)
     doas apk update                                (upgrade)
     doas apk add <package>=<version>               (upgrade, rollback: one rule per version
-                                                   the repository keeps; see outpost.rollout)
+                                                   the repository keeps; see commands.upgrade)
     doas rm -f /etc/default/<package>.apk-new      (upgrade, when config owns that env-file)
     doas dinitctl reload|stop|restart|start|enable <svc>   (upgrade, the package's service)
     doas tail -n 20 <the service's logfile>        (upgrade: why a host failed the gate)
 
 A rule with `cmd` makes doas look the command up in its own safe PATH, and `args` must match
-the whole argument list, so the user can't widen any of these. The bootstrap (outpost.bootstrap,
+the whole argument list, so the user can't widen any of these. The bootstrap (commands.bootstrap,
 as root) installs the repository's key and list and the helper. Note what the rules grant all
 the same: whoever holds the repository's signing key can have apk install anything; that key
 never leaves the build machine.
@@ -25,16 +25,26 @@ from __future__ import annotations
 
 import math
 import shlex
-from pathlib import Path
 
-from outpost.bundle import HELPER
+from outpost import render
+from outpost.commands.bundle import HELPER
 from outpost.errors import OutpostError
 
-# /etc/apk/repositories.d/<LIST_NAME>.list holds Outpost's repository line.
-LIST_NAME = "outpost"
-KEYS_DIR = "/etc/apk/keys"
-LISTS_DIR = "/etc/apk/repositories.d"
-INDEX_FILES = {"v3": "Packages.adb", "v2": "APKINDEX.tar.gz"}  # what each list format reads
+# Paths every host has.
+# Where `dinitctl enable` links a service on Chimera (the boot service's waits-for.d).
+BOOT_D = "/etc/dinit.d/boot.d"
+# Where packages put their dinit service files (cbuild's install_service).
+SERVICE_DIR = "/usr/lib/dinit.d"
+# Where dinit writes its log on the local fleet (`dinit --log-file`). dinitctl prints only "error
+# in service description." and leaves the reason there, so a failed upgrade shows what dinit
+# logged meanwhile (commands.upgrade). (A Chimera host's dinit logs to syslog; there the step
+# shows no log.)
+DINIT_LOG = "/var/log/dinit.log"
+# apk keeps a config file the admin (here: config) changed and writes the package's as this.
+APK_NEW = ".apk-new"
+NGINX_CONF = "/etc/nginx/nginx.conf"  # what both Chimera's and Debian's nginx read by default
+DOAS_CONF = "/etc/doas.conf"
+ENV_DIR = "/etc/default"              # <package>.env.j2 becomes /etc/default/<package>
 
 
 # --- ssh and rsync (run on this machine) ------------------------------------------------------
@@ -85,59 +95,17 @@ def rsync_argv(src_dir, host, dest_dir: str, ssh, *, delete=True, hardlinks=Fals
     return argv
 
 
-def repo_rsync_argv(build_repo: Path, host, repository, ssh) -> list[str]:
-    """The host's arch folder of the local repository, to the same folder under the
-    repository path on the host. -H keeps cbuild's APKINDEX.tar.gz a hardlink of
-    Packages.adb instead of a second copy."""
-    return rsync_argv(build_repo / host.arch, host, f"{repository.path}/{host.arch}", ssh,
-                      hardlinks=True)
-
-
 def ssh_argv(ssh, host) -> list[str]:
     """OpenSSH to host with ssh_options; the remote command goes after it."""
     return ["ssh", *ssh_options(ssh, host), _remote_host(host)]
 
 
-# --- sync: repository key and list ------------------------------------------------------------
-
-def repo_list_line(fmt: str, repo_path: str) -> str:
-    """The repositories.d line for a local-path repository: apk reads
-    <repo_path>/<arch>/Packages.adb for v3 and <repo_path>/<arch>/APKINDEX.tar.gz for v2."""
-    if fmt not in INDEX_FILES:
-        raise ValueError(f"unknown index format {fmt!r}; expected one of {sorted(INDEX_FILES)}")
-    return f"{fmt} {repo_path}"
-
-
-def key_path(key_name: str) -> str:
-    return f"{KEYS_DIR}/{key_name}"
-
-
-def list_path() -> str:
-    return f"{LISTS_DIR}/{LIST_NAME}.list"
-
-
-# Where `dinitctl enable` links a service on Chimera (the boot service's waits-for.d).
-BOOT_D = "/etc/dinit.d/boot.d"
-# Where packages put their dinit service files (cbuild's install_service).
-SERVICE_DIR = "/usr/lib/dinit.d"
-# Where dinit writes its log on the local fleet (`dinit --log-file`). dinitctl prints only "error
-# in service description." and leaves the reason there, so a failed upgrade shows what dinit
-# logged meanwhile (outpost.rollout). (A Chimera host's dinit logs to syslog; there the step
-# shows no log.)
-DINIT_LOG = "/var/log/dinit.log"
-# apk keeps a config file the admin (here: config) changed and writes the package's as this.
-APK_NEW = ".apk-new"
-
-NGINX_CONF = "/etc/nginx/nginx.conf"
-DOAS_CONF = "/etc/doas.conf"
-
-
-# --- doas.conf for the hosts ------------------------------------------------------------------
+# --- doas.conf --------------------------------------------------------------------------------
 
 def doas_permits(user: str, *, installs=()) -> list[tuple[str, list[str]]]:
     """(user, argv without doas) for each root command the deploy user runs: the bundle helper
-    (outpost.bundle; no arguments, its input is signed), and the upgrade's commands
-    (`installs`, argv lists from outpost.rollout.doas_commands: one `apk add NAME=VERSION` per
+    (commands.bundle; no arguments, its input is signed), and the upgrade's commands
+    (`installs`, argv lists from commands.upgrade.doas_commands: one `apk add NAME=VERSION` per
     version the repository keeps), in order and each once."""
     permits = []
     for doas, *argv in [["doas", HELPER], *installs]:
@@ -155,8 +123,8 @@ def doas_rule(user: str, argv: list[str]) -> dict:
 
 
 def doas_conf_text(permits) -> str:
-    """doas.conf text (templates/doas.conf.j2) allowing exactly `permits` (doas_permits)."""
-    from outpost import render  # render imports this module
+    """doas.conf text (templates/doas.conf.j2) allowing exactly `permits` (doas_permits): the one
+    maker of every host's doas.conf."""
     return render.render("doas.conf.j2", {"doas_rules": [doas_rule(user, list(argv))
                                                          for user, argv in permits]})
 

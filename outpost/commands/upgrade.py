@@ -1,4 +1,4 @@
-"""Rolling upgrades, built by pure functions: the order hosts go in (canary, then batches) and
+"""upgrade's builders (and the app's rollback's), pure functions: rolling upgrades: the order hosts go in (canary, then batches) and
 the one script per host that installs a version, gates it, and goes back when it fails.
 
 The gate: the service's health path (http://127.0.0.1:<port>/_health on the host, curl) answers
@@ -22,7 +22,9 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from outpost.commands import APK_NEW, BOOT_D, DINIT_LOG, SERVICE_DIR
+from outpost import repo
+from outpost.commands import config
+from outpost.commands.base import APK_NEW, BOOT_D, DINIT_LOG, SERVICE_DIR
 
 GATE_PASSES = 3
 GATE_INTERVAL = 0.5
@@ -333,3 +335,23 @@ def service_logfile(template_dir: Path, service: str | None) -> str | None:
             return value.strip()
     return None
 
+
+
+def install_commands(inventory, host) -> list[list[str]]:
+    """The root commands the upgrade may run on host: apk add NAME=VERSION for each version
+    the host's arch folder of the repository keeps, the env-file's .apk-new removed, the
+    reload and restart, the service's log."""
+    kept = repo.versions(repo.repo_dir(inventory, host.arch))
+    config_files = {f.remote_path for f in config.host_files(inventory, host)}
+    return [argv for p in inventory.packages
+            for argv in doas_commands(p.name, kept.get(p.name, []), p.service,
+                                      service_logfile(p.template_dir, p.service),
+                                      env_file(p.name, config_files))]
+
+
+def installs(inventory, host, versions: dict[str, str]) -> list[Install]:
+    """What install_script puts on host: each package at its version in `versions`."""
+    config_files = {f.remote_path for f in config.host_files(inventory, host)}
+    return [Install(p.name, versions[p.name], p.service, p.port,
+                    service_logfile(p.template_dir, p.service), env_file(p.name, config_files))
+            for p in inventory.packages]

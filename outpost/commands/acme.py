@@ -1,7 +1,7 @@
 """Certificates from ACME, as the seed makes them: lego on a cert host (not a web host) gets
 the site's certificate through DNS-01 on the site's own nameservers, and a renew hook pushes
 it from there to every web host. Pure builders of what each machine gets and runs;
-outpost.steps runs them.
+outpost.steps.acme runs them.
 
 Who can do what:
 - On the cert host, the `lego` user holds the ACME account, the site's key and an SSH key of
@@ -13,20 +13,20 @@ Who can do what:
   gdnsd's user), or install a certificate chain and key, checked as a pair and switched in
   with one rename, then nginx reloads (`doas dinitctl signal HUP nginx`, its one other rule).
 
-    certhost_files(inventory, lego_home...)  the cert host's scripts, service and doas.conf
+    certhost_files(inventory, known_hosts)  the cert host's scripts, service and doas.conf
     certhost_permits(inventory)     the cert host's doas rules
     gate_files(inventory, lego_pub)  what a web host gets: lego-gate, acme-challenge, the key
     lego_permits()                  lego's rules on a web host
-    setup_bundle(...), gate_bundle(...)  those files as signed bundles (outpost.bundle)
+    setup_bundle(...), gate_bundle(...)  those files as signed bundles (commands.bundle)
     print_public_key(), driver_command(...)  what the steps run
 """
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
 
-from outpost import bundle, commands
-from outpost.bundle import HELPER
+from outpost import render
+from outpost.commands import base, bundle
+from outpost.commands.bundle import HELPER, HostFile
 from outpost.errors import OutpostError
 
 LIBEXEC = "/usr/libexec/outpost"
@@ -57,16 +57,6 @@ GCORE_TOKEN = f"{LEGO_HOME}/gcore.token"
 GCORE_RESOLVER = "ns1.gcorelabs.net:53"
 # Marks the line of acme:setup's output that holds lego's public key.
 PUBLIC_KEY_MARK = "lego-public-key: "
-
-
-@dataclass(frozen=True)
-class File:
-    """A file for a host, with its content (commands.config_script's and stage_lines' shape)."""
-    remote_path: str
-    mode: int
-    content: bytes
-    service: str | None = None
-    action: str | None = None
 
 
 def names(inventory) -> list[str]:
@@ -109,7 +99,6 @@ def acme_context(inventory) -> dict:
 
 
 def _render(name: str, context: dict) -> bytes:
-    from outpost import render  # jinja2, only when rendering
     return render.render(f"acme/{name}.j2", context).encode()
 
 
@@ -125,30 +114,26 @@ def certhost_permits(inventory) -> list[tuple[str, list[str]]]:
             + [(user, lego + ["push", host.name]) for host in inventory.hosts])
 
 
-def certhost_doas_conf(inventory) -> str:
-    return commands.doas_conf_text(certhost_permits(inventory))
-
-
 def _certhost_file_list(inventory, context=None, known_hosts="", server_ca="", doas_conf=""):
     """The cert host's files (content empty when only their paths and modes are wanted)."""
     def text(name):
         return _render(name, context) if context is not None else b""
     files = [
-        File(DRIVER, 0o755, text("acme")),
-        File(HOOK, 0o755, text("renew-hook")),
-        File(DNS_EXEC, 0o755, text("dns-challenge")),
-        File(DAILY, 0o755, text("renew-daily"), SERVICE, "restart"),
-        File(SERVICE_FILE, 0o644, text("outpost-renew"), SERVICE, "restart"),
-        File(KNOWN_HOSTS, 0o644, known_hosts.encode()),
+        HostFile(DRIVER, 0o755, text("acme")),
+        HostFile(HOOK, 0o755, text("renew-hook")),
+        HostFile(DNS_EXEC, 0o755, text("dns-challenge")),
+        HostFile(DAILY, 0o755, text("renew-daily"), SERVICE, action="restart"),
+        HostFile(SERVICE_FILE, 0o644, text("outpost-renew"), SERVICE, action="restart"),
+        HostFile(KNOWN_HOSTS, 0o644, known_hosts.encode()),
         # doas refuses a doas.conf others can write; nobody else needs to read it.
-        File(commands.DOAS_CONF, 0o400, doas_conf.encode()),
+        HostFile(base.DOAS_CONF, 0o400, doas_conf.encode()),
     ]
     if inventory.acme.server_ca is not None:
-        files.append(File(SERVER_CA, 0o644, server_ca.encode()))
+        files.append(HostFile(SERVER_CA, 0o644, server_ca.encode()))
     return files
 
 
-def certhost_files(inventory, known_hosts: str) -> list[File]:
+def certhost_files(inventory, known_hosts: str) -> list[HostFile]:
     """The cert host's scripts (rendered from templates/acme/), its renewal service, the web
     hosts' pinned keys, the ACME server's CA (when not public) and its doas.conf."""
     server_ca = ""
@@ -160,16 +145,16 @@ def certhost_files(inventory, known_hosts: str) -> list[File]:
                                f"([acme] server_ca in {inventory.path}): {error.strerror}") \
                 from None
     return _certhost_file_list(inventory, acme_context(inventory), known_hosts, server_ca,
-                               certhost_doas_conf(inventory))
+                               base.doas_conf_text(certhost_permits(inventory)))
 
 
-def setup_bundle(inventory, files: list[File]) -> bundle.Bundle:
+def setup_bundle(inventory, files: list[HostFile]) -> bundle.Bundle:
     """The cert host's files for the helper (outpost.bundle): doas.conf checked by doas -C,
     each file installed when it differs, the renewal service enabled, and restarted when its
     files changed."""
     return bundle.Bundle(
-        inventory.acme.cert_host.name, "acme-setup", files=bundle.files_of(files),
-        checks=((("doas", commands.DOAS_CONF),)), enable=(SERVICE,),
+        inventory.acme.cert_host.name, "acme-setup", files=tuple(files),
+        checks=((("doas", base.DOAS_CONF),)), enable=(SERVICE,),
         actions=bundle.actions_of(files))
 
 
@@ -198,15 +183,15 @@ def authorized_key(lego_pub: str) -> str:
     return f'restrict,command="{GATE}" {lego_pub.strip()}\n'
 
 
-def _gate_file_list(context=None, lego_pub="") -> list[File]:
+def _gate_file_list(context=None, lego_pub="") -> list[HostFile]:
     def text(name):
         return _render(name, context) if context is not None else b""
-    return [File(GATE, 0o755, text("lego-gate")),
-            File(CHALLENGE, 0o755, text("acme-challenge")),
-            File(LEGO_KEYS, 0o644, authorized_key(lego_pub).encode() if lego_pub else b"")]
+    return [HostFile(GATE, 0o755, text("lego-gate")),
+            HostFile(CHALLENGE, 0o755, text("acme-challenge")),
+            HostFile(LEGO_KEYS, 0o644, authorized_key(lego_pub).encode() if lego_pub else b"")]
 
 
-def gate_files(inventory, lego_pub: str) -> list[File]:
+def gate_files(inventory, lego_pub: str) -> list[HostFile]:
     return _gate_file_list(acme_context(inventory), lego_pub)
 
 
@@ -217,6 +202,6 @@ def lego_permits() -> list[tuple[str, list[str]]]:
             (LEGO_USER, ["dinitctl", "signal", "HUP", "nginx"])]
 
 
-def gate_bundle(host: str, files: list[File]) -> bundle.Bundle:
+def gate_bundle(host: str, files: list[HostFile]) -> bundle.Bundle:
     """The gate's files for the helper: each installed when it differs."""
-    return bundle.Bundle(host, "gate", files=bundle.files_of(files))
+    return bundle.Bundle(host, "gate", files=tuple(files))

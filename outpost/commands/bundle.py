@@ -7,7 +7,7 @@ repository's key (the one whose public half apk trusts); and pipes it to
 `doas /usr/libexec/outpost/apply` (templates/outpost/apply.j2, installed by the bootstrap as
 root). The helper verifies the signature, the host and the serial before it trusts a byte.
 
-    Bundle(host, step, files=[BundleFile...], folders=[Folder...], checks=[(kind, path)...],
+    Bundle(host, step, files=[HostFile...], folders=[Folder...], checks=[(kind, path)...],
            actions=[Action...])
     signed(bundle, key_path, serial)     the bytes the helper reads on stdin
     apply_script(data)                   one sh script: those bytes into the helper
@@ -27,6 +27,7 @@ path is checked here to hold no space or control character):
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import re
@@ -53,12 +54,29 @@ VERBS = ("reload", "restart", "reload-zones")
 
 
 @dataclass(frozen=True)
-class BundleFile:
-    path: str
+class HostFile:
+    """A file a host receives. Every root-owned file reaches a host in a bundle as one of these;
+    a web host's config file is first one without content, saying where its content comes
+    from (a template, or a file of this machine), and then the same with it."""
+    remote_path: str            # absolute path on the host
     mode: int
-    content: bytes | None  # None: sent by hash only (keep)
-    trigger: str | None = None
-    sha256: str | None = None  # for content None
+    content: bytes | None = None  # None: sent by hash only (the host must have it), or not made yet
+    service: str | None = None  # what acts when the file changes (the bundle's trigger)
+    sha256: str | None = None   # of the content, for a file sent by hash only
+    action: str | None = None   # "reload" (re-read config, keep serving) or "restart"
+    template: str | None = None  # under templates/, when rendered
+    source: Path | None = None  # the local file to copy, when not rendered
+
+    def local_path(self, out_dir: Path) -> Path:
+        """Where the host's copy is here: its source, or where config renders it
+        (out_dir/<remote_path without its leading />)."""
+        if self.source is not None:
+            return self.source
+        return Path(out_dir) / self.remote_path.lstrip("/")
+
+    def by_hash(self) -> "HostFile":
+        """The same file sent by its hash only: the host must already have it."""
+        return dataclasses.replace(self, content=None, sha256=sha256(self.content))
 
 
 @dataclass(frozen=True)
@@ -79,7 +97,7 @@ class Action:
 class Bundle:
     host: str
     step: str
-    files: tuple[BundleFile, ...] = ()
+    files: tuple[HostFile, ...] = ()
     folders: tuple[Folder, ...] = ()
     checks: tuple[tuple[str, str], ...] = ()
     enable: tuple[str, ...] = ()
@@ -87,13 +105,8 @@ class Bundle:
     start: tuple[str, ...] = ()
 
 
-def files_of(files) -> tuple[BundleFile, ...]:
-    """Bundle files from files with .remote_path, .mode, .content, .service (the trigger)."""
-    return tuple(BundleFile(f.remote_path, f.mode, f.content, f.service) for f in files)
-
-
 def actions_of(files) -> tuple[Action, ...]:
-    """A reload or restart of each service whose files say so (.service, .action)."""
+    """A reload or restart of each service whose files say so (HostFile service, action)."""
     return tuple(sorted({Action(f.service, f.action, f.service) for f in files
                          if f.service and f.action}, key=lambda a: (a.service, a.verb)))
 
@@ -117,11 +130,12 @@ def manifest(bundle: Bundle, serial: int) -> str:
     lines += [f"folder {_word(f.owner, 'owner')} {f.mode:o} {_path(f.path)}"
               for f in bundle.folders]
     for f in bundle.files:
-        trigger = _word(f.trigger, "trigger") if f.trigger else "-"
+        trigger = _word(f.service, "trigger") if f.service else "-"
         if f.content is None:
-            lines.append(f"keep {f.mode:o} {trigger} {_path(f.path)} {_word(f.sha256, 'sha256')}")
+            lines.append(f"keep {f.mode:o} {trigger} {_path(f.remote_path)} "
+                         f"{_word(f.sha256, 'sha256')}")
         else:
-            lines.append(f"file {f.mode:o} {trigger} {_path(f.path)}")
+            lines.append(f"file {f.mode:o} {trigger} {_path(f.remote_path)}")
     for kind, path in bundle.checks:
         if kind not in CHECKS:
             raise OutpostError(f"bundle: unknown check {kind!r}")
@@ -149,7 +163,7 @@ def archive(bundle: Bundle, serial: int) -> bytes:
         tar.addfile(*_member("MANIFEST", manifest(bundle, serial).encode(), 0o600))
         for f in bundle.files:
             if f.content is not None:
-                tar.addfile(*_member("files" + f.path, f.content, 0o600))
+                tar.addfile(*_member("files" + f.remote_path, f.content, 0o600))
     return out.getvalue()
 
 

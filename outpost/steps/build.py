@@ -270,3 +270,20 @@ def make_builder(inventory) -> LocalBuilder | CbuildBuilder:
     if inventory.builder.kind == "cbuild":
         return CbuildBuilder(inventory)
     return LocalBuilder(inventory)
+
+
+# --- the package templates ----------------------------------------------------------------------
+
+def template_versions(inventory) -> dict[str, str]:
+    """The version of each package its template builds."""
+    return {p.name: load_template(p.template_dir).version for p in inventory.packages}
+
+
+def broken_template(inventory) -> str | None:
+    """Why a package template can't be read, or None. A broken template stops only what needs
+    the package (build, index, upgrade, rollback); the rest of the pipeline goes on."""
+    try:
+        template_versions(inventory)
+    except OutpostError as error:
+        return str(error)
+    return None

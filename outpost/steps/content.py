@@ -1,5 +1,5 @@
 """The content step: each package's content/ becomes a release on every host (the layout and
-scripts are outpost.releases), from the manifest of content/ (outpost.manifest), with one SSH
+scripts are commands.content), from the manifest of content/ (outpost.manifest), with one SSH
 login per host (outpost.remote.SshSession). And what this machine knows of each host's releases,
 so that content:<host> is up to date without asking the host.
 
@@ -24,8 +24,13 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from outpost import commands, manifest as manifests, releases, remote
+from outpost import hoststate, manifest as manifests, probe, remote
+from outpost.commands import config as config_commands
+from outpost.commands.base import ssh_argv
+from outpost.commands import content as releases
 from outpost.errors import OutpostError
+from outpost.files import write_atomic
+from outpost.steps.common import say
 
 _lock = threading.RLock()  # manifest() is called with it held, by _prune_manifests
 _scanned: dict = {}   # (package name, content folder) -> Manifest, once per process
@@ -81,11 +86,8 @@ def served(inventory, package, host) -> Served | None:
 
 
 def _record(inventory, package, host, record: Served):
-    path = _record_path(inventory, package, host)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(asdict(record), indent=1) + "\n")
-    os.replace(partial, path)
+    write_atomic(_record_path(inventory, package, host),
+                 (json.dumps(asdict(record), indent=1) + "\n").encode())
 
 
 def is_current(inventory, host) -> bool:
@@ -141,10 +143,7 @@ def _store_manifest(inventory, package, release: manifests.Manifest):
     path = _manifest_path(inventory, package, releases.folder_of(release.release))
     with _lock:  # the hosts of a run store the same one
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(path.name + ".partial")
-            partial.write_text(release.text)
-            os.replace(partial, path)
+            write_atomic(path, release.text.encode())
 
 
 def _prune_manifests(inventory, package):
@@ -211,7 +210,7 @@ def push(inventory, host, say):
 
 def _push(inventory, package, host, release, record, linked: bool) -> tuple[str, int]:
     """One login: the release, linked to the one the host serves when linked and known here."""
-    with remote.SshSession(commands.ssh_argv(inventory.ssh, host), host, inventory.ssh,
+    with remote.SshSession(ssh_argv(inventory.ssh, host), host, inventory.ssh,
                            "content") as session:
         # The login goes on while the base and the payload are made.
         base = None
@@ -239,7 +238,7 @@ def rollback(inventory, host, say) -> list[tuple]:
     for package in packages(inventory):
         script = releases.rollback_script(package.content_dir, package.keep_releases)
         try:
-            result = remote.run_ssh(commands.ssh_argv(inventory.ssh, host), host,
+            result = remote.run_ssh(ssh_argv(inventory.ssh, host), host,
                                     inventory.ssh, script, step="rollback")
         except remote.ScriptFailed as failed:
             if failed.exited == releases.NOTHING_TO_ROLL_BACK:
@@ -256,3 +255,64 @@ def rollback(inventory, host, say) -> list[tuple]:
         say(f"{host.name}: {package.name} content rolled back from {was or '-'} to {folder}")
         done.append((package, folder, stored.digest if stored else None))
     return done
+
+
+# --- the steps: content:<host>, its uptodate, rollback:content:<host> ----------------------------
+
+def push_content(inventory, host):
+    """A new release of each package's content on host, switched in."""
+    push(inventory, host, say)
+
+
+def content_is_current(inventory, host) -> bool:
+    """doit uptodate of content:<host>: this machine's record says the host has the release of
+    content/ now (content.is_current), and the host, asked over HTTPS (never SSH), serves that
+    release whole. A host seen serving anything else (a file changed or removed there by hand,
+    `current` switched) is marked as drifted, so this very run repairs it; a host that doesn't
+    answer is taken at its record, and the check will say what is wrong with it."""
+    if not is_current(inventory, host):
+        return False
+    package = config_commands.served_package(inventory)
+    health = drift_probe(inventory, host) if package.content is not None else None
+    if not isinstance(health, dict):
+        return True
+    problem = content_problem(health, *expected(inventory, package, host))
+    if problem:
+        mark_drift(inventory, package, host, problem)
+    return problem is None
+
+
+def drift_probe(inventory, host) -> dict | str | None:
+    """The host's /_health, asked once per run for every host this machine would otherwise
+    take at its records (upgrade's and content's uptodate share it); None for the others."""
+    hosts = [h for h in inventory.hosts
+             if is_current(inventory, h) or hoststate.history(inventory, h)]
+    return probe.probe(inventory, host, hosts)
+
+
+def content_problem(health: dict, folder: str | None, digest: str | None) -> str | None:
+    """What is wrong with the content a host's health reports, against the release folder and
+    digest it should serve (either may be unknown: None); None when nothing is."""
+    if folder is not None and health.get("release") != folder:
+        return served_text(health)
+    if digest is not None and health.get("content") != digest:
+        return served_text(health)
+    return None
+
+
+def served_text(health: dict) -> str:
+    return f"release {health.get('release')} with content {str(health.get('content'))[:12]}"
+
+
+def rollback_content(inventory, host):
+    """Switch each package's content on host back one release (no transfer), then wait until
+    the host serves it."""
+    for package, folder, digest in rollback(inventory, host, say):
+        if package.port is None:
+            continue  # not served over HTTPS: nothing to wait for
+        health = probe.wait_for_health(inventory, host,
+                                       lambda h: content_problem(h, folder, digest) is None)
+        if not isinstance(health, dict) or content_problem(health, folder, digest):
+            seen = served_text(health) if isinstance(health, dict) else health
+            raise OutpostError(f"host {host.name}, step rollback: switched to {folder}, but the "
+                               f"app does not serve it: it gives {seen}")

@@ -1,0 +1,334 @@
+"""The read-only runner: everything that asks a host something over HTTPS, TLS or DNS without
+changing it (outpost.remote, beside it, is the runner that changes hosts, over SSH).
+
+    site_context / check_context    what a visitor trusts; the same, with the check's client
+                                    certificate
+    site_request(inventory, host, path)   one HTTPS request through nginx, as a visitor sends it
+    kept_request(...)               the same on a connection kept for the host's next request
+    health(inventory, host)         the app's /_health through nginx (dict, or why not)
+    probe(inventory, host)          the drift probe: every host's /_health asked at once, once
+    served_certificate(s)           the certificate a host presents (unverified), every host's
+    healthy_hosts(inventory)        the hosts whose port-80 health gdnsd would see as up
+    ask_nameserver(address, ...)    a nameserver's answer for a visitor's network (ECS)
+    acme_roots(inventory)           the ACME server's root, fetched once per run
+
+Answers that a run asks for more than once are kept in RUN, the one per-run cache.
+"""
+from __future__ import annotations
+
+import functools
+import http.client
+import json
+import os
+import socket
+import ssl
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from outpost import tls
+from outpost.commands import dns
+from outpost.errors import OutpostError
+
+# How long the content tasks' drift probe waits for a host's answer before trusting the record.
+PROBE_TIMEOUT = 3.0
+# How long the check waits for a host to serve what was just pushed or switched: the app sees a
+# switched release on its next request, but a restarted service needs a moment to listen.
+WAIT = 20.0
+# A server that refuses the connection may be starting (the fleet's pebble, just after
+# fleet:up, listens a moment after its machine's sshd): asked again for this long.
+ROOTS_STARTING = 15.0
+
+
+class RunCache:
+    """What this run has already asked. Each question is asked once, also when threads (doit
+    runs the hosts' tasks in threads) ask it at the same moment: the others wait for the first
+    one's answer. A failure is not kept: the next caller asks again. A run is one process, so
+    nothing here outlives it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries: dict = {}  # key -> [lock, answered at (monotonic) or None, answer]
+
+    def get(self, key, make, max_age: float | None = None):
+        """The answer kept for key, or make()'s, kept; an answer older than max_age seconds
+        is asked again."""
+        with self._lock:
+            entry = self._entries.setdefault(key, [threading.Lock(), None, None])
+        with entry[0]:
+            if entry[1] is None or (max_age is not None and time.monotonic() - entry[1] >= max_age):
+                entry[2] = make()
+                entry[1] = time.monotonic()
+            return entry[2]
+
+    def forget(self, kind: str):
+        """Forget every answer whose key starts with kind (a test that restarts a server)."""
+        with self._lock:
+            for key in [k for k in self._entries if k[0] == kind]:
+                del self._entries[key]
+
+
+RUN = RunCache()
+
+
+# --- trust ------------------------------------------------------------------------------------
+
+def acme_roots(inventory) -> str | None:
+    """The ACME server's root certificate (PEM) from `[acme] roots`, fetched once per run and
+    trusting only `[acme] server_ca` for that fetch; None when the roots are this machine's
+    trust store (Let's Encrypt)."""
+    acme_settings = inventory.acme
+    if acme_settings is None or acme_settings.roots is None:
+        return None
+    return RUN.get(("acme roots", acme_settings.roots), lambda: _fetch_roots(inventory))
+
+
+def _fetch_roots(inventory) -> str:
+    import urllib.request
+    acme_settings = inventory.acme
+    cafile = str(acme_settings.server_ca) if acme_settings.server_ca else None
+    context = ssl.create_default_context(cafile=cafile)
+    deadline = time.monotonic() + ROOTS_STARTING
+    while True:
+        try:
+            with urllib.request.urlopen(acme_settings.roots, context=context,
+                                        timeout=10) as answer:
+                return answer.read().decode()
+        except (OSError, ValueError) as error:
+            refused = isinstance(getattr(error, "reason", error), ConnectionRefusedError)
+            if refused and time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            raise OutpostError(f"{inventory.path}: [acme] roots: cannot fetch the ACME "
+                               f"server's root from {acme_settings.roots}: {error}") from None
+
+
+@functools.cache
+def _context_of_file(ca: Path) -> ssl.SSLContext:
+    # Made once: loading the CA file for every request is most of a request's own cost.
+    return ssl.create_default_context(cafile=str(ca))
+
+
+@functools.cache
+def _context_of_roots(roots: str | None) -> ssl.SSLContext:
+    return ssl.create_default_context(cadata=roots) if roots else ssl.create_default_context()
+
+
+def site_context(inventory) -> ssl.SSLContext:
+    """What a visitor's browser trusts, for this site: the ACME server's root (pebble's), this
+    machine's trust store (Let's Encrypt's), or the local CA when there is no [acme]."""
+    if inventory.acme is None:
+        return _context_of_file(tls.ca_paths(inventory.site.ca)[0])
+    return _context_of_roots(acme_roots(inventory))
+
+
+def check_context(inventory) -> ssl.SSLContext:
+    """site_context's trust, presenting the check's client certificate (made by the
+    client-certificate task): nginx gives /_health's details to this client only."""
+    certificate, key = tls.client_paths(inventory.site.certificates)
+    if inventory.acme is None:
+        return _context_with_client(None, tls.ca_paths(inventory.site.ca)[0], certificate, key)
+    return _context_with_client(acme_roots(inventory), None, certificate, key)
+
+
+@functools.cache  # as _context_of_file: once per run (a failure is not kept)
+def _context_with_client(roots: str | None, ca: Path | None, certificate: Path,
+                         key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca) if ca else None, cadata=roots)
+    try:
+        context.load_cert_chain(certificate, key)
+    except (OSError, ssl.SSLError) as error:
+        raise OutpostError(f"{certificate}: the check's client certificate can't be loaded "
+                           f"({error}); `doit client-certificate` makes it") from None
+    return context
+
+
+# --- HTTPS through nginx ----------------------------------------------------------------------
+
+class SiteConnection(http.client.HTTPSConnection):
+    """HTTPS to one host's address, with the site's name as SNI (and Host): what a visitor
+    sent to this host by DNS gets."""
+
+    def __init__(self, address: str, site_name: str, context: ssl.SSLContext, timeout: float):
+        super().__init__(site_name, 443, context=context, timeout=timeout)
+        self.address = address
+
+    def connect(self):
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def _site_connection(inventory, host, timeout: float) -> SiteConnection:
+    return SiteConnection(host.address, inventory.site.name, check_context(inventory), timeout)
+
+
+def site_request(inventory, host, path: str, timeout: float = 5.0,
+                 context: ssl.SSLContext | None = None) -> tuple[int, dict, bytes]:
+    """GET path from host through nginx as the check does: trusting only what site_context
+    trusts, with the check's client certificate; or with `context` instead (a visitor's:
+    site_context). (status, headers, body)."""
+    connection = (_site_connection(inventory, host, timeout) if context is None
+                  else SiteConnection(host.address, inventory.site.name, context, timeout))
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def kept_request(inventory, host, path: str, method: str = "GET",
+                  timeout: float = 5.0) -> tuple[int, bytes]:
+    """As site_request, on a connection kept open for the host's next request in this run
+    (the drift probe's, the check's): one TLS handshake per host, not one per request. A kept
+    connection the server has closed meanwhile is replaced once. (status, body)."""
+    # The idle connections to this host: list.pop and append are each atomic.
+    idle = RUN.get(("idle connections", host.address, inventory.site.name), list)
+    try:
+        connection = idle.pop()
+    except IndexError:
+        connection = None
+    while True:
+        kept = connection is not None
+        if not kept:
+            connection = _site_connection(inventory, host, timeout)
+        connection.timeout = timeout
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout)
+        try:
+            connection.request(method, path)
+            response = connection.getresponse()
+            answer = response.status, response.read()
+        except ConnectionError:
+            connection.close()
+            connection = None
+            if kept:
+                continue
+            raise
+        except BaseException:
+            connection.close()
+            raise
+        if response.will_close:
+            connection.close()
+        else:
+            idle.append(connection)
+        return answer
+
+
+def health(inventory, host, timeout: float = 5.0) -> dict | str:
+    """The app's /_health through nginx, as a dict, or why it couldn't be had."""
+    try:
+        status, body = kept_request(inventory, host, "/_health", timeout=timeout)
+    except ssl.SSLCertVerificationError as error:
+        return untrusted(inventory, host, error)
+    except (OSError, ssl.SSLError, http.client.HTTPException) as error:
+        return str(error)
+    if status == 403:
+        return ("HTTP 403: nginx did not take the check's client certificate (was it signed "
+                "by the CA in the host's client-ca.pem?)")
+    if status != 200:
+        return f"HTTP {status}"
+    try:
+        return json.loads(body)
+    except ValueError:
+        return "not JSON"
+
+
+def probe(inventory, host, hosts) -> dict | str | None:
+    """The host's /_health, asked once per run (upgrade's and content's uptodate share it), or
+    None for a host not among `hosts` (those the caller would otherwise take at their
+    records). doit asks for each task's status in turn on one thread, so the first call asks
+    all of `hosts` at once, and each call waits for its own host's answer only."""
+    def ask_all():
+        pool = ThreadPoolExecutor(max_workers=max(1, len(hosts)))
+        answers = {h.name: pool.submit(health, inventory, h, PROBE_TIMEOUT) for h in hosts}
+        pool.shutdown(wait=False)  # the threads end with their requests
+        return answers
+    answer = RUN.get(("probe", inventory.path), ask_all).get(host.name)
+    return answer.result() if answer is not None else None
+
+
+def wait_for_health(inventory, host, good, hopeless=lambda health: False) -> dict | str:
+    """Ask the host's health until good(health) or hopeless(health) (both given a dict), or
+    WAIT has passed; returns the last answer."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        answer = health(inventory, host)
+        if isinstance(answer, dict) and (good(answer) or hopeless(answer)):
+            return answer
+        if time.monotonic() > deadline:
+            return answer
+        time.sleep(0.05)
+
+
+
+# --- TLS: the certificate a host presents -----------------------------------------------------
+
+def untrusted(inventory, host, error: ssl.SSLCertVerificationError) -> str:
+    """Why the host's certificate is refused, and what it is: a wrong certificate is fixed on
+    the host, so say which one the host serves (asked again without verifying it)."""
+    served = served_certificate(inventory, host)
+    what = tls.describe_certificate(served) if served else "no certificate on a second handshake"
+    return f"its certificate is refused ({error.verify_message}): it serves {what}"
+
+
+def served_certificate(inventory, host) -> bytes | None:
+    """The leaf certificate (DER) the host's nginx presents for the site's name, unverified,
+    or None (no TLS there yet)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host.address, 443), timeout=5) as sock:
+            with context.wrap_socket(sock, server_hostname=inventory.site.name) as tls_sock:
+                return tls_sock.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return None
+
+
+def served_certificates(inventory) -> dict[str, bytes | None]:
+    """What every web host serves, asked once per run (the certificate tasks share it)."""
+    def ask_all():
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            return dict(zip([h.name for h in inventory.hosts],
+                            pool.map(lambda h: served_certificate(inventory, h), inventory.hosts)))
+    return RUN.get(("served certificates", inventory.path), ask_all)
+
+
+# --- GeoDNS: what gdnsd's checker sees, and what a nameserver answers -------------------------
+
+def plain_health(host, site_name: str, timeout: float = 2.0) -> bool:
+    """What gdnsd's checker asks each host: GET /_health on port 80 with the site's name as
+    Host (its `vhost`: nginx closes the connection for any other), HTTP 200 or not."""
+    connection = http.client.HTTPConnection(host.address, 80, timeout=timeout)
+    try:
+        connection.request("GET", dns.HEALTH_PATH, headers={"Host": site_name})
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+def healthy_hosts(inventory) -> set[str]:
+    """The hosts that pass the health check GeoDNS uses, asked at most once per interval."""
+    def ask_all():
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            up = dict(zip([h.name for h in inventory.hosts],
+                          pool.map(lambda h: plain_health(h, inventory.site.name),
+                                   inventory.hosts)))
+        return {name for name, ok in up.items() if ok}
+    return RUN.get(("healthy hosts", inventory.path), ask_all,
+                   max_age=inventory.dns.health.interval)
+
+
+def ask_nameserver(address: str, name: str, network: str, timeout: float = 2.0) -> list[str]:
+    """The A addresses a nameserver gives a visitor in `network` (one UDP query with ECS)."""
+    query_id = int.from_bytes(os.urandom(2), "big")
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET,
+                       socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect((address, 53))
+        sock.send(dns.ecs_query(name, network, query_id))
+        return dns.answer_addresses(sock.recv(4096), query_id)

@@ -1,0 +1,34 @@
+"""The built-in local fleet (outpost.fleet): up, down, and whether its hosts run, known without
+SSH so a no-op deploy touches no host."""
+from __future__ import annotations
+
+from outpost.steps.common import say
+
+
+def _fleet(inventory):
+    from outpost import fleet  # only the fleet tasks need it
+    return fleet.from_inventory(inventory)
+
+
+def fleet_up(inventory):
+    started = _fleet(inventory).up()
+    say(f"fleet: started {', '.join(started) or 'none (all up)'}")
+
+
+def fleet_down(inventory):
+    stopped = _fleet(inventory).down()
+    say(f"fleet: stopped {', '.join(stopped) or 'none (all down)'}")
+
+
+def _hosts_up(inventory) -> list[bool]:
+    from outpost.fleet import machine_names, running_pid
+    state = inventory.fleet.state.resolve()
+    return [running_pid(state, name) is not None for name in machine_names(inventory)]
+
+
+def fleet_is_up(inventory) -> bool:
+    return all(_hosts_up(inventory))
+
+
+def fleet_any_up(inventory) -> bool:
+    return any(_hosts_up(inventory))
