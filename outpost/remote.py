@@ -12,19 +12,15 @@ Every failure raises RemoteError, whose message names the host (and the step, wh
 from __future__ import annotations
 
 import atexit
-import base64
-import hashlib
-import math
 import os
-import pwd
-import re
-import shutil
 import signal
 import subprocess
 import threading
 from dataclasses import dataclass
 
 from outpost.errors import OutpostError
+from outpost.openssh import (auth_failed, changed_host_key, environment, fingerprint, host_step,
+                             key_kind, local_failure, reason, tail, unknown_host_key, unreachable)
 
 
 class RemoteError(OutpostError):
@@ -76,35 +72,10 @@ RUN_STDIN_THEN_PAYLOAD = (
     "eval \"$script\"'")
 
 
-# The programs Outpost starts here, and the folders they are looked up in besides where the
-# operator's own were found.
-LOCAL_PROGRAMS = ("rsync", "ssh", "ssh-keyscan")
-SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
-
-
-def program_environment(home: str, found) -> dict[str, str]:
-    """The whole environment of the rsync and ssh Outpost starts: a PATH of the folders
-    holding the programs `found` (their paths, None for one not found) and then the system's,
-    the user's home, the C locale. Nothing is inherited, so RSYNC_OLD_ARGS, RSYNC_PROTECT_ARGS,
-    RSYNC_RSH, SSH_AUTH_SOCK, LD_PRELOAD and the like in the operator's shell can't change
-    what runs or how it reads its arguments."""
-    folders = [os.path.dirname(path) for path in found if path]
-    return {"PATH": ":".join(dict.fromkeys([*folders, *SYSTEM_PATH])), "HOME": home,
-            "LANG": "C", "LC_ALL": "C"}
-
-
-def _environment() -> dict[str, str]:
-    try:
-        home = pwd.getpwuid(os.getuid()).pw_dir
-    except KeyError:  # a uid without a passwd entry (some containers)
-        home = "/"
-    return program_environment(home, (shutil.which(name) for name in LOCAL_PROGRAMS))
-
-
 def run_script(host, script: str, ssh, step: str | None = None, ok_exits=(0,)) -> Result:
     """Run a POSIX sh script on host in one round trip and return its output; an exit status
     outside ok_exits is a RemoteError."""
-    where = _where(host, step)
+    where = host_step(host, step)
     connection = _connection(host, ssh, where)
     try:
         stdout, stderr, exited = _exec(connection, script, ssh.command_timeout)
@@ -118,9 +89,9 @@ def run_script(host, script: str, ssh, step: str | None = None, ok_exits=(0,)) -
     if exited == -1:  # no exit status: the channel closed under the script
         _forget(host, ssh)
         raise RemoteError(f"{where}: the connection was lost before the script finished"
-                          + _tail(stderr))
+                          + tail(stderr))
     if exited not in ok_exits:
-        raise RemoteError(f"{where} failed (exit {exited})" + _tail(stderr), exited)
+        raise RemoteError(f"{where} failed (exit {exited})" + tail(stderr), exited)
     return Result(stdout, stderr, exited)
 
 
@@ -158,12 +129,12 @@ def _read_all(stream) -> str | Exception:
 def run_local(argv: list[str], host, ssh, step: str | None = None) -> Result:
     """Run a program on this machine that talks to host over ssh (rsync with
     commands.ssh_options), with the same error messages as run_script."""
-    where = _where(host, step)
+    where = host_step(host, step)
     try:
         # A session of its own: stop_children() ends rsync and the ssh it started together.
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  stdin=subprocess.DEVNULL, text=True, start_new_session=True,
-                                 env=_environment())
+                                 env=environment())
     except FileNotFoundError:
         raise RemoteError(f"{where}: {argv[0]} is not installed on this machine "
                           f"(apt-get install {argv[0]})") from None
@@ -176,7 +147,7 @@ def run_local(argv: list[str], host, ssh, step: str | None = None) -> Result:
             _children.discard(child)
     proc = subprocess.CompletedProcess(argv, child.returncode, stdout, stderr)
     if proc.returncode != 0:
-        raise RemoteError(f"{where}: " + _local_failure(argv[0], proc, host, ssh))
+        raise RemoteError(f"{where}: " + local_failure(argv[0], proc, host, ssh))
     return Result(proc.stdout, proc.stderr, proc.returncode)
 
 
@@ -218,13 +189,13 @@ class SshSession:
 
     def __init__(self, ssh_argv: list[str], host, ssh, step: str | None = None):
         self.host, self.ssh, self.argv = host, ssh, ssh_argv
-        self.where = _where(host, step)
+        self.where = host_step(host, step)
         try:
             # In the run's own process group, so whatever ends the run's group ends it too (a
             # killed push must not go on behind the next run's back); known to stop_children.
             self.process = subprocess.Popen([*ssh_argv, RUN_STDIN_THEN_PAYLOAD],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, env=_environment())
+                                            stderr=subprocess.PIPE, env=environment())
         except FileNotFoundError:
             raise RemoteError(f"{self.where}: ssh is not installed on this machine "
                               "(apt-get install openssh-client)") from None
@@ -254,11 +225,11 @@ class SshSession:
         result = Result(stdout.decode(errors="replace"), stderr.decode(errors="replace"),
                         self.process.returncode)
         if result.exited == 255:  # ssh's own failure: the connection, the key, the login
-            raise RemoteError(f"{self.where}: " + _local_failure("ssh", subprocess.CompletedProcess(
+            raise RemoteError(f"{self.where}: " + local_failure("ssh", subprocess.CompletedProcess(
                 self.argv, 255, result.stdout, result.stderr), self.host, self.ssh))
         if result.exited != 0:
             raise ScriptFailed(f"{self.where} failed (exit {result.exited})"
-                               + _tail(result.stderr), result.exited)
+                               + tail(result.stderr), result.exited)
         return result
 
 
@@ -305,11 +276,6 @@ def _forget(host, ssh) -> None:
         connection.close()
 
 
-def known_hosts_name(host) -> str:
-    # How OpenSSH and paramiko name a host in known_hosts.
-    return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
-
-
 def _refusing_policy(host, ssh):
     """paramiko's RejectPolicy, refusing a host key that known_hosts doesn't pin with
     Outpost's message: the key the host presented, and how to check it on its console."""
@@ -317,7 +283,7 @@ def _refusing_policy(host, ssh):
 
     class RefuseUnpinned(RejectPolicy):
         def missing_host_key(self, client, hostname, key):
-            raise RemoteError(_unknown_host_key(host, ssh, (key_kind(key.get_name()),
+            raise RemoteError(unknown_host_key(host, ssh, (key_kind(key.get_name()),
                                                             fingerprint(key.asbytes()))))
 
     return RefuseUnpinned()
@@ -376,163 +342,23 @@ def _connection_error(error: Exception, host, ssh, where) -> Exception:
     from paramiko import AuthenticationException, BadHostKeyException, SSHException
 
     if isinstance(error, BadHostKeyException):
-        return RemoteError(_changed_host_key(host, ssh, (key_kind(error.key.get_name()),
+        return RemoteError(changed_host_key(host, ssh, (key_kind(error.key.get_name()),
                                                          fingerprint(error.key.asbytes()))))
     if isinstance(error, AuthenticationException):
-        return RemoteError(f"{where}: " + _auth_failed(host, ssh))
+        return RemoteError(f"{where}: " + auth_failed(host, ssh))
     if isinstance(error, (socket.timeout, TimeoutError)):
-        return RemoteError(f"{where}: " + _unreachable(host, f"no answer within "
+        return RemoteError(f"{where}: " + unreachable(host, f"no answer within "
                                                              f"{ssh.connect_timeout:g} s"))
     if isinstance(error, SSHException):
         # A silent or slow server: paramiko either times out reading the banner or, when
         # start_client gives up first, fails the next call with "No existing session".
         if "banner" in str(error) or str(error) == "No existing session":
-            return RemoteError(f"{where}: " + _unreachable(
+            return RemoteError(f"{where}: " + unreachable(
                 host, f"no SSH handshake within {ssh.connect_timeout:g} s"))
         return RemoteError(f"{where}: SSH failed: {error}")
     if isinstance(error, (OSError, EOFError)):
         # NoValidConnectionsError (refused, no route) is an OSError holding one per address.
         causes = getattr(error, "errors", None)
         first = next(iter(causes.values())) if causes else error
-        return RemoteError(f"{where}: " + _unreachable(host, _reason(first)))
+        return RemoteError(f"{where}: " + unreachable(host, reason(first)))
     return error
-
-
-def _reason(error: Exception) -> str:
-    return (getattr(error, "strerror", None) or str(error) or type(error).__name__).lower()
-
-
-# --- messages shared by both runners ----------------------------------------------------------
-
-def _where(host, step) -> str:
-    name = f"host {host.name} ({host.address})"
-    return f"{step} on {name}" if step else name
-
-
-def fingerprint(key_blob: bytes) -> str:
-    """A public key's fingerprint as OpenSSH shows it (ssh-keygen -l): SHA256:<base64>."""
-    return "SHA256:" + base64.b64encode(hashlib.sha256(key_blob).digest()).decode().rstrip("=")
-
-
-def key_kind(key_type: str) -> str:
-    """A host key's kind as sshd names its key file (/etc/ssh/ssh_host_<kind>_key.pub), from
-    its type in a known_hosts line ("ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa") or in
-    OpenSSH's messages ("ED25519", "ECDSA", "RSA")."""
-    kind = key_type.lower().removeprefix("ssh-")
-    if kind.startswith("ecdsa"):
-        return "ecdsa"
-    if kind.startswith("rsa"):  # rsa-sha2-256/512 name signatures made with an RSA key
-        return "rsa"
-    return "dsa" if kind == "dss" else kind
-
-
-def _presented(presented, then: str) -> str:
-    """The key the host presents (a (kind, fingerprint) pair, or None when unknown) and the
-    console command that shows whether it is the host's own; `then` is what to do if so. The
-    kind in capitals, as `ssh-keygen -l` shows it."""
-    if presented is None:
-        return (f"Check the host's key on its console (ssh-keygen -lf "
-                f"/etc/ssh/ssh_host_<type>_key.pub); if it is right, {then}")
-    kind, key_fingerprint = presented
-    return (f"It presents the {kind.upper()} key {key_fingerprint}; if `ssh-keygen -lf "
-            f"/etc/ssh/ssh_host_{kind}_key.pub` on the host's console shows the same, {then}")
-
-
-def _scanned_host_key(host, ssh, key_type: str):
-    """(kind, fingerprint) of the host key of this type ("ED25519", as OpenSSH's messages
-    name it) that host presents, asked with ssh-keyscan (OpenSSH won't show it for an unknown
-    host under StrictHostKeyChecking); None when that fails too."""
-    try:
-        scan = subprocess.run(["ssh-keyscan", "-T", str(math.ceil(ssh.connect_timeout)),
-                               "-t", key_kind(key_type), "-p", str(host.port), host.address],
-                              capture_output=True, text=True, env=_environment(),
-                              timeout=ssh.connect_timeout + 5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    for line in scan.stdout.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and not line.startswith("#"):
-            try:
-                return key_kind(fields[1]), fingerprint(base64.b64decode(fields[2],
-                                                                         validate=True))
-            except ValueError:
-                return None
-    return None
-
-
-def _openssh_presented(stderr: str, host, ssh):
-    """The key an OpenSSH refusal is about: its fingerprint when OpenSSH printed it (a
-    changed key), else the key ssh-keyscan gets for the type OpenSSH named."""
-    changed = re.search(r"fingerprint for the (\w+) key sent by the remote host is\s+"
-                        r"(SHA256:[A-Za-z0-9+/]+)", stderr)
-    if changed:
-        return key_kind(changed.group(1)), changed.group(2)
-    unknown = re.search(r"No (\w+) host key is known for", stderr)
-    return _scanned_host_key(host, ssh, unknown.group(1)) if unknown else None
-
-
-def _changed_host_key(host, ssh, presented=None) -> str:
-    return (f"host key for {host.name} ({host.address}) does not match the pinned key in "
-            f"{ssh.known_hosts}; nothing was sent to it. "
-            + _presented(presented, f"the host was rebuilt: replace its line in "
-                                    f"{ssh.known_hosts}"))
-
-
-def _unknown_host_key(host, ssh, presented=None) -> str:
-    return (f"host key for {host.name} ({host.address}) is unknown: {ssh.known_hosts} has no "
-            f"line for {known_hosts_name(host)}; nothing was sent to it. "
-            + _presented(presented, f"add the host's line to {ssh.known_hosts}"))
-
-
-def _auth_failed(host, ssh) -> str:
-    return (f"{host.user}@{host.address} port {host.port} refused the key {ssh.identity} "
-            "(authentication failed)")
-
-
-def _unreachable(host, reason: str) -> str:
-    return f"cannot reach {host.address} port {host.port}: {reason}"
-
-
-def _tail(stderr: str, lines: int = 10) -> str:
-    kept = [line for line in stderr.strip().splitlines() if line.strip()][-lines:]
-    return (":\n  " + "\n  ".join(kept)) if kept else ""
-
-
-# What OpenSSH prints (on stderr, through rsync) for each failure, most specific first.
-SSH_FAILURES = (
-    ("REMOTE HOST IDENTIFICATION HAS CHANGED", "changed"),
-    ("host key is known for", "unknown"),  # "No ED25519 host key is known for [h]:p and ..."
-    ("Host key verification failed", "unknown"),
-    ("Permission denied (publickey", "auth"),
-    ("Connection refused", "connection refused"),
-    ("Connection timed out", "no answer within the connect timeout"),
-    ("timed out", "no answer within the connect timeout"),
-    ("No route to host", "no route to host"),
-    ("Network is unreachable", "network is unreachable"),
-    ("Could not resolve hostname", "the address does not resolve"),
-)
-
-# rsync(1), EXIT VALUES.
-RSYNC_EXIT = {
-    1: "syntax or usage error", 2: "protocol incompatibility",
-    3: "errors selecting input/output files or folders", 5: "error starting the protocol",
-    10: "error in socket I/O", 11: "error in file I/O",
-    12: "error in the rsync protocol data stream (is rsync installed on the host?)",
-    23: "partial transfer due to an error", 24: "some source files vanished",
-    30: "timeout in data send/receive (command_timeout in [ssh])",
-    255: "the ssh connection failed",
-}
-
-
-def _local_failure(program: str, proc: subprocess.CompletedProcess, host, ssh) -> str:
-    for marker, kind in SSH_FAILURES:
-        if marker in proc.stderr:
-            if kind == "changed":
-                return _changed_host_key(host, ssh, _openssh_presented(proc.stderr, host, ssh))
-            if kind == "unknown":
-                return _unknown_host_key(host, ssh, _openssh_presented(proc.stderr, host, ssh))
-            if kind == "auth":
-                return _auth_failed(host, ssh)
-            return _unreachable(host, kind)
-    meaning = RSYNC_EXIT.get(proc.returncode, "failed") if program == "rsync" else "failed"
-    return f"{program} exited {proc.returncode} ({meaning})" + _tail(proc.stderr)

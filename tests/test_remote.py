@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from outpost import remote
+from outpost import openssh, remote
 from outpost.commands import base
 from outpost.inventory import Host, Ssh
 from outpost.remote import RemoteError
@@ -432,7 +432,7 @@ def test_ssh_session_failures_name_the_host(sshd, target, tmp_path):
     ("ssh-rsa", "rsa"), ("rsa-sha2-512", "rsa"), ("RSA", "rsa"), ("ssh-dss", "dsa"),
 ])
 def test_key_kind_names_sshds_key_file(key_type, kind):
-    assert remote.key_kind(key_type) == kind
+    assert openssh.key_kind(key_type) == kind
 
 
 @pytest.mark.parametrize("key_type", ["ed25519", "ecdsa", "rsa"])
@@ -441,11 +441,11 @@ def test_fingerprint_is_what_ssh_keygen_shows(tmp_path, key_type):
                    check=True)
     public = tmp_path / "key.pub"
     blob = base64.b64decode(public.read_text().split()[1])
-    assert remote.fingerprint(blob) == console_fingerprint(public)
+    assert openssh.fingerprint(blob) == console_fingerprint(public)
 
 
 def test_program_environment_is_fixed():
-    assert remote.program_environment("/home/wes", ["/opt/rsync/bin/rsync", None,
+    assert openssh.program_environment("/home/wes", ["/opt/rsync/bin/rsync", None,
                                                     "/usr/bin/ssh-keyscan"]) == {
         "PATH": "/opt/rsync/bin:/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin:/bin",
         "HOME": "/home/wes", "LANG": "C", "LC_ALL": "C"}
@@ -468,8 +468,8 @@ def test_local_programs_run_with_the_fixed_environment_only(target, operator_env
     host, ssh = target
     shown = remote.run_local(["env"], host, ssh).stdout
     environment = dict(line.split("=", 1) for line in shown.splitlines())
-    assert environment == remote.program_environment(
-        pwd.getpwuid(os.getuid()).pw_dir, [shutil.which(p) for p in remote.LOCAL_PROGRAMS])
+    assert environment == openssh.program_environment(
+        pwd.getpwuid(os.getuid()).pw_dir, [shutil.which(p) for p in openssh.LOCAL_PROGRAMS])
     assert set(environment) == {"PATH", "HOME", "LANG", "LC_ALL"}
 
 
@@ -481,7 +481,7 @@ def test_an_ssh_session_runs_with_the_fixed_environment_only(target, operator_en
     shown = remote.run_ssh(here, host, ssh, "env", step="content").stdout
     environment = dict(line.split("=", 1) for line in shown.splitlines())
     environment.pop("PWD", None)  # the shell's own
-    assert environment == remote._environment()
+    assert environment == openssh.environment()
 
 
 # --- a crafted remote path, with the operator's RSYNC_OLD_ARGS=1 -----------------------------

@@ -174,7 +174,7 @@ def signed(bundle: Bundle, key_path: Path, serial: int) -> bytes:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding
 
-    from outpost.apk import _load_private_key
+    from outpost.apk.keys import _load_private_key
     data = archive(bundle, serial)
     signature = _load_private_key(key_path).sign(data, padding.PKCS1v15(), hashes.SHA256())
     return f"{MAGIC} {base64.b64encode(signature).decode()}\n".encode() + data

@@ -7,7 +7,7 @@ import hashlib
 import time
 from pathlib import Path
 
-from outpost import lock, probe, remote, tls
+from outpost import lock, openssh, probe, remote, tls
 from outpost.commands import acme
 from outpost.errors import OutpostError
 from outpost.files import write_if_changed
@@ -30,7 +30,7 @@ def issued_certificate(inventory) -> Path:
 
 def _web_known_hosts(inventory) -> str:
     """The pinned keys of the web hosts, for the cert host's lego (nothing else of ours)."""
-    names = {remote.known_hosts_name(host) for host in inventory.hosts}
+    names = {openssh.known_hosts_name(host) for host in inventory.hosts}
     try:
         lines = inventory.ssh.known_hosts.read_text().splitlines()
     except OSError as error:

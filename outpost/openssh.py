@@ -1,0 +1,184 @@
+"""OpenSSH and rsync as programs of this machine, for outpost.remote: the fixed environment they
+start with, the host key a host presents, and what their failures mean, said so that a person
+can act on it (the host, the step, the key's fingerprint, the command that checks it)."""
+from __future__ import annotations
+
+import hashlib
+import base64
+import math
+import os
+import pwd
+import re
+import shutil
+import subprocess
+
+
+
+# The programs Outpost starts here, and the folders they are looked up in besides where the
+# operator's own were found.
+LOCAL_PROGRAMS = ("rsync", "ssh", "ssh-keyscan")
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def program_environment(home: str, found) -> dict[str, str]:
+    """The whole environment of the rsync and ssh Outpost starts: a PATH of the folders
+    holding the programs `found` (their paths, None for one not found) and then the system's,
+    the user's home, the C locale. Nothing is inherited, so RSYNC_OLD_ARGS, RSYNC_PROTECT_ARGS,
+    RSYNC_RSH, SSH_AUTH_SOCK, LD_PRELOAD and the like in the operator's shell can't change
+    what runs or how it reads its arguments."""
+    folders = [os.path.dirname(path) for path in found if path]
+    return {"PATH": ":".join(dict.fromkeys([*folders, *SYSTEM_PATH])), "HOME": home,
+            "LANG": "C", "LC_ALL": "C"}
+
+
+def environment() -> dict[str, str]:
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:  # a uid without a passwd entry (some containers)
+        home = "/"
+    return program_environment(home, (shutil.which(name) for name in LOCAL_PROGRAMS))
+
+
+def reason(error: Exception) -> str:
+    return (getattr(error, "strerror", None) or str(error) or type(error).__name__).lower()
+
+
+# --- messages shared by both runners ----------------------------------------------------------
+
+def host_step(host, step) -> str:
+    name = f"host {host.name} ({host.address})"
+    return f"{step} on {name}" if step else name
+
+
+def fingerprint(key_blob: bytes) -> str:
+    """A public key's fingerprint as OpenSSH shows it (ssh-keygen -l): SHA256:<base64>."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key_blob).digest()).decode().rstrip("=")
+
+
+def key_kind(key_type: str) -> str:
+    """A host key's kind as sshd names its key file (/etc/ssh/ssh_host_<kind>_key.pub), from
+    its type in a known_hosts line ("ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa") or in
+    OpenSSH's messages ("ED25519", "ECDSA", "RSA")."""
+    kind = key_type.lower().removeprefix("ssh-")
+    if kind.startswith("ecdsa"):
+        return "ecdsa"
+    if kind.startswith("rsa"):  # rsa-sha2-256/512 name signatures made with an RSA key
+        return "rsa"
+    return "dsa" if kind == "dss" else kind
+
+
+def _presented(presented, then: str) -> str:
+    """The key the host presents (a (kind, fingerprint) pair, or None when unknown) and the
+    console command that shows whether it is the host's own; `then` is what to do if so. The
+    kind in capitals, as `ssh-keygen -l` shows it."""
+    if presented is None:
+        return (f"Check the host's key on its console (ssh-keygen -lf "
+                f"/etc/ssh/ssh_host_<type>_key.pub); if it is right, {then}")
+    kind, key_fingerprint = presented
+    return (f"It presents the {kind.upper()} key {key_fingerprint}; if `ssh-keygen -lf "
+            f"/etc/ssh/ssh_host_{kind}_key.pub` on the host's console shows the same, {then}")
+
+
+def _scanned_host_key(host, ssh, key_type: str):
+    """(kind, fingerprint) of the host key of this type ("ED25519", as OpenSSH's messages
+    name it) that host presents, asked with ssh-keyscan (OpenSSH won't show it for an unknown
+    host under StrictHostKeyChecking); None when that fails too."""
+    try:
+        scan = subprocess.run(["ssh-keyscan", "-T", str(math.ceil(ssh.connect_timeout)),
+                               "-t", key_kind(key_type), "-p", str(host.port), host.address],
+                              capture_output=True, text=True, env=environment(),
+                              timeout=ssh.connect_timeout + 5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in scan.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and not line.startswith("#"):
+            try:
+                return key_kind(fields[1]), fingerprint(base64.b64decode(fields[2],
+                                                                         validate=True))
+            except ValueError:
+                return None
+    return None
+
+
+def _openssh_presented(stderr: str, host, ssh):
+    """The key an OpenSSH refusal is about: its fingerprint when OpenSSH printed it (a
+    changed key), else the key ssh-keyscan gets for the type OpenSSH named."""
+    changed = re.search(r"fingerprint for the (\w+) key sent by the remote host is\s+"
+                        r"(SHA256:[A-Za-z0-9+/]+)", stderr)
+    if changed:
+        return key_kind(changed.group(1)), changed.group(2)
+    unknown = re.search(r"No (\w+) host key is known for", stderr)
+    return _scanned_host_key(host, ssh, unknown.group(1)) if unknown else None
+
+
+def changed_host_key(host, ssh, presented=None) -> str:
+    return (f"host key for {host.name} ({host.address}) does not match the pinned key in "
+            f"{ssh.known_hosts}; nothing was sent to it. "
+            + _presented(presented, f"the host was rebuilt: replace its line in "
+                                    f"{ssh.known_hosts}"))
+
+
+def unknown_host_key(host, ssh, presented=None) -> str:
+    return (f"host key for {host.name} ({host.address}) is unknown: {ssh.known_hosts} has no "
+            f"line for {known_hosts_name(host)}; nothing was sent to it. "
+            + _presented(presented, f"add the host's line to {ssh.known_hosts}"))
+
+
+def auth_failed(host, ssh) -> str:
+    return (f"{host.user}@{host.address} port {host.port} refused the key {ssh.identity} "
+            "(authentication failed)")
+
+
+def unreachable(host, reason: str) -> str:
+    return f"cannot reach {host.address} port {host.port}: {reason}"
+
+
+def tail(stderr: str, lines: int = 10) -> str:
+    kept = [line for line in stderr.strip().splitlines() if line.strip()][-lines:]
+    return (":\n  " + "\n  ".join(kept)) if kept else ""
+
+
+# What OpenSSH prints (on stderr, through rsync) for each failure, most specific first.
+SSH_FAILURES = (
+    ("REMOTE HOST IDENTIFICATION HAS CHANGED", "changed"),
+    ("host key is known for", "unknown"),  # "No ED25519 host key is known for [h]:p and ..."
+    ("Host key verification failed", "unknown"),
+    ("Permission denied (publickey", "auth"),
+    ("Connection refused", "connection refused"),
+    ("Connection timed out", "no answer within the connect timeout"),
+    ("timed out", "no answer within the connect timeout"),
+    ("No route to host", "no route to host"),
+    ("Network is unreachable", "network is unreachable"),
+    ("Could not resolve hostname", "the address does not resolve"),
+)
+
+# rsync(1), EXIT VALUES.
+RSYNC_EXIT = {
+    1: "syntax or usage error", 2: "protocol incompatibility",
+    3: "errors selecting input/output files or folders", 5: "error starting the protocol",
+    10: "error in socket I/O", 11: "error in file I/O",
+    12: "error in the rsync protocol data stream (is rsync installed on the host?)",
+    23: "partial transfer due to an error", 24: "some source files vanished",
+    30: "timeout in data send/receive (command_timeout in [ssh])",
+    255: "the ssh connection failed",
+}
+
+
+def local_failure(program: str, proc: subprocess.CompletedProcess, host, ssh) -> str:
+    for marker, kind in SSH_FAILURES:
+        if marker in proc.stderr:
+            if kind == "changed":
+                return changed_host_key(host, ssh, _openssh_presented(proc.stderr, host, ssh))
+            if kind == "unknown":
+                return unknown_host_key(host, ssh, _openssh_presented(proc.stderr, host, ssh))
+            if kind == "auth":
+                return auth_failed(host, ssh)
+            return unreachable(host, kind)
+    meaning = RSYNC_EXIT.get(proc.returncode, "failed") if program == "rsync" else "failed"
+    return f"{program} exited {proc.returncode} ({meaning})" + tail(proc.stderr)
+
+
+def known_hosts_name(host) -> str:
+    # How OpenSSH and paramiko name a host in known_hosts.
+    return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
