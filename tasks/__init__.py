@@ -1,1 +1,1 @@
-"""doit task definitions, one module per pipeline stage. dodo.py passes each the inventory."""
+"""doit task definitions, one module per concern (docs/DESIGN.md, "The map")."""

@@ -149,7 +149,7 @@ def certhost_files(inventory, known_hosts: str) -> list[HostFile]:
 
 
 def setup_bundle(inventory, files: list[HostFile]) -> bundle.Bundle:
-    """The cert host's files for the helper (outpost.bundle): doas.conf checked by doas -C,
+    """The cert host's files for the helper (commands.bundle): doas.conf checked by doas -C,
     each file installed when it differs, the renewal service enabled, and restarted when its
     files changed."""
     return bundle.Bundle(

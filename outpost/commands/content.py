@@ -1,6 +1,6 @@
 """Content releases on a host, built by pure functions: the layout, the script that puts a
 release in place and switches to it, the rollback script, and the payload (a tar stream) the
-push script reads. Nothing here runs anything; outpost.content composes these with
+push script reads. Nothing here runs anything; outpost.steps.content composes these with
 outpost.remote.
 
 Layout in a package's content_dir (the deploy user's folder; the app only reads it):

@@ -174,7 +174,7 @@ def on_hosts(inventory) -> bool:
 # --- the bundle -------------------------------------------------------------------------------
 
 def dns_bundle(host: str, files: list[HostFile]) -> bundle.Bundle:
-    """What the helper (outpost.bundle) does with the host's gdnsd files:
+    """What the helper (commands.bundle) does with the host's gdnsd files:
 
     1. stage the files sent (the database, when not sent, must be on the host as its hash
        says, else the helper exits NEEDS_DATABASE so the step sends it);

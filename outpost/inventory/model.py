@@ -31,7 +31,7 @@ class Package:
     content_dir: str | None
     port: int | None
     root: Path  # the inventory's folder, where cports-overlay/ lives
-    keep_releases: int = 5  # content releases each host keeps (outpost.releases)
+    keep_releases: int = 5  # content releases each host keeps (outpost.commands.content)
 
     @property
     def template_dir(self) -> Path:
