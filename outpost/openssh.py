@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 
-
+from outpost.terminal import visible
 
 # The programs Outpost starts here, and the folders they are looked up in besides where the
 # operator's own were found.
@@ -135,7 +135,9 @@ def unreachable(host, reason: str) -> str:
 
 
 def tail(stderr: str, lines: int = 10) -> str:
-    kept = [line for line in stderr.strip().splitlines() if line.strip()][-lines:]
+    """The last lines of a host's stderr for a message, made visible (outpost.terminal)
+    wherever the message is shown."""
+    kept = [visible(line) for line in stderr.strip().splitlines() if line.strip()][-lines:]
     return (":\n  " + "\n  ".join(kept)) if kept else ""
 
 

@@ -3,6 +3,8 @@ host with its status, version, content release and median response time (the loc
 of the seed's updown.io table)."""
 from doit.reporter import ConsoleReporter
 
+from outpost.terminal import visible
+
 CHECK = "check:"
 
 
@@ -43,12 +45,17 @@ def dns_table(rows: list[dict]) -> str:
 
 
 class OutpostReporter(ConsoleReporter):
-    """doit's ConsoleReporter; collects the check:<host> results and prints their table."""
+    """doit's ConsoleReporter; collects the check:<host> results and prints their table. All it
+    writes is made visible (outpost.terminal): nothing a host says is a terminal's command."""
 
     def __init__(self, outstream, options):
         super().__init__(outstream, options)
         self.checks = []
         self.dns_rows = []
+
+    def write(self, text):
+        # Failures' messages carry hosts' output (stderr tails), the tables what hosts said.
+        super().write(visible(text))
 
     def add_success(self, task):
         super().add_success(task)

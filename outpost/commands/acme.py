@@ -19,10 +19,12 @@ Who can do what:
     lego_permits()                  lego's rules on a web host
     setup_bundle(...), gate_bundle(...)  those files as signed bundles (commands.bundle)
     print_public_key(), driver_command(...)  what the steps run
+    lego_key_pin(inventory)         where this machine pins lego's public SSH key
 """
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 from outpost import render
 from outpost.commands import base, bundle
@@ -160,15 +162,23 @@ def setup_bundle(inventory, files: list[HostFile]) -> bundle.Bundle:
 
 def print_public_key() -> str:
     """Script lines, after the setup bundle: lego's SSH key made if missing and its public
-    key printed after PUBLIC_KEY_MARK."""
+    key printed after PUBLIC_KEY_MARK (compared with the pin, never taken from there)."""
     return f"printf '{PUBLIC_KEY_MARK}%s\\n' \"$(doas -u {LEGO_USER} {DRIVER} key)\"\n"
 
 
-def public_key(output: str) -> str | None:
-    for line in output.splitlines():
-        if line.startswith(PUBLIC_KEY_MARK):
-            return line[len(PUBLIC_KEY_MARK):].strip()
-    return None
+def public_keys(output: str) -> list[str]:
+    """Every key a session's output reports after PUBLIC_KEY_MARK: one, unless something
+    else on the host wrote into it."""
+    return [line[len(PUBLIC_KEY_MARK):].strip() for line in output.splitlines()
+            if line.startswith(PUBLIC_KEY_MARK)]
+
+
+def lego_key_pin(inventory) -> Path:
+    """This machine's pin of lego's public SSH key (its line, as in the cert host's
+    SSH_KEY.pub), beside the pinned host keys: the key the web hosts let in. The operator
+    writes it once (acme:setup says how); the local fleet writes it when it makes the key."""
+    known_hosts = inventory.ssh.known_hosts
+    return known_hosts.with_name(f"lego-{inventory.acme.cert_host.name}.pub")
 
 
 def driver_command(*args: str) -> str:

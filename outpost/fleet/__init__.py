@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from outpost import tls
+from outpost.commands import acme
 from outpost.errors import OutpostError
 from outpost.fleet import certhost, keys, local, machine, network, pebble, provision
 from outpost.fleet.keys import known_hosts_text
@@ -43,7 +44,8 @@ __all__ = [
 class Fleet:
     def __init__(self, state_dir: Path, hosts: list[FleetHost], known_hosts: Path,
                  identity: Path, provision: Provision, bridge: str = "outpost0",
-                 user: str = "deploy", private: tuple[Path, ...] = ()):
+                 user: str = "deploy", private: tuple[Path, ...] = (),
+                 key_pins: tuple[tuple[str, str, Path], ...] = ()):
         self.state_dir = Path(state_dir).resolve()
         self.hosts = {host.name: host for host in hosts}
         self.known_hosts = Path(known_hosts)
@@ -52,6 +54,8 @@ class Fleet:
         self.bridge = bridge
         self.user = user
         self.network = fleet_network(hosts)
+        # (host, public key path on it, pin file here): user keys the fleet makes and pins.
+        self.key_pins = key_pins
         # Hidden on every host: the hosts' own layers, the deploy key and whatever the caller
         # names (the project, with its signing key).
         self.private = sorted({self.state_dir, self.identity.resolve().parent,
@@ -100,6 +104,8 @@ class Fleet:
                 machine.wait_ready(self.state_dir, host, self.bridge, process)
         keys.pin_host_keys(self.known_hosts, self.state_dir, list(self.hosts.values()),
                            made_afresh)
+        keys.pin_user_keys(self.state_dir, self.key_pins,
+                           {host.name for host in hosts if host.address in made_afresh})
 
     def _check_machine(self, hosts: list[FleetHost]) -> tuple[str, ChimeraTools]:
         """Fail unless this machine can run `hosts`; returns the hosts' python3 version and
@@ -195,12 +201,13 @@ def from_inventory(inventory: Inventory) -> Fleet:
                            + ", ".join(sorted(users)))
     user = users.pop() if users else "deploy"
     hosts = [FleetHost(h.name, h.address, h.arch) for h in inventory.hosts]
-    roles = {}
+    roles, key_pins = {}, ()
     if inventory.acme is not None:
         cert_host = inventory.acme.cert_host
         hosts.append(FleetHost(cert_host.name, cert_host.address, cert_host.arch))
         roles = {host.name: certhost.web_host_role() for host in inventory.hosts}
         roles[cert_host.name] = certhost.cert_host_role()
+        key_pins = ((cert_host.name, f"{acme.SSH_KEY}.pub", acme.lego_key_pin(inventory)),)
     if inventory.fleet.acme_server is not None:
         address = inventory.fleet.acme_server
         hosts.append(FleetHost(ACME_SERVER, address, inventory.hosts[0].arch))
@@ -220,4 +227,5 @@ def from_inventory(inventory: Inventory) -> Fleet:
         user=user,
         bridge=inventory.fleet.bridge,
         # The project folder holds the signing key: no host may see it.
-        private=(inventory.root, inventory.repository.signing_key.parent))
+        private=(inventory.root, inventory.repository.signing_key.parent),
+        key_pins=key_pins)

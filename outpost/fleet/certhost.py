@@ -31,7 +31,9 @@ Match User {acme.LEGO_USER}
 
 
 def cert_host_role() -> Role:
-    return Role(users=((acme.LEGO_USER, acme.LEGO_HOME),), provided=("lego",))
+    # lego's SSH key is made here, and pinned here (keys.pin_user_keys), as host keys are.
+    return Role(users=((acme.LEGO_USER, acme.LEGO_HOME),), provided=("lego",),
+                keys=((acme.SSH_KEY, acme.LEGO_USER),))
 
 
 def web_host_role() -> Role:

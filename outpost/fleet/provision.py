@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from outpost.commands import base
 from outpost.errors import OutpostError
 from outpost.fleet.host import FleetHost
-from outpost.fleet.local import STANDINS_DIR, ChimeraTools
+from outpost.fleet.local import STANDINS_DIR, ChimeraTools, run
 
 SSH_PORT = 22
 # The `outpost` package, copied onto each host for the stand-ins in its standins/ folder.
@@ -69,6 +69,9 @@ class Role:
     provided: tuple[str, ...] = ()  # more packages this machine's base provides to apk
     ssh_users: tuple[str, ...] = ()  # more users sshd lets in
     sshd: str = ""  # lines at the end of sshd's config (Match blocks)
+    # (path, owner): an SSH key pair made here once, when missing (lego's on the cert host:
+    # this machine pins it as it pins host keys, so no session's output has to tell it)
+    keys: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -311,7 +314,36 @@ def provision_host(host: FleetHost, upper: Path, user: str, identity: Path,
         link = upper / BOOT_D.relative_to("/") / service
         if not os.path.lexists(link):
             link.symlink_to(link_target)
+    for path, owner in role.keys:
+        make_user_key(upper, PurePosixPath(path), uids[owner], f"{owner}@{host.name}")
     install_tools(upper, tools)
+
+
+def make_user_key(upper: Path, path: PurePosixPath, uid: int, comment: str):
+    """An ed25519 key pair at `path` in an upper layer, the user's, unless one is there; its
+    folder the user's alone. Made while the host is down, so no one on it sees it half made."""
+    no_links(upper, path)
+    folder = upper_dir(upper, str(path.parent))
+    os.chown(folder, uid, uid)
+    folder.chmod(0o700)
+    key = folder / path.name
+    if os.path.lexists(key):
+        return
+    Path(f"{key}.pub").unlink(missing_ok=True)
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)])
+    for made in (key, Path(f"{key}.pub")):
+        os.chown(made, uid, uid)
+
+
+def no_links(upper: Path, path: PurePosixPath):
+    """Refuse a path of the host's users' (its folders are theirs) that holds a link: seen
+    from this machine, it would lead root here to a file of this machine's."""
+    target = upper
+    for part in path.relative_to("/").parts:
+        target = target / part
+        if target.is_symlink():
+            raise OutpostError(f"local fleet: {target} is a link; the fleet follows none in "
+                               f"a host's users' folders")
 
 
 def install_tools(upper: Path, tools: ChimeraTools):
