@@ -112,3 +112,19 @@ def test_the_challenge_script_checks_name_and_value_itself(inv, tmp_path):
                  f"linkedlist.test {'b' * 42};", f"linkedlist.test {'b' * 43} extra",
                  f"linkedlist.test $({'b' * 40})"):
         assert run(line + "\n").returncode != 0, line
+
+
+def test_the_gate_gets_the_acme_servers_ca_and_where_its_roots_are(inv):
+    files = {f.remote_path: f for f in acme.gate_files(inv, "k")}
+    assert files[acme.SERVER_CA].content == (inv.root / "keys/ca/ca.pem").read_bytes()
+    assert acme.roots_source(inv) == {
+        "url": "https://198.18.0.30:15000/roots/0", "host": "198.18.0.30", "port": 15000,
+        "path": "/roots/0", "verify": "-verify_ip 198.18.0.30"}
+
+
+def test_roots_over_plain_http_are_refused(tmp_path):
+    text = (REPO / "inventory.toml").read_text().replace(
+        'roots = "https://198.18.0.30:15000/roots/0"', 'roots = "http://198.18.0.30:15000/roots/0"')
+    with pytest.raises(OutpostError, match=r"\[acme\] roots: http://198.18.0.30:15000/roots/0 "
+                                           r"must be https"):
+        acme.acme_context(load_in(tmp_path, text))
