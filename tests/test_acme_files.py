@@ -120,6 +120,8 @@ def test_the_gate_gets_the_acme_servers_ca_and_where_its_roots_are(inv):
     assert acme.roots_source(inv) == {
         "url": "https://198.18.0.30:15000/roots/0", "host": "198.18.0.30", "port": 15000,
         "path": "/roots/0", "verify": "-verify_ip 198.18.0.30"}
+    gate = files[acme.GATE].content.decode()
+    assert f"-CAfile {acme.SERVER_CA} -no-CApath -no-CAstore" in gate
 
 
 def test_roots_over_plain_http_are_refused(tmp_path):
