@@ -18,6 +18,7 @@ Who can do what:
     gate_files(inventory, lego_pub)  what a web host gets: lego-gate, acme-challenge, the key,
                                     the ACME server's CA
     roots_source(inventory)         where each host gets the ACME server's current root
+    caa_records(inventory)          the zone's CAA records: the CA's identity, no wildcard
     lego_permits()                  lego's rules on a web host
     setup_bundle(...), gate_bundle(...)  those files as signed bundles (outpost.bundle)
     print_public_key(), driver_command(...)  what the steps run
@@ -59,6 +60,10 @@ SSH_KEY = f"{LEGO_HOME}/.ssh/id_ed25519"
 GCORE_TOKEN = f"{LEGO_HOME}/gcore.token"
 # Gcore's own nameservers answer for a zone it serves: where lego checks propagation.
 GCORE_RESOLVER = "ns1.gcorelabs.net:53"
+# CAA identities (RFC 8659 issuer domain names) by the ACME directory's host: Let's Encrypt
+# checks "letsencrypt.org", for its staging directory too.
+CAA_IDENTITIES = {"acme-v02.api.letsencrypt.org": "letsencrypt.org",
+                  "acme-staging-v02.api.letsencrypt.org": "letsencrypt.org"}
 # Marks the line of acme:setup's output that holds lego's public key.
 PUBLIC_KEY_MARK = "lego-public-key: "
 
@@ -111,6 +116,23 @@ def acme_context(inventory) -> dict:
         "challenge": CHALLENGE, "site_pem": SITE_PEM,
         "gdnsd_user": GDNSD_USER, "gdnsd_conf": GDNSD_CONF,
     }}
+
+
+def caa_records(inventory) -> list[dict]:
+    """The zone's CAA records (RFC 8659): only the configured CA may issue for the site's
+    name, and no CA a wildcard. A wildcard order and the name itself share one DNS-01 TXT
+    name, so no challenge gate can tell them apart: the CA's CAA check is what refuses one.
+    The fleet's pebble stands in for Let's Encrypt and gets its identity; pebble checks no CAA
+    (letsencrypt/pebble#476), so on the fleet the records are served, not enforced. A CA
+    whose identity is not known here gets only `issuewild ";"`."""
+    if inventory.acme is None:
+        return []
+    host = urllib.parse.urlsplit(inventory.acme.directory).hostname
+    if inventory.fleet is not None and host == inventory.fleet.acme_server:
+        host = "acme-v02.api.letsencrypt.org"
+    identity = CAA_IDENTITIES.get(host)
+    return ([{"tag": "issue", "value": identity}] if identity else []) \
+        + [{"tag": "issuewild", "value": ";"}]
 
 
 def roots_source(inventory) -> dict | str:
