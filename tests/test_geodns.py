@@ -95,6 +95,22 @@ def test_dns_mistakes_are_one_line_naming_the_key(tmp_path, dns_text, message):
     assert "\n" not in str(error.value)
 
 
+def test_real_hosts_get_gdnsds_own_health_defaults_and_the_fleet_keeps_its_fast_ones(tmp_path):
+    # One lost packet between continents must not take a host out of DNS: gdnsd's defaults
+    # (interval 10, timeout interval / 2, up 20, ok 10, down 10), for any inventory that says
+    # nothing, the example's included. The fleet says its fast ones itself.
+    gdnsds = inventory.DnsHealth(interval=10, timeout=5, up_thresh=20, ok_thresh=10,
+                                 down_thresh=10)
+    assert inventory.load(with_dns(tmp_path, '[dns]\ndefault = "au"\n')).dns.health == gdnsds
+    example = REPO / "inventory.example.toml"
+    assert inventory.load(example).dns.health == gdnsds
+    assert "[dns.health]" in (REPO / "inventory.toml").read_text()
+    assert inventory.load(REPO / "inventory.toml").dns.health == inventory.DnsHealth(2, 1, 1, 1, 1)
+    # A shorter interval alone: the timeout follows it, as gdnsd's does.
+    only_interval = with_dns(tmp_path, '[dns]\ndefault = "au"\n[dns.health]\ninterval = 4\n')
+    assert inventory.load(only_interval).dns.health.timeout == 2
+
+
 def test_the_fleet_database_is_refused_for_real_hosts(tmp_path):
     with pytest.raises(inventory.InventoryError, match=r'"fleet" is the local fleet\'s test '
                        r"database; real hosts need a real one"):
