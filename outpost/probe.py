@@ -322,11 +322,13 @@ def plain_health(host, site_name: str, timeout: float = 2.0) -> bool:
 
 
 def healthy_hosts(inventory) -> set[str]:
-    """The hosts that pass the health check GeoDNS uses, asked at most once per interval."""
+    """The hosts that pass the health check GeoDNS uses, asked at most once per interval and
+    judged as gdnsd judges it: an answer later than its timeout is a failure."""
+    timeout = inventory.dns.health.timeout
     def ask_all():
         with ThreadPoolExecutor(max_workers=16) as pool:
             up = dict(zip([h.name for h in inventory.hosts],
-                          pool.map(lambda h: plain_health(h, inventory.site.name),
+                          pool.map(lambda h: plain_health(h, inventory.site.name, timeout),
                                    inventory.hosts)))
         return {name for name, ok in up.items() if ok}
     return RUN.get(("healthy hosts", inventory.path), ask_all,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from outpost import geoip, inventory, report
+from outpost import geoip, inventory, probe, report
 from outpost.commands import bundle
 from outpost.commands import dns as geodns
 from outpost.errors import OutpostError
@@ -316,6 +316,23 @@ def test_the_expected_host_is_the_first_healthy_one_of_the_order(inv):
     assert geodns.expected_host(inv.dns, inv.hosts, "OC", {"ny", "fr"}) == "ny"
     # None healthy: gdnsd answers as if all were.
     assert geodns.expected_host(inv.dns, inv.hosts, "NA", set()) == "ny"
+
+
+def test_the_check_judges_health_as_gdnsd_does_and_waits_as_long_as_gdnsd_may(tmp_path,
+                                                                               monkeypatch):
+    # The expected answers come from the check's own look at each host's port-80 health: an
+    # answer later than gdnsd's timeout is a failure to gdnsd, so to the check too.
+    real = inventory.load(with_dns(tmp_path, '[dns]\ndefault = "au"\n'))
+    asked = []
+    monkeypatch.setattr(probe, "plain_health",
+                        lambda host, site_name, timeout: asked.append(timeout) or True)
+    assert probe.healthy_hosts(real) == {"au", "ny", "fr"}
+    assert asked == [real.dns.health.timeout] * 3 == [5] * 3
+    # A nameserver follows a host's change after its thresholds' worth of checks: 20 good
+    # ones 10 s apart (and the last one's timeout) for a host that came back.
+    assert geodns.agreement_time(real.dns.health) == 20 * 10 + 5
+    fleet = inventory.load(REPO / "inventory.toml")
+    assert geodns.agreement_time(fleet.dns.health) == 1 * 2 + 1
 
 
 # --- the fleet's gdnsd and the stand-in dinit's capabilities ----------------------------------
