@@ -151,7 +151,7 @@ def test_fixing_the_version_converges_with_no_other_command(site):
 def test_rollback_returns_every_host_to_the_previous_version_and_holds(site):
     project, inv, _ = site
     current = template_version(project)
-    previous = hoststate.hoststate.history(inv, inv.host("ny"))["linkedlist"][-2]
+    previous = hoststate.history(inv, inv.host("ny"))["linkedlist"][-2]
     proc = run_doit(project, "rollback:app")
     for name in HOSTS:
         assert f"{name}: linkedlist {previous} passed the health gate" in proc.stdout
