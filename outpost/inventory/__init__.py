@@ -177,6 +177,8 @@ def _check_remote_folders(repository: dict, packages: list[dict], label: str) ->
 def _check_dns(dns: dict, hosts: list[dict], fleet, label: str, root: Path) -> Dns:
     where = f"{label}: [dns]"
     health = _check_table(dns["health"], DNS_HEALTH, f"{label}: [dns.health]", root)
+    if health["timeout"] is None:
+        health["timeout"] = max(1, health["interval"] // 2)
     if health["timeout"] >= health["interval"]:
         raise InventoryError(f"{label}: [dns.health]: key 'timeout' ({health['timeout']}) must "
                              f"be less than 'interval' ({health['interval']})")

@@ -150,12 +150,16 @@ SCHEMA: dict[str, Table] = {
 }
 
 
-# [dns.health]: defaults that fail over in seconds (gdnsd's own fail over in about 100 s).
+# [dns.health]: gdnsd's own defaults (man gdnsd.config, service_types), made for the internet:
+# a host is out after 10 failed checks that no 10 good ones in a row cleared, back after 20
+# good ones, a check every 10 s with 5 s for the answer (half the interval, as gdnsd has it).
+# A lost SYN (a 1 s retransmit), or a few, never takes a host out; a dead host is out within
+# about 100 s and back about 200 s after it returns. The local fleet sets its fast ones.
 DNS_HEALTH = Table((
     # Whole seconds: gdnsd takes no fractions.
-    Key("interval", INTEGER, 2, _health_interval),
-    Key("timeout", INTEGER, 1, _at_least_one),
-    Key("up_thresh", INTEGER, 1, _at_least_one),
-    Key("ok_thresh", INTEGER, 1, _at_least_one),
-    Key("down_thresh", INTEGER, 1, _at_least_one),
+    Key("interval", INTEGER, 10, _health_interval),
+    Key("timeout", INTEGER, None, _at_least_one),  # default: interval / 2, as gdnsd's
+    Key("up_thresh", INTEGER, 20, _at_least_one),
+    Key("ok_thresh", INTEGER, 10, _at_least_one),
+    Key("down_thresh", INTEGER, 10, _at_least_one),
 ))
