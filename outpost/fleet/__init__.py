@@ -8,6 +8,7 @@ Each host is one process tree in its own namespaces. One module per concern:
 - `provision`  what goes into a host's upper layer before it boots: user, sshd, services,
                the stand-ins or links to the real apk/dinitctl, and what the real apk needs
 - `keys`       the deploy key, host keys and their pins in known_hosts
+- `delay`      a host's round-trip time (FleetHost.rtt_ms): a relay in front of its services
 This module's `Fleet` composes them for a set of hosts; `from_inventory` makes it.
 
 CLI: python -m outpost.fleet up|down|status [--inventory inventory.toml]
@@ -26,8 +27,8 @@ from outpost.fleet.local import (HOST_ENVIRONMENT, PROGRAM_DIRS, REQUIRED_PROGRA
                                  find_chimera_tools)
 from outpost.fleet.machine import READY_TIMEOUT, FleetHost, host_state, running_pid
 from outpost.fleet.network import FLEET_RANGE, address_clashes, fleet_network, veth_name
-from outpost.fleet.provision import (SSH_PORT, SSHD_LOG, STANDINS, Provision, packaged_files,
-                                      provision_host, with_user)
+from outpost.fleet.provision import (HOST_PACKAGE, SSH_PORT, SSHD_LOG, STANDINS, Provision,
+                                      packaged_files, provision_host, with_user)
 from outpost.inventory import Inventory
 
 __all__ = [
@@ -104,6 +105,8 @@ class Fleet:
         the real Chimera tools found on PATH (the hosts run stand-ins for the others)."""
         names = ", ".join(host.name for host in hosts)
         python_version = local.check_machine(names)
+        if any(host.rtt_ms for host in hosts):
+            local.check_programs(names, {"nft": "nftables"}, "for the hosts' round-trip time")
         tools = local.find_chimera_tools()
         if not machine.init_command(tools):
             raise OutpostError(f"fleet hosts {names}: no service manager: neither `dinit` on "
@@ -116,8 +119,11 @@ class Fleet:
         provision_host(host, machine.upper_layer(self.state_dir, host.name), self.user,
                        self.identity, self.provision, python_version, tools, role)
         provided = provision.host_provided(python_version, self.provision, role)
+        from outpost.fleet import delay  # its relay loads asyncio: not on the no-op's path
         setup = [*provision.apk_database_lines(provided, real_apk=tools.apk is not None),
-                 *map(shlex.join, provision.boot_commands(self.provision.base_packages))]
+                 *map(shlex.join, provision.boot_commands(self.provision.base_packages)),
+                 *delay.boot_lines(host.rtt_ms, host.address,
+                                   str(HOST_PACKAGE / "fleet" / "delay.py"))]
         return machine.launch(self.state_dir, host, self.bridge, self.private, tools, setup)
 
     # --- Stop

@@ -40,6 +40,7 @@ class FleetHost:
     name: str
     address: str
     arch: str
+    rtt_ms: int = 0  # the round trip its services answer at (delay.py); 0: none added
 
 
 # --- Where a host's state is -------------------------------------------------------------------
@@ -175,7 +176,9 @@ def wait_ready(state_dir: Path, host: FleetHost, bridge: str, process: subproces
         if process.poll() is not None:
             raise _boot_failed(state_dir, host, "it stopped while booting")
         try:
-            with socket.create_connection((host.address, SSH_PORT), timeout=1) as conn:
+            # The greeting comes 2 round trips after the connect (delay.py).
+            with socket.create_connection((host.address, SSH_PORT),
+                                          timeout=1 + 2 * host.rtt_ms / 1000) as conn:
                 if conn.recv(64).startswith(b"SSH-"):
                     return
         except OSError:
