@@ -1,6 +1,7 @@
 """The local fleet: N hosts on this machine, each a real OpenSSH sshd, for `doit deploy` and tests.
 
 Each host is one process tree in its own namespaces. One module per concern:
+- `host`       `FleetHost` (name, address, arch): what the others pass around
 - `local`      what the fleet needs from this machine (root, programs, overlay, python3), and
                which real Chimera tools (apk, the dinit/dinitctl pair) it has on PATH
 - `network`    addresses, the bridge and each host's veth pair
@@ -25,7 +26,8 @@ from outpost.fleet import certhost, keys, local, machine, network, pebble, provi
 from outpost.fleet.keys import known_hosts_text
 from outpost.fleet.local import (HOST_ENVIRONMENT, PROGRAM_DIRS, REQUIRED_PROGRAMS, ChimeraTools,
                                  find_chimera_tools)
-from outpost.fleet.machine import READY_TIMEOUT, FleetHost, host_state, running_pid
+from outpost.fleet.host import FleetHost
+from outpost.fleet.machine import READY_TIMEOUT, host_state, running_pid
 from outpost.fleet.network import FLEET_RANGE, address_clashes, fleet_network, veth_name
 from outpost.fleet.provision import (HOST_PACKAGE, SSH_PORT, SSHD_LOG, STANDINS, Provision,
                                       packaged_files, provision_host, with_user)

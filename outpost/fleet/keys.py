@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from outpost.fleet.local import run
-from outpost.fleet.machine import FleetHost, on_host, upper_layer
+from outpost.fleet.host import FleetHost
+from outpost.fleet.machine import on_host, upper_layer
 from outpost.fleet.provision import HOST_KEY, upper_dir
 
 

@@ -23,24 +23,16 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from outpost.errors import OutpostError
 from outpost.fleet import network
+from outpost.fleet.host import FleetHost
 from outpost.fleet.local import HOST_ENVIRONMENT, ChimeraTools
 from outpost.fleet.provision import DINIT_LOG, HOST_PACKAGE, SSH_PORT, SSHD_LOG, STANDINS
 
 # How long a host may take from launch to its sshd greeting.
 READY_TIMEOUT = 15.0
-
-
-@dataclass(frozen=True)
-class FleetHost:
-    name: str
-    address: str
-    arch: str
-    rtt_ms: int = 0  # the round trip its services answer at (delay.py); 0: none added
 
 
 # --- Where a host's state is -------------------------------------------------------------------

@@ -11,13 +11,10 @@ import ipaddress
 import json
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from outpost.errors import OutpostError
+from outpost.fleet.host import FleetHost
 from outpost.fleet.local import run
-
-if TYPE_CHECKING:
-    from outpost.fleet.machine import FleetHost
 
 # The range the fleet takes its addresses from: reserved for benchmarks (RFC 2544), never routed.
 FLEET_RANGE = ipaddress.ip_network("198.18.0.0/15")

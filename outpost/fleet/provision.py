@@ -22,14 +22,11 @@ import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 from outpost import commands
 from outpost.errors import OutpostError
+from outpost.fleet.host import FleetHost
 from outpost.fleet.local import STANDINS_DIR, ChimeraTools
-
-if TYPE_CHECKING:
-    from outpost.fleet.machine import FleetHost
 
 SSH_PORT = 22
 # The `outpost` package, copied onto each host for the stand-ins in its standins/ folder.
