@@ -15,8 +15,9 @@ import pytest
 
 from fleet_helpers import require_fleet_machine, ssh
 from helpers import wait_for
-from outpost.fleet import Fleet, FleetHost, Provision, delay, packaged_files
+from outpost.fleet import Fleet, FleetHost, Provision, delay, from_inventory, packaged_files
 from outpost.fleet.provision import Role
+from outpost.inventory import load as load_inventory
 
 REPO = Path(__file__).resolve().parents[1]
 BRIDGE = "outpost-hd"
@@ -141,3 +142,22 @@ def test_each_round_trip_of_a_protocol_costs_the_hosts_round_trip(far_and_near, 
 def test_a_host_at_rtt_0_has_nothing_in_front_of_its_services(far_and_near):
     assert far_and_near[0]["ruleset"] == ""
     assert f"redirect to :{delay.TCP_PORT}" in far_and_near[RTT_MS]["ruleset"]
+
+
+# --- Pure parts ---------------------------------------------------------------------------
+
+def test_the_inventory_gives_each_fleet_machine_its_round_trip(project):
+    inventory = project / "inventory.toml"
+    inventory.write_text(inventory.read_text().replace(
+        'state = "build/fleet"', 'state = "build/fleet"\nrtt_ms = { ny = 200, home = 30 }'))
+    fleet = from_inventory(load_inventory(inventory))
+    assert {name: host.rtt_ms for name, host in fleet.hosts.items()} == {
+        "au": 0, "ny": 200, "fr": 0, "home": 30, "acme": 0}
+
+
+def test_a_host_at_rtt_0_boots_as_before():
+    assert delay.boot_lines(0, ADDRESS, "/x/delay.py") == []
+    redirect, relay = delay.boot_lines(280, ADDRESS, "/x/delay.py")
+    assert redirect.endswith("| nft -f -") and delay.nft_rules() in redirect
+    assert relay == (f"python3 -I /x/delay.py --rtt-ms 280 --address {ADDRESS} "
+                     f"</dev/null >>{delay.LOG} 2>&1 &")

@@ -200,11 +200,13 @@ def from_inventory(inventory: Inventory) -> Fleet:
         raise OutpostError(f"{inventory.path}: fleet hosts must share one ssh user, found "
                            + ", ".join(sorted(users)))
     user = users.pop() if users else "deploy"
-    hosts = [FleetHost(h.name, h.address, h.arch) for h in inventory.hosts]
+    rtt = inventory.fleet.rtt
+    hosts = [FleetHost(h.name, h.address, h.arch, rtt(h.name)) for h in inventory.hosts]
     roles = {}
     if inventory.acme is not None:
         cert_host = inventory.acme.cert_host
-        hosts.append(FleetHost(cert_host.name, cert_host.address, cert_host.arch))
+        hosts.append(FleetHost(cert_host.name, cert_host.address, cert_host.arch,
+                               rtt(cert_host.name)))
         roles = {host.name: certhost.web_host_role() for host in inventory.hosts}
         roles[cert_host.name] = certhost.cert_host_role()
     if inventory.fleet.acme_server is not None:
