@@ -144,7 +144,8 @@ class SeedRepo:
         folder.mkdir()
         self.folder = folder
         self.package_size = max(p.stat().st_size for p in built.glob("*.apk"))
-        self.index_size = (built / "Packages.adb").stat().st_size
+        # APKINDEX.tar.gz and/or Packages.adb, as the builder writes them.
+        self.indexes = {p.name: p.stat().st_size for p in built.iterdir() if p.suffix != ".apk"}
         self.changes = 0
         self.new_package()
 
@@ -154,7 +155,8 @@ class SeedRepo:
             old.unlink()
         (self.folder / f"linkedlist-seed-r{self.changes}.apk").write_bytes(
             os.urandom(self.package_size))
-        (self.folder / "Packages.adb").write_bytes(os.urandom(self.index_size))
+        for name, size in self.indexes.items():
+            (self.folder / name).write_bytes(os.urandom(size))
 
 
 class Site:
