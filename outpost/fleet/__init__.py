@@ -34,8 +34,8 @@ from outpost.fleet.provision import (HOST_PACKAGE, SSH_PORT, SSHD_LOG, STANDINS,
 from outpost.inventory import Inventory
 
 __all__ = [
-    "Fleet", "FleetHost", "Provision", "from_inventory", "running_pid", "host_state",
-    "fleet_network", "address_clashes", "veth_name", "with_user", "known_hosts_text",
+    "Fleet", "FleetHost", "Provision", "from_inventory", "leftovers", "running_pid",
+    "host_state", "fleet_network", "address_clashes", "veth_name", "with_user", "known_hosts_text",
     "FLEET_RANGE", "SSH_PORT", "READY_TIMEOUT", "STANDINS", "REQUIRED_PROGRAMS", "PROGRAM_DIRS",
     "HOST_ENVIRONMENT", "ChimeraTools", "find_chimera_tools",
 ]
@@ -136,9 +136,25 @@ class Fleet:
         return machine.stop(self.state_dir, self._host(name).name, self.bridge)
 
     def down(self) -> list[str]:
-        """Stop every host, then remove the bridge if no other host uses it. Returns those stopped."""
-        stopped = [name for name in self.hosts if self.stop_host(name)]
+        """Stop every host, then remove the bridge if no other host uses it. Returns those
+        stopped. All are killed at once, so one slow to die holds up no other; those still
+        running at their deadline are named in one OutpostError, after the rest have stopped
+        (the next down finishes the job)."""
+        killed = {name: machine.kill(self.state_dir, name) for name in self.hosts}
+        stopped, failed = [], []
+        for name, pid in killed.items():
+            try:
+                machine.wait_stopped(self.state_dir, name, self.bridge, pid)
+            except OutpostError as error:
+                failed.append(str(error))
+                continue
+            if pid is not None:
+                stopped.append(name)
         network.remove_bridge_if_unused(self.bridge)
+        if failed:
+            raise OutpostError(f"fleet: stopped {', '.join(stopped) or 'none'}, but not every "
+                               f"host: {'; '.join(failed)}. Run `doit fleet:down` again to "
+                               "finish")
         return stopped
 
     def rotate_host_key(self, name: str):
@@ -176,6 +192,22 @@ def machine_names(inventory: Inventory) -> list[str]:
     if inventory.fleet is not None and inventory.fleet.acme_server is not None:
         names.append(ACME_SERVER)
     return names
+
+
+def leftovers(inventory: Inventory) -> list[str]:
+    """What `fleet:down` has yet to remove from this machine: running machines, their veths,
+    and the bridge unless another fleet's host is plugged into it. Empty once the fleet is
+    all gone. Reads only /proc and /sys, so an uptodate check may call it."""
+    names = machine_names(inventory)
+    state, bridge = inventory.fleet.state.resolve(), inventory.fleet.bridge
+    left = [name for name in names if running_pid(state, name) is not None]
+    ours = {veth_name(bridge, name): name for name in names}
+    left += [f"veth {veth} ({name})" for veth, name in ours.items()
+             if Path(f"/sys/class/net/{veth}").exists()]
+    ports = Path(f"/sys/class/net/{bridge}/brif")
+    if ports.exists() and {port.name for port in ports.iterdir()} <= set(ours):
+        left.append(f"bridge {bridge}")
+    return left
 
 
 def _root_key(identity: Path | None) -> str | None:
