@@ -9,8 +9,8 @@ from typing import Any, Callable
 from outpost.inventory.checks import (
     FLEET_DATABASE, _address, _arch, _at_least, _at_least_one, _bridge, _builder_kind,
     _dns_map, _dns_provider, _email, _health_interval, _host_name, _not_empty, _package_name,
-    _port, _positive, _region, _remote_path, _renew_days, _service_name, _site_name, _url,
-    _user_name)
+    _port, _positive, _region, _remote_path, _renew_days, _rtt_ms, _service_name, _site_name,
+    _url, _user_name)
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ HOST_LISTS = Type("a table of arrays of host names",
 STRINGS = Type("an array of strings",
                lambda v: isinstance(v, list) and all(isinstance(item, str) for item in v),
                lambda v, root: tuple(v))
+MILLISECONDS_BY_HOST = Type("a table of integers (milliseconds by host name)",
+                           lambda v: isinstance(v, dict) and all(map(_is_int, v.values())),
+                           lambda v, root: tuple(v.items()))
 LOCAL_PATH = Type("a string (a path on this machine)", lambda v: isinstance(v, str),
                   lambda v, root: root / Path(v).expanduser())
 
@@ -96,6 +99,9 @@ SCHEMA: dict[str, Table] = {
         Key("bridge", STRING, "outpost0", _bridge),
         # The address of the fleet's ACME server (pebble), when [acme] uses one.
         Key("acme_server", STRING, None, _address),
+        # Distance for the local fleet: each named host's services answer this many ms of round
+        # trip later (outpost/fleet/delay.py); hosts not named, none.
+        Key("rtt_ms", MILLISECONDS_BY_HOST, {}, _rtt_ms),
     ), required=False),
     "acme": Table((
         Key("directory", STRING, check=_url),
