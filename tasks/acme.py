@@ -60,7 +60,9 @@ def gate(inventory):
             "name": host.name,
             "doc": f"Let the cert host reach {host.name} for challenges and certificates only",
             "actions": [action(acme_step.gate, inventory, host)],
-            "file_dep": files_under(TEMPLATES / "acme") + host_marker(inventory, host),
+            "file_dep": files_under(TEMPLATES / "acme") + host_marker(inventory, host)
+            # The ACME server's CA goes in the gate's bundle too.
+            + ([str(inventory.acme.server_ca)] if inventory.acme.server_ca else []),
             "uptodate": [config_changed(acme.acme_context(inventory)),
                      lambda task, values: acme_step.lego_key_unchanged(inventory, values)],
             "task_dep": ["acme:setup", f"bootstrap:{host.name}"],

@@ -23,7 +23,7 @@ import struct
 import zlib
 
 from outpost import render
-from outpost.commands import bundle, gcore
+from outpost.commands import acme, bundle, gcore
 from outpost.commands.bundle import HostFile
 
 # Paths on the hosts, as the gdnsd package installs them (cports-overlay/user/gdnsd).
@@ -90,6 +90,14 @@ def expected_host(dns, hosts, continent: str, healthy=None) -> str:
     return order[0]
 
 
+def agreement_time(health) -> int:
+    """Seconds a nameserver may take to act on what its health checks see, by gdnsd's own
+    thresholds: a host that just came back is answered again after up_thresh good checks, one
+    that just failed is passed over after down_thresh bad ones, each check an interval apart
+    and up to a timeout long."""
+    return max(health.up_thresh, health.down_thresh) * health.interval + health.timeout
+
+
 def _map_regions(dns, hosts) -> list[dict]:
     """The map as gdnsd nests it: continent => [order], or continent => { default => [order],
     COUNTRY => [order] } when the inventory names countries of that continent."""
@@ -136,15 +144,16 @@ def dns_context(inventory, host) -> dict:
                             for h in inventory.hosts],
             "ttl": dns.ttl,
             "min_ttl": min(10, dns.ttl),
+            "caa": acme.caa_records(inventory),
         },
     }
 
 
 def zone_serial(context: dict) -> int:
-    """A serial that changes with what the zone holds (its name, nameservers and TTLs), not
-    with the map, which is gdnsd's config (never 0)."""
+    """A serial that changes with what the zone holds (its name, nameservers, TTLs and CAA
+    records), not with the map, which is gdnsd's config (never 0)."""
     dns = context["dns"]
-    return zlib.crc32(repr([dns[k] for k in ("zone", "nameservers", "ttl", "min_ttl")])
+    return zlib.crc32(repr([dns[k] for k in ("zone", "nameservers", "ttl", "min_ttl", "caa")])
                       .encode()) or 1
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ssl
 import time
 from pathlib import Path
 
@@ -202,59 +203,83 @@ def acme_issue_is_current(inventory, values: dict) -> bool:
         return False  # the task runs, and its action says what is wrong (no traceback)
 
 
+def _issued_at(der: bytes):
+    from cryptography import x509
+    return x509.load_der_x509_certificate(der).not_valid_before_utc
+
+
 def _newer_elsewhere(inventory, current: bytes) -> bool:
     """True when some host serves a certificate issued after the one kept here: the cert
     host renewed it since this machine last asked."""
-    from cryptography import x509
-    issued = x509.load_der_x509_certificate(current).not_valid_before_utc
-    return any(der and der != current
-               and x509.load_der_x509_certificate(der).not_valid_before_utc > issued
+    issued = _issued_at(current)
+    return any(isinstance(der, bytes) and der != current and _issued_at(der) > issued
                for der in probe.served_certificates(inventory).values())
+
+
+def _serves_the_newest(inventory, host, served: bytes, current: bytes) -> bool:
+    """Whether the host serves a certificate newer than the one kept here and than any other
+    host serves (the cert host's renewal reached it), which a visitor trusts: verified against
+    the ACME server's root, for the site's name, in date. Such a host needs nothing from the
+    cert host, which may well be down (it is at home, and needed only for a host that lacks
+    the newest certificate)."""
+    issued = _issued_at(served)
+    if issued <= _issued_at(current) or any(
+            isinstance(der, bytes) and _issued_at(der) > issued
+            for der in probe.served_certificates(inventory).values()):
+        return False
+    return _trusted_leaf(inventory, host) == served
+
+
+def _trusted_leaf(inventory, host) -> bytes | None:
+    """The leaf the host serves the site when it verifies as a visitor's browser would (the
+    ACME server's root, the site's name, in date), else None."""
+    connection = probe.SiteConnection(host.address, inventory.site.name,
+                                      probe.site_context(inventory), probe.HANDSHAKE_TIMEOUT)
+    try:
+        connection.connect()
+        return connection.sock.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return None
+    finally:
+        connection.close()
 
 
 def host_certificate(inventory, host):
     """Make the host serve the current certificate: if it serves another (a new host, one
     that was down at a renewal), the cert host pushes it there, key and all, through the
-    host's lego-gate. Costs one TLS handshake per host when all is well: no SSH."""
+    host's lego-gate. Costs one TLS handshake per host when all is well: no SSH. A host that
+    serves the newest certificate already is left alone; one that does not answer fails here,
+    saying so, with nothing pushed."""
     cert_host = inventory.acme.cert_host
+    step = f"certificate:{host.name}"
     current = tls.leaf_der(issued_certificate(inventory).read_text())
     served = probe.served_certificates(inventory).get(host.name)
-    if served == current:
+    if isinstance(served, str):
+        raise OutpostError(f"host {host.name}, step {step}: {served}; what it serves is "
+                           f"unknown, so nothing was pushed")
+    if served == current or (served is not None
+                             and _serves_the_newest(inventory, host, served, current)):
         return
     def refresh():
         # Renewed on the cert host since this machine asked: ask once more, once per run.
         if _newer_elsewhere(inventory, current):
             output = remote.run_script(cert_host, acme.driver_command("show"), inventory.ssh,
-                                       step=f"certificate:{host.name}").stdout
-            write_if_changed(issued_certificate(inventory), _verified_or_refused(
-                inventory, output, f"certificate:{host.name}"))
+                                       step=step).stdout
+            write_if_changed(issued_certificate(inventory),
+                             _verified_or_refused(inventory, output, step))
     probe.RUN.get(("certificate refreshed", inventory.path), refresh)
     current = tls.leaf_der(issued_certificate(inventory).read_text())
     if served == current:
         return
     lock.hold()  # read-only until here: a host that serves the current certificate needs none
-    confirmable = served is not None and _serves_a_trusted_certificate(inventory, host)
+    # A host whose nginx serves lego's pair (a trusted one) will serve what is pushed.
+    confirmable = served is not None and _trusted_leaf(inventory, host) is not None
     output = remote.run_script(cert_host, acme.driver_command("push", host.name), inventory.ssh,
-                               step=f"certificate:{host.name}").stdout
+                               step=step).stdout
     # The host's lego-gate checked the pair and switched it in, or the push failed.
     report(cert_host, output)
     if confirmable:
         _confirm_served(inventory, host, current)
-
-
-def _serves_a_trusted_certificate(inventory, host) -> bool:
-    """Whether the host's nginx serves the site a certificate that verifies as a visitor's
-    browser would: then it serves lego's pair, and will serve what the cert host pushes."""
-    import ssl
-    connection = probe.SiteConnection(host.address, inventory.site.name,
-                                      probe.site_context(inventory), 5)
-    try:
-        connection.connect()
-        return True
-    except (OSError, ssl.SSLError):
-        return False
-    finally:
-        connection.close()
 
 
 def _confirm_served(inventory, host, current: bytes):
@@ -266,7 +291,8 @@ def _confirm_served(inventory, host, current: bytes):
     deadline = time.monotonic() + SERVED_AFTER_PUSH
     while (served := probe.served_certificate(inventory, host)) != current:
         if time.monotonic() > deadline:
-            what = tls.describe_certificate(served) if served else "no certificate"
+            what = (tls.describe_certificate(served) if isinstance(served, bytes)
+                    else f"no certificate ({served})" if served else "no certificate")
             raise OutpostError(
                 f"host {host.name}, step certificate:{host.name}: after the cert host's push it "
                 f"serves {what}, not the certificate `acme show` printed on "
