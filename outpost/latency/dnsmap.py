@@ -8,6 +8,7 @@ when none is healthy gdnsd answers as if all were.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 
@@ -88,7 +89,7 @@ def changed_lines(current: DnsMap, suggested: DnsMap, hosts: list[str]) -> list[
         return order_for(dns, hosts, continent, country)
 
     def line(region, order):
-        return f'{region} = [{", ".join(f"{chr(34)}{h}{chr(34)}" for h in order)}]'
+        return f"{region} = {json.dumps(list(order), ensure_ascii=False)}"
 
     lines = []
     now = dict(current.entries)
