@@ -73,7 +73,7 @@ def test_check_timings_are_shown_beside_the_models_estimate():
     # From Sydney to the Sydney host, with the host itself the nearest nameserver.
     assert (check.host, check.measured_ms) == ("au", 41.5)
     assert check.model_ms == pytest.approx(0.323)
-    assert "au       measured 42 ms, model 0 ms" in render(rep)
+    assert "au       measured 41.5 ms, model 0.3 ms" in render(rep)
 
 
 # --- places and visitors ----------------------------------------------------------------------
@@ -105,7 +105,8 @@ def test_shares_from_a_table_or_from_log_counts():
     assert table.shares == {"AU": 0.6, "US": 0.4}
     counts = visitors.from_counts({"AU": 3, "us": 1}, "the hosts' nginx logs")
     assert counts.shares == {"AU": 0.75, "US": 0.25}
-    assert counts.source == "4 requests counted by country in the hosts' nginx logs"
+    assert counts.source == ("4 visitors (client addresses) counted by country in the hosts' "
+                             "nginx logs")
     assert "inventory.toml [latency]" in table.source
 
 

@@ -1,15 +1,16 @@
 """The GeoDNS map as plain data, as the inventory's [dns] holds it: a default host and
 entries (region, [hosts]) where a region is a continent ("EU") or "CONTINENT/COUNTRY" ("EU/DE").
-
-gdnsd's rules (outpost.geodns, which the lead may make this module's caller): a country entry
-beats its continent's, a continent's beats the default; each list is completed by the default,
-then every other host in inventory order; a visitor gets the first healthy host of the list, and
-when none is healthy gdnsd answers as if all were.
+Routed by gdnsd's rules as outpost.commands.dns writes them (the one place they are): a country
+entry beats its continent's, a continent's beats the default; each list is completed by the
+default, then every other host in inventory order; a visitor gets the first healthy host of the
+list, and when none is healthy gdnsd answers as if all were.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+
+from outpost.commands import dns as gdnsd
 
 
 @dataclass(frozen=True)
@@ -22,27 +23,13 @@ class DnsMap:
         return cls(default, tuple((region, tuple(order)) for region, order in entries))
 
 
-def complete(order, default: str, hosts: list[str]) -> list[str]:
-    result = list(order)
-    for name in [default, *hosts]:
-        if name not in result:
-            result.append(name)
-    return result
-
-
 def order_for(dns: DnsMap, hosts: list[str], continent: str, country: str) -> list[str]:
-    entries = dict(dns.entries)
-    order = entries.get(f"{continent}/{country}", entries.get(continent, ()))
-    return complete(order, dns.default, hosts)
+    return gdnsd.visitor_order(dns.entries, dns.default, hosts, continent, country)
 
 
 def route(dns: DnsMap, hosts: list[str], continent: str, country: str,
           healthy: set[str] | None = None) -> str:
-    order = order_for(dns, hosts, continent, country)
-    for name in order:
-        if healthy is None or name in healthy:
-            return name
-    return order[0]
+    return gdnsd.first_healthy(order_for(dns, hosts, continent, country), healthy)
 
 
 def suggest(dns: DnsMap, hosts: list[str], visitors: list[tuple[str, str, float]],

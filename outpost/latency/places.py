@@ -15,7 +15,7 @@ A country's point is its capital, with one exception: the United States, whose v
 spread over a continent; there the point is the US Census Bureau's 2020 mean centre of
 population (near Hartville, Missouri). Continents are gdnsd's codes (AF AS EU NA OC SA AN), as
 MaxMind-format databases place each country. Countries missing from the table (rare visitors in
-host logs) are looked up in the map library's Natural Earth data (picture.py): its label point.
+host logs) are looked up in the map library's Natural Earth data (shapes.py): its label point.
 """
 from __future__ import annotations
 
@@ -203,5 +203,5 @@ def continent_of(point: Place, what: str) -> str:
 
 
 def _natural_earth(code: str):
-    from outpost.latency import picture   # the map library: loaded only for a rare country
-    return picture.country_facts().get(code)
+    from outpost.latency import shapes   # the map library: loaded only for a rare country
+    return shapes.country_facts().get(code)

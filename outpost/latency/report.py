@@ -158,12 +158,13 @@ def report(hosts, dns_map: DnsMap, visitors: Visitors | None = None, monitors=No
                       for p, k, n, c, s in points]
     suggested_mean = sum(r.share * r.first_visit for r in suggested_rows)
 
+    # The check times a request on a kept connection: one round trip plus the server's time.
     check_rows = []
     start = place(origin, "check origin") if origin else None
     for host, ms in checks:
         if host not in where:
             raise OutpostError(f"check timing for {host!r}: not a host")
-        estimate = costs.visit(start, where[host], servers)[2] if start else None
+        estimate = costs.rtts(start, where[host]) + model.server_ms if start else None
         check_rows.append(Check(host, ms, estimate))
 
     return Report(hosts, visitors, rows, mean, monitor_rows, monitor_mean, nearest_mean, ranked,
@@ -207,10 +208,12 @@ def render(rep: Report, picture: str | None = None) -> str:
                   f"{rep.suggested_mean:.0f} ms with"]
     lines += [f"  {line}" for line in rep.changes] or ["  (no change: the map is already best)"]
     if rep.checks:
-        lines += ["", "The check's own timings from the deploy machine, beside the model:"]
+        lines += ["", "The check's own timings from the deploy machine (the median request on a "
+                      "kept connection: one round trip), beside the model's:"]
         for c in rep.checks:
-            model = f"{c.model_ms:.0f} ms" if c.model_ms is not None else "(origin unknown)"
-            lines.append(f"  {c.host:8} measured {c.measured_ms:.0f} ms, model {model}")
+            model = (f"{c.model_ms:.1f} ms" if c.model_ms is not None
+                     else "unknown (set [latency] origin, where the deploy machine is)")
+            lines.append(f"  {c.host:8} measured {c.measured_ms:.1f} ms, model {model}")
     lines += ["", "The model can't know peering, congestion, or a VPS provider's own routes: "
                   "give measured round trips where they matter."]
     if picture:

@@ -48,7 +48,8 @@ def from_table(table: dict[str, float], where: str) -> Visitors:
 
 
 def from_counts(counts: dict[str, int], where: str) -> Visitors:
-    """Requests counted per country (on each host, summed): shares of the total."""
+    """Visitors (client addresses) counted per country on each host, summed: shares of the
+    total."""
     summed: dict[str, int] = {}
     for key, value in counts.items():
         code = country_code(key, f"{where}: country")
@@ -58,6 +59,6 @@ def from_counts(counts: dict[str, int], where: str) -> Visitors:
         summed[code] = summed.get(code, 0) + value
     total = sum(summed.values())
     if total == 0:
-        raise OutpostError(f"{where}: no requests counted")
+        raise OutpostError(f"{where}: no visitor with a country counted")
     return Visitors({c: n / total for c, n in summed.items() if n},
-                    f"{total} requests counted by country in {where}")
+                    f"{total} visitors (client addresses) counted by country in {where}")
