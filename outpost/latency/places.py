@@ -162,15 +162,16 @@ def _coordinates(text: str) -> Place | None:
 
 
 def place(text: str, what: str = "place") -> Place:
-    """A city of the table, or "lat,lon[,CC]". `what` names the setting in the error."""
+    """A city of the table, or "lat,lon[,CC]". `what` names the setting in the error ("": the
+    caller's message names it)."""
     found = _CITY_KEYS.get(text.strip().casefold())
     if found:
         lat, lon, code = CITIES[found]
         return Place(found, lat, lon, code)
     point = _coordinates(text)
     if point is None:
-        raise OutpostError(f"{what} {text!r}: unknown city; give one of {', '.join(CITIES)} "
-                           "or coordinates as \"lat,lon\"")
+        raise OutpostError(f"{what} {text!r}: ".lstrip() + f"unknown city; give one of "
+                           f"{', '.join(CITIES)} or coordinates as \"lat,lon\"")
     return point
 
 

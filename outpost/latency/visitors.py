@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from outpost.errors import OutpostError
 from outpost.latency.places import country_code
 
+# [latency] visitors = "logs": counted in the hosts' nginx logs by `doit latency`.
+LOGS = "logs"
 SEED_TOP_TEN = ["AU", "US", "DE", "GB", "NL", "FR", "IE", "JP", "CA", "PL"]
 # A table's shares may add up to 1 or to 100, give or take rounding.
 TOLERANCE = 0.01
