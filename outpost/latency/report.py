@@ -187,7 +187,9 @@ def _table(rows: list[Row], weighted: bool) -> list[str]:
 
 def render(rep: Report, picture: str | None = None) -> str:
     lines = ["Hosts: " + ", ".join(f"{n} ({p.key})" for n, p in rep.hosts)]
-    if rep.unhealthy:
+    if rep.unhealthy and len(rep.unhealthy) == len(rep.hosts):
+        lines.append("No host is healthy: gdnsd answers as if all were, and so does this plan")
+    elif rep.unhealthy:
         lines.append("Not healthy, left out of the map: " + ", ".join(rep.unhealthy))
     lines += [f"Visitors: {rep.visitors.source}.",
               f"Model: {rep.model.describe()}; nameservers: "
