@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from conftest import copy_project
 from helpers import fleet_project, run_doit
 from outpost.commands import latency as latency_commands
 
@@ -159,3 +160,14 @@ def test_counts_that_are_not_counts_are_one_line_naming_the_host():
         latency_commands.parse_counts("AU 2\n202.12.28.10 1\n", "au")
     assert str(error.value) == ("host au, step latency: the visitor count printed "
                                 "'202.12.28.10 1', not `COUNTRY COUNT`")
+
+
+def test_hosts_with_gdnsd_get_mmdblookup_from_the_bootstrap_and_the_fleet(tmp_path):
+    from outpost import fleet, inventory
+    from outpost.commands import bootstrap
+    inv = inventory.load(copy_project(tmp_path) / "inventory.toml")
+    assert bootstrap.host_plan(inv, inv.hosts[0]).packages[-2:] == ("gdnsd", "libmaxminddb")
+    # The fleet's Debian base has it (mmdb-bin): apk counts Chimera's package as installed.
+    names = [p.name for p in fleet.from_inventory(inv).provision.base_packages]
+    assert names == ["gdnsd", "libmaxminddb"]
+    assert fleet.REQUIRED_PROGRAMS["mmdblookup"] == "mmdb-bin"
