@@ -61,7 +61,9 @@ def gate(inventory):
             "doc": f"Let the cert host reach {host.name} for challenges and certificates only",
             "actions": [action(acme_step.gate, inventory, host)],
             "file_dep": [str(acme_step.lego_public_key(inventory))]
-            + files_under(TEMPLATES / "acme") + host_marker(inventory, host),
+            + files_under(TEMPLATES / "acme") + host_marker(inventory, host)
+            # The ACME server's CA goes in the gate's bundle too.
+            + ([str(inventory.acme.server_ca)] if inventory.acme.server_ca else []),
             "uptodate": [config_changed(acme.acme_context(inventory))],
             "task_dep": ["acme:setup", f"bootstrap:{host.name}"],
         }

@@ -333,3 +333,33 @@ def test_iab_strings_become_setpriv_options():
         "--bounding-set=-sys_admin", "--"]
     with pytest.raises(ValueError, match="invalid capability specification 'net_bind'"):
         _dinit.parse_iab("net_bind")
+
+
+def test_the_zone_says_which_ca_may_issue_and_that_none_may_issue_a_wildcard(inv, tmp_path,
+                                                                           fleet_database):
+    files = geodns.dns_files(inv, inv.host("au"), fleet_database.read_bytes())
+    zone = next(f for f in files if f.remote_path == "/etc/gdnsd/zones/linkedlist.test")
+    records = [line for line in zone.content.decode().splitlines() if " CAA " in line]
+    # The fleet's pebble stands in for Let's Encrypt (it checks no CAA itself).
+    assert records == ['@ CAA 0 issue "letsencrypt.org"', '@ CAA 0 issuewild ";"']
+    conf = write_files(tmp_path, files)
+    proc = subprocess.run(["gdnsd", "-c", str(conf), "checkconf"], capture_output=True,
+                          text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    # Let's Encrypt, staging or not: its CAA identity. Another CA: no wildcard, at least.
+    for directory, issue in (("https://acme-v02.api.letsencrypt.org/directory", ["letsencrypt.org"]),
+                             ("https://acme-staging-v02.api.letsencrypt.org/directory",
+                              ["letsencrypt.org"]),
+                             ("https://ca.example.net/acme/directory", [])):
+        path = tmp_path / "inventory.toml"
+        path.write_text((REPO / "inventory.toml").read_text().replace(
+            'directory = "https://198.18.0.30:14000/dir"', f'directory = "{directory}"'))
+        caa = geodns.dns_context(inventory.load(path), inv.host("au"))["dns"]["caa"]
+        assert caa == [{"tag": "issue", "value": v} for v in issue] + [
+            {"tag": "issuewild", "value": ";"}], directory
+
+
+def test_a_caa_change_changes_the_zones_serial(inv):
+    context = geodns.dns_context(inv, inv.host("au"))
+    changed = {**context, "dns": {**context["dns"], "caa": context["dns"]["caa"][1:]}}
+    assert geodns.zone_serial(changed) != geodns.zone_serial(context)

@@ -23,7 +23,7 @@ import struct
 import zlib
 
 from outpost import render
-from outpost.commands import bundle, gcore
+from outpost.commands import acme, bundle, gcore
 from outpost.commands.bundle import HostFile
 
 # Paths on the hosts, as the gdnsd package installs them (cports-overlay/user/gdnsd).
@@ -152,15 +152,16 @@ def dns_context(inventory, host) -> dict:
                             for h in inventory.hosts],
             "ttl": dns.ttl,
             "min_ttl": min(10, dns.ttl),
+            "caa": acme.caa_records(inventory),
         },
     }
 
 
 def zone_serial(context: dict) -> int:
-    """A serial that changes with what the zone holds (its name, nameservers and TTLs), not
-    with the map, which is gdnsd's config (never 0)."""
+    """A serial that changes with what the zone holds (its name, nameservers, TTLs and CAA
+    records), not with the map, which is gdnsd's config (never 0)."""
     dns = context["dns"]
-    return zlib.crc32(repr([dns[k] for k in ("zone", "nameservers", "ttl", "min_ttl")])
+    return zlib.crc32(repr([dns[k] for k in ("zone", "nameservers", "ttl", "min_ttl", "caa")])
                       .encode()) or 1
 
 
