@@ -171,3 +171,27 @@ def test_hosts_with_gdnsd_get_mmdblookup_from_the_bootstrap_and_the_fleet(tmp_pa
     names = [p.name for p in fleet.from_inventory(inv).provision.base_packages]
     assert names == ["gdnsd", "libmaxminddb"]
     assert fleet.REQUIRED_PROGRAMS["mmdblookup"] == "mmdb-bin"
+
+
+def test_the_deploys_line_follows_the_checks_with_failed_hosts_left_out(tmp_path):
+    # The reporter doit makes for this inventory, fed the check results of a run.
+    import io
+    from types import SimpleNamespace
+    from outpost import inventory
+    from outpost.report import reporter_for
+    inv = inventory.load(copy_project(tmp_path) / "inventory.toml")
+    out = io.StringIO()
+    reporter = reporter_for(inv)(out, {})
+    for name in ("au", "ny"):
+        reporter.add_success(SimpleNamespace(name=f"check:{name}", values={
+            "host": name, "status": "ok", "median_ms": 1.0}))
+    reporter.checks.append({"host": "fr", "status": "FAIL"})   # as add_failure records it
+    reporter.complete_run()
+    (line,) = [line for line in out.getvalue().splitlines() if line.startswith("Latency: ")]
+    # fr's check failed: the plan with fr unhealthy (Europe on ny, as gdnsd would send it).
+    from outpost.latency import inputs, visitors
+    without_fr = inputs.plan(inv, {"au", "ny"}, visitors.seed_default()).mean
+    assert without_fr > inputs.plan(inv, {"au", "ny", "fr"}, visitors.seed_default()).mean
+    assert line.startswith(f"Latency: {without_fr:.0f} ms weighted mean first visit under the "
+                           "current map, fr left out; visitors: the seed's GoatCounter top ten")
+    assert line.endswith("`doit latency` for the whole plan.")
