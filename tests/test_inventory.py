@@ -685,6 +685,7 @@ def test_example_inventory_is_real_servers_built_by_cbuild(monkeypatch, tmp_path
 
 def test_latency_defaults_and_locations(write):
     inv = load(write(variant('region = "oceania"', 'region = "oceania"\nlocation = "sydney"')
+                     + '\n[dns]\ndefault = "au"\ndatabase = "country.mmdb"\n'
                      + '\n[latency]\nvisitors = "logs"\nmeasured = "rtts.csv"\n'))
     assert [h.location for h in inv.hosts] == ["sydney", None]
     assert inv.latency.visitors == "logs"
@@ -707,6 +708,10 @@ def test_latency_defaults_and_locations(write):
      "by [dns.map], e.g. \"45.3,-73.9,CA\""),
     ('[latency]\ncandidates = ["Atlantis"]\n',
      "[latency]: key 'candidates': 'Atlantis': unknown city; give one of Sydney, New York, "),
+    # VALID has no [dns]: the hosts have no country database to count with.
+    ('[latency]\nvisitors = "logs"\n',
+     "[latency]: key 'visitors': \"logs\" counts with the country database the hosts have for "
+     "gdnsd ([dns] provider = \"gdnsd\"); without it, give shares by country"),
 ])
 def test_a_bad_latency_value_is_one_line_naming_the_key(error, text, message):
     found = error(VALID + "\n" + text)

@@ -220,7 +220,7 @@ def _check_acme(acme, cert_host, hosts, ssh, label: str):
     return Acme(**acme, cert_host=host)
 
 
-def _check_latency(latency: dict | None, label: str) -> Latency:
+def _check_latency(latency: dict | None, dns: dict | None, label: str) -> Latency:
     """[latency]'s values, each checked as `doit latency` will read it."""
     if latency is None:
         return Latency()
@@ -230,6 +230,10 @@ def _check_latency(latency: dict | None, label: str) -> Latency:
             if latency["visitors"] != visitors.LOGS:
                 raise OutpostError(f"{where} 'visitors': must be \"{visitors.LOGS}\" or a table "
                                    f"of shares by country, found {latency['visitors']!r}")
+            if dns is None or dns["provider"] != "gdnsd":
+                raise OutpostError(f"{where} 'visitors': \"{visitors.LOGS}\" counts with the "
+                                   "country database the hosts have for gdnsd ([dns] provider "
+                                   "= \"gdnsd\"); without it, give shares by country")
         elif latency["visitors"] is not None:
             visitors.from_table(dict(latency["visitors"]), f"{where} 'visitors'")
         for text in latency["monitors"] or ():
@@ -295,5 +299,5 @@ def load(path: str | Path) -> Inventory:
              if checked["dns"] else None),
         rollout=Rollout(**rollout),
         acme=_check_acme(checked["acme"], checked["cert_host"], checked["hosts"], ssh, label),
-        latency=_check_latency(checked["latency"], label),
+        latency=_check_latency(checked["latency"], checked["dns"], label),
     )
