@@ -125,6 +125,10 @@ def unknown_host_key(host, ssh, presented=None) -> str:
             + _presented(presented, f"add the host's line to {ssh.known_hosts}"))
 
 
+def missing_identity(ssh) -> str:
+    return f"the SSH identity {ssh.identity} does not exist (identity in [ssh])"
+
+
 def auth_failed(host, ssh) -> str:
     return (f"{host.user}@{host.address} port {host.port} refused the key {ssh.identity} "
             "(authentication failed)")
@@ -173,6 +177,9 @@ def local_failure(program: str, proc: subprocess.CompletedProcess, host, ssh) ->
             if kind == "unknown":
                 return unknown_host_key(host, ssh, _openssh_presented(proc.stderr, host, ssh))
             if kind == "auth":
+                # OpenSSH goes on without a key file it can't find, and is then refused.
+                if not os.path.isfile(ssh.identity):
+                    return missing_identity(ssh)
                 return auth_failed(host, ssh)
             return unreachable(host, kind)
     meaning = RSYNC_EXIT.get(proc.returncode, "failed") if program == "rsync" else "failed"

@@ -7,6 +7,7 @@ tests that play the lego user run ssh there, as that user (through the host's na
 import hashlib
 import re
 import shlex
+import socket
 import ssl
 import subprocess
 
@@ -137,6 +138,38 @@ def test_a_forced_renewal_reaches_every_host(site):
     assert len(set(after.values())) == 1
     for name in HOSTS:
         assert f"{name}: installed:" in result.stdout + result.stderr
+
+
+def test_with_the_cert_host_unreachable_hosts_that_serve_the_newest_certificate_pass(site):
+    # After the renewal above every host serves a certificate newer than the one kept here
+    # (build/acme/site.crt): the cert host pushed it, no deploy asked for it. Now the cert
+    # host can't be reached (its sshd stopped; the machine runs on, so fleet:up leaves it).
+    project, inv, hosts_fleet = site
+    newest = serials(inv)
+    cert_host = inv.acme.cert_host
+    stopped = hosts_fleet.run_on(CERT_HOST, ["dinitctl", "stop", "sshd"])
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    try:
+        wait_for(lambda: not answers(cert_host.address, cert_host.port),
+                 "the cert host's sshd to stop")
+        proc = doit(project, "deploy")  # fails on any failed task
+    finally:
+        started = hosts_fleet.run_on(CERT_HOST, ["dinitctl", "start", "sshd"])
+        assert started.returncode == 0, started.stdout + started.stderr
+        wait_for(lambda: answers(cert_host.address, cert_host.port),
+                 "the cert host's sshd to answer again")
+    ran = ran_tasks(proc.stdout)
+    assert {f"certificate:{h}" for h in HOSTS} | {f"check:{h}" for h in HOSTS} <= set(ran)
+    assert "installed:" not in proc.stdout
+    assert serials(inv) == newest
+
+
+def answers(address, port) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def test_a_renewal_while_a_host_is_down_reaches_it_at_the_next_deploy(site):

@@ -10,7 +10,6 @@ import random
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -268,8 +267,14 @@ def test_stop_host_ends_everything_on_it_and_start_brings_back_its_files(fleet):
     seconds = random.randint(10_000, 99_999)  # tells our sleep from any other
     started = ssh(fleet, "beta", f"touch {marker}; nohup sleep {seconds} >/dev/null 2>&1 </dev/null &")
     assert started.returncode == 0, started.stderr
-    on_host = pids_in("pid", namespace(host_pid1(fleet, "beta"), "pid"))
-    sleeps = [pid for pid in on_host if cmdline(pid) == f"sleep\0{seconds}\0".encode()]
+
+    def sleep_started():
+        # ssh returns once the shell forked; the child becomes `sleep` when nohup execs it.
+        on_host = pids_in("pid", namespace(host_pid1(fleet, "beta"), "pid"))
+        sleeps = [pid for pid in on_host if cmdline(pid) == f"sleep\0{seconds}\0".encode()]
+        return (on_host, sleeps) if sleeps else None
+
+    on_host, sleeps = wait_for(sleep_started, f"`sleep {seconds}` on beta")
     assert len(sleeps) == 1
 
     assert fleet.stop_host("beta") is True
@@ -284,8 +289,8 @@ def test_stop_host_ends_everything_on_it_and_start_brings_back_its_files(fleet):
 def test_up_restarts_a_host_whose_pid_1_died(fleet):
     pid1 = host_pid1(fleet, "alpha")
     os.kill(pid1, 9)
-    while namespace(pid1, "pid") is not None:  # the kill takes effect asynchronously
-        time.sleep(0.01)
+    # The kill takes effect asynchronously.
+    wait_for(lambda: namespace(pid1, "pid") is None, "alpha's PID 1 to end")
     assert fleet.up() == ["alpha"]
     assert ssh(fleet, "alpha", "true").returncode == 0
 
@@ -340,6 +345,71 @@ def test_down_leaves_no_process_namespace_link_or_mount(tmp_path):
         assert pids_in(kind, inode) == set(), f"processes left in the host's {kind} namespace"
     assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
     assert not fleet.is_up("gamma")
+
+
+# The cgroup v1 freezer: a frozen process ignores even SIGKILL until it is thawed, as one
+# stuck in the kernel (or starved on a loaded machine) does.
+FREEZER = Path("/sys/fs/cgroup/freezer")
+
+
+def freeze(pid: int, tmp_path: Path) -> Path:
+    if not (FREEZER / "cgroup.procs").exists():
+        pytest.fail(f"this test needs the cgroup v1 freezer at {FREEZER} (mount -t cgroup "
+                    f"-o freezer freezer {FREEZER})")
+    group = FREEZER / f"outpost-test-{tmp_path.name}"
+    group.mkdir()
+    (group / "cgroup.procs").write_text(f"{pid}\n")
+    (group / "freezer.state").write_text("FROZEN\n")
+    wait_for(lambda: (group / "freezer.state").read_text() == "FROZEN\n", f"{pid} frozen")
+    return group
+
+
+def thaw(group: Path):
+    (group / "freezer.state").write_text("THAWED\n")
+    for pid in (group / "cgroup.procs").read_text().split():
+        try:
+            (FREEZER / "cgroup.procs").write_text(f"{pid}\n")
+        except ProcessLookupError:  # it ended, as a killed process does once thawed
+            pass
+    wait_for(lambda: not (group / "cgroup.procs").read_text(), f"{group} empty")
+    group.rmdir()
+
+
+def test_down_stops_every_host_it_can_names_the_one_it_could_not_and_a_second_down_finishes(
+        tmp_path):
+    require_fleet_machine()
+    bridge = f"ostuck{os.getpid()}"[:15]
+    subnet = f"198.19.{1 + (os.getpid() + 2) % 250}"
+    names = ("stuck", "after1", "after2")  # the slow host first: the others come after it
+    fleet = make_fleet(tmp_path, [(name, f"{subnet}.{21 + n}") for n, name in enumerate(names)],
+                       bridge=bridge)
+    group = None
+    try:
+        assert fleet.up() == list(names)
+        stuck = host_pid1(fleet, "stuck")
+        stuck_pids = namespace(stuck, "pid")
+        group = freeze(stuck, tmp_path)
+        with pytest.raises(OutpostError) as refused:
+            fleet.down()
+        assert str(refused.value) == (
+            f"fleet: stopped after1, after2, but not every host: fleet host stuck: PID 1 "
+            f"({stuck}) still running 15 s after SIGKILL. Run `doit fleet:down` again to finish")
+        for name in ("after1", "after2"):
+            assert not fleet.is_up(name)
+            assert not Path(f"/sys/class/net/{veth_name(bridge, name)}").exists()
+        assert fleet.is_up("stuck")  # still there: the next down tries it again
+        assert Path(f"/sys/class/net/{bridge}").exists()  # its veth still holds the bridge
+    finally:
+        if group is not None:
+            thaw(group)
+        second = fleet.down()
+    assert set(second) <= {"stuck"}  # or the thawed PID 1 had died by itself already
+    for name in names:
+        assert not fleet.is_up(name)
+        assert not Path(f"/sys/class/net/{veth_name(bridge, name)}").exists()
+    assert not Path(f"/sys/class/net/{bridge}").exists()
+    assert pids_in("pid", stuck_pids) == set()
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
 
 
 def test_an_address_already_on_this_machine_is_refused_with_the_host_named(fleet, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from outpost import geoip, inventory, report
+from outpost import geoip, inventory, probe, report
 from outpost.commands import bundle
 from outpost.commands import dns as geodns
 from outpost.errors import OutpostError
@@ -93,6 +93,22 @@ def test_dns_mistakes_are_one_line_naming_the_key(tmp_path, dns_text, message):
         inventory.load(with_dns(tmp_path, dns_text))
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_real_hosts_get_gdnsds_own_health_defaults_and_the_fleet_keeps_its_fast_ones(tmp_path):
+    # One lost packet between continents must not take a host out of DNS: gdnsd's defaults
+    # (interval 10, timeout interval / 2, up 20, ok 10, down 10), for any inventory that says
+    # nothing, the example's included. The fleet says its fast ones itself.
+    gdnsds = inventory.DnsHealth(interval=10, timeout=5, up_thresh=20, ok_thresh=10,
+                                 down_thresh=10)
+    assert inventory.load(with_dns(tmp_path, '[dns]\ndefault = "au"\n')).dns.health == gdnsds
+    example = REPO / "inventory.example.toml"
+    assert inventory.load(example).dns.health == gdnsds
+    assert "[dns.health]" in (REPO / "inventory.toml").read_text()
+    assert inventory.load(REPO / "inventory.toml").dns.health == inventory.DnsHealth(2, 1, 1, 1, 1)
+    # A shorter interval alone: the timeout follows it, as gdnsd's does.
+    only_interval = with_dns(tmp_path, '[dns]\ndefault = "au"\n[dns.health]\ninterval = 4\n')
+    assert inventory.load(only_interval).dns.health.timeout == 2
 
 
 def test_the_fleet_database_is_refused_for_real_hosts(tmp_path):
@@ -300,6 +316,23 @@ def test_the_expected_host_is_the_first_healthy_one_of_the_order(inv):
     assert geodns.expected_host(inv.dns, inv.hosts, "OC", {"ny", "fr"}) == "ny"
     # None healthy: gdnsd answers as if all were.
     assert geodns.expected_host(inv.dns, inv.hosts, "NA", set()) == "ny"
+
+
+def test_the_check_judges_health_as_gdnsd_does_and_waits_as_long_as_gdnsd_may(tmp_path,
+                                                                               monkeypatch):
+    # The expected answers come from the check's own look at each host's port-80 health: an
+    # answer later than gdnsd's timeout is a failure to gdnsd, so to the check too.
+    real = inventory.load(with_dns(tmp_path, '[dns]\ndefault = "au"\n'))
+    asked = []
+    monkeypatch.setattr(probe, "plain_health",
+                        lambda host, site_name, timeout: asked.append(timeout) or True)
+    assert probe.healthy_hosts(real) == {"au", "ny", "fr"}
+    assert asked == [real.dns.health.timeout] * 3 == [5] * 3
+    # A nameserver follows a host's change after its thresholds' worth of checks: 20 good
+    # ones 10 s apart (and the last one's timeout) for a host that came back.
+    assert geodns.agreement_time(real.dns.health) == 20 * 10 + 5
+    fleet = inventory.load(REPO / "inventory.toml")
+    assert geodns.agreement_time(fleet.dns.health) == 1 * 2 + 1
 
 
 # --- the fleet's gdnsd and the stand-in dinit's capabilities ----------------------------------

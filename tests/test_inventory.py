@@ -213,6 +213,35 @@ def test_fleet_bridge_name_must_fit_an_interface_name(tmp_path):
         "use up to 10 lowercase letters, digits and -")
 
 
+def test_fleet_hosts_have_no_round_trip_unless_named():
+    fleet = load(REPO / "inventory.toml").fleet
+    assert fleet.rtt_ms == () and fleet.rtt("ny") == 0
+
+
+def test_fleet_round_trips_by_host_name(tmp_path):
+    text = (REPO / "inventory.toml").read_text().replace(
+        'state = "build/fleet"', 'state = "build/fleet"\nrtt_ms = { ny = 200, fr = 280 }')
+    (tmp_path / "inventory.toml").write_text(text)
+    fleet = load(tmp_path / "inventory.toml").fleet
+    assert fleet.rtt_ms == (("ny", 200), ("fr", 280))
+    assert (fleet.rtt("au"), fleet.rtt("ny"), fleet.rtt("fr")) == (0, 200, 280)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("{ sydney = 30 }", "key 'rtt_ms': no host named 'sydney'; hosts: au, ny, fr, home"),
+    ("{ ny = -1 }", "key 'rtt_ms': ny = -1: a round trip is from 0 to 2000 ms"),
+    ("{ ny = 2001 }", "key 'rtt_ms': ny = 2001: a round trip is from 0 to 2000 ms"),
+    ('{ ny = "200ms" }', "key 'rtt_ms' must be a table of integers (milliseconds by host name), "
+                         "found a table"),
+    ("200", "key 'rtt_ms' must be a table of integers (milliseconds by host name), "
+            "found an integer (200)"),
+])
+def test_fleet_round_trips_must_name_hosts_and_be_milliseconds(tmp_path, value, message):
+    assert repo_inventory_error(tmp_path, 'state = "build/fleet"',
+                                f'state = "build/fleet"\nrtt_ms = {value}') == (
+        f"[fleet]: {message}")
+
+
 def test_site_table_is_required(error):
     assert error(variant('[site]\nname = "linkedlist.test"\n', "")) == "missing table [site]"
 

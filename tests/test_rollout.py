@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import fleet_project, ran_tasks, run_doit, template_version, wait_for
+from helpers import (fleet_project, ran_tasks, run_doit, stop_fleet_after, template_version,
+                     wait_for)
 from outpost import depfile, fleet, hoststate, inventory, manifest, probe
 
 HOSTS = ("au", "fr", "ny")
@@ -26,9 +27,9 @@ ORIGINAL = {}  # the app's files before the test broke them: put back to revert
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, request):
-    project = fleet_project(tmp_path_factory.mktemp("rollout"), ADDRESSES, "outpost-t3")
+    project = fleet_project(tmp_path_factory.mktemp("rollout"), ADDRESSES, "outpost-t4")
     inv = inventory.load(project / "inventory.toml")
-    request.addfinalizer(lambda: run_doit(project, "fleet:down", check=False))
+    stop_fleet_after(request, project)
     run_doit(project, "deploy")
     return project, inv, fleet.from_inventory(inv)
 

@@ -106,6 +106,14 @@ def expected_host(dns, hosts, continent: str, healthy=None) -> str:
                                        continent), healthy)
 
 
+def agreement_time(health) -> int:
+    """Seconds a nameserver may take to act on what its health checks see, by gdnsd's own
+    thresholds: a host that just came back is answered again after up_thresh good checks, one
+    that just failed is passed over after down_thresh bad ones, each check an interval apart
+    and up to a timeout long."""
+    return max(health.up_thresh, health.down_thresh) * health.interval + health.timeout
+
+
 def _map_regions(dns, hosts) -> list[dict]:
     """The map as gdnsd nests it: continent => [order], or continent => { default => [order],
     COUNTRY => [order] } when the inventory names countries of that continent."""

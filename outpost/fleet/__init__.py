@@ -9,6 +9,7 @@ Each host is one process tree in its own namespaces. One module per concern:
 - `provision`  what goes into a host's upper layer before it boots: user, sshd, services,
                the stand-ins or links to the real apk/dinitctl, and what the real apk needs
 - `keys`       the deploy key, host keys and their pins in known_hosts
+- `delay`      a host's round-trip time (FleetHost.rtt_ms): a relay in front of its services
 This module's `Fleet` composes them for a set of hosts; `from_inventory` makes it.
 
 CLI: python -m outpost.fleet up|down|status [--inventory inventory.toml]
@@ -29,13 +30,13 @@ from outpost.fleet.local import (HOST_ENVIRONMENT, PROGRAM_DIRS, REQUIRED_PROGRA
 from outpost.fleet.host import FleetHost
 from outpost.fleet.machine import READY_TIMEOUT, host_state, running_pid
 from outpost.fleet.network import FLEET_RANGE, address_clashes, fleet_network, veth_name
-from outpost.fleet.provision import (SSH_PORT, SSHD_LOG, STANDINS, BasePackage, Provision,
-                                      packaged_files, provision_host, with_user)
+from outpost.fleet.provision import (HOST_PACKAGE, SSH_PORT, SSHD_LOG, STANDINS, BasePackage,
+                                      Provision, packaged_files, provision_host, with_user)
 from outpost.inventory import Inventory
 
 __all__ = [
-    "Fleet", "FleetHost", "Provision", "from_inventory", "running_pid", "host_state",
-    "fleet_network", "address_clashes", "veth_name", "with_user", "known_hosts_text",
+    "Fleet", "FleetHost", "Provision", "from_inventory", "leftovers", "running_pid",
+    "host_state", "fleet_network", "address_clashes", "veth_name", "with_user", "known_hosts_text",
     "FLEET_RANGE", "SSH_PORT", "READY_TIMEOUT", "STANDINS", "REQUIRED_PROGRAMS", "PROGRAM_DIRS",
     "HOST_ENVIRONMENT", "ChimeraTools", "find_chimera_tools",
 ]
@@ -107,6 +108,8 @@ class Fleet:
         the real Chimera tools found on PATH (the hosts run stand-ins for the others)."""
         names = ", ".join(host.name for host in hosts)
         python_version = local.check_machine(names)
+        if any(host.rtt_ms for host in hosts):
+            local.check_programs(names, {"nft": "nftables"}, "for the hosts' round-trip time")
         tools = local.find_chimera_tools()
         if not machine.init_command(tools):
             raise OutpostError(f"fleet hosts {names}: no service manager: neither `dinit` on "
@@ -119,8 +122,11 @@ class Fleet:
         provision_host(host, machine.upper_layer(self.state_dir, host.name), self.user,
                        self.identity, self.provision, python_version, tools, role)
         provided = provision.host_provided(python_version, self.provision, role)
+        from outpost.fleet import delay  # its relay loads asyncio: not on the no-op's path
         setup = [*provision.apk_database_lines(provided, real_apk=tools.apk is not None),
-                 *map(shlex.join, provision.boot_commands(self.provision.base_packages))]
+                 *map(shlex.join, provision.boot_commands(self.provision.base_packages)),
+                 *delay.boot_lines(host.rtt_ms, host.address,
+                                   str(HOST_PACKAGE / "fleet" / "delay.py"))]
         return machine.launch(self.state_dir, host, self.bridge, self.private, tools, setup)
 
     # --- Stop
@@ -131,9 +137,25 @@ class Fleet:
         return machine.stop(self.state_dir, self._host(name).name, self.bridge)
 
     def down(self) -> list[str]:
-        """Stop every host, then remove the bridge if no other host uses it. Returns those stopped."""
-        stopped = [name for name in self.hosts if self.stop_host(name)]
+        """Stop every host, then remove the bridge if no other host uses it. Returns those
+        stopped. All are killed at once, so one slow to die holds up no other; those still
+        running at their deadline are named in one OutpostError, after the rest have stopped
+        (the next down finishes the job)."""
+        killed = {name: machine.kill(self.state_dir, name) for name in self.hosts}
+        stopped, failed = [], []
+        for name, pid in killed.items():
+            try:
+                machine.wait_stopped(self.state_dir, name, self.bridge, pid)
+            except OutpostError as error:
+                failed.append(str(error))
+                continue
+            if pid is not None:
+                stopped.append(name)
         network.remove_bridge_if_unused(self.bridge)
+        if failed:
+            raise OutpostError(f"fleet: stopped {', '.join(stopped) or 'none'}, but not every "
+                               f"host: {'; '.join(failed)}. Run `doit fleet:down` again to "
+                               "finish")
         return stopped
 
     def rotate_host_key(self, name: str):
@@ -175,6 +197,22 @@ def machine_names(inventory: Inventory) -> list[str]:
     return names
 
 
+def leftovers(inventory: Inventory) -> list[str]:
+    """What `fleet:down` has yet to remove from this machine: running machines, their veths,
+    and the bridge unless another fleet's host is plugged into it. Empty once the fleet is
+    all gone. Reads only /proc and /sys, so an uptodate check may call it."""
+    names = machine_names(inventory)
+    state, bridge = inventory.fleet.state.resolve(), inventory.fleet.bridge
+    left = [name for name in names if running_pid(state, name) is not None]
+    ours = {veth_name(bridge, name): name for name in names}
+    left += [f"veth {veth} ({name})" for veth, name in ours.items()
+             if Path(f"/sys/class/net/{veth}").exists()]
+    ports = Path(f"/sys/class/net/{bridge}/brif")
+    if ports.exists() and {port.name for port in ports.iterdir()} <= set(ours):
+        left.append(f"bridge {bridge}")
+    return left
+
+
 def _root_key(identity: Path | None) -> str | None:
     """root's public key for the hosts: the bootstrap's key, made here if missing (the
     fleet's root login; a real host's comes from its provider)."""
@@ -197,11 +235,13 @@ def from_inventory(inventory: Inventory) -> Fleet:
         raise OutpostError(f"{inventory.path}: fleet hosts must share one ssh user, found "
                            + ", ".join(sorted(users)))
     user = users.pop() if users else "deploy"
-    hosts = [FleetHost(h.name, h.address, h.arch) for h in inventory.hosts]
+    rtt = inventory.fleet.rtt
+    hosts = [FleetHost(h.name, h.address, h.arch, rtt(h.name)) for h in inventory.hosts]
     roles = {}
     if inventory.acme is not None:
         cert_host = inventory.acme.cert_host
-        hosts.append(FleetHost(cert_host.name, cert_host.address, cert_host.arch))
+        hosts.append(FleetHost(cert_host.name, cert_host.address, cert_host.arch,
+                               rtt(cert_host.name)))
         roles = {host.name: certhost.web_host_role() for host in inventory.hosts}
         roles[cert_host.name] = certhost.cert_host_role()
     if inventory.fleet.acme_server is not None:

@@ -33,6 +33,9 @@ from outpost.fleet.provision import DINIT_LOG, HOST_PACKAGE, SSH_PORT, SSHD_LOG,
 
 # How long a host may take from launch to its sshd greeting.
 READY_TIMEOUT = 15.0
+# How long a host's namespaces may take to go after SIGKILL to its PID 1 (slow on a loaded
+# machine: the kernel ends every process in them, then tears down the network namespace).
+STOP_TIMEOUT = 15.0
 
 
 # --- Where a host's state is -------------------------------------------------------------------
@@ -168,7 +171,9 @@ def wait_ready(state_dir: Path, host: FleetHost, bridge: str, process: subproces
         if process.poll() is not None:
             raise _boot_failed(state_dir, host, "it stopped while booting")
         try:
-            with socket.create_connection((host.address, SSH_PORT), timeout=1) as conn:
+            # The greeting comes 2 round trips after the connect (delay.py).
+            with socket.create_connection((host.address, SSH_PORT),
+                                          timeout=1 + 2 * host.rtt_ms / 1000) as conn:
                 if conn.recv(64).startswith(b"SSH-"):
                     return
         except OSError:
@@ -193,23 +198,42 @@ def _boot_failed(state_dir: Path, host: FleetHost, why: str) -> OutpostError:
 def stop(state_dir: Path, name: str, bridge: str) -> bool:
     """Stop a host: kill its PID 1, so the kernel ends everything in its PID namespace.
     True if it was running."""
+    pid = kill(state_dir, name)
+    wait_stopped(state_dir, name, bridge, pid)
+    return pid is not None
+
+
+def kill(state_dir: Path, name: str) -> int | None:
+    """SIGKILL to a host's PID 1; the kernel then ends the rest of its PID namespace in its
+    own time (wait_stopped). The PID, or None if the host was down."""
     pid = running_pid(state_dir, name)
-    stopped = pid is not None
-    if stopped:
-        os.kill(pid, signal.SIGKILL)
-        _wait_gone(name, pid, bridge)
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # it died since running_pid looked
+            pass
+    return pid
+
+
+def wait_stopped(state_dir: Path, name: str, bridge: str, pid: int | None):
+    """Wait until the killed PID 1 `pid` is reaped and the host's veth pair is gone, then
+    forget its pid. A veth left by a host that was already down is deleted. Past the deadline
+    the pid file stays, so that the next stop tries again."""
+    if pid is None and network.has_veth(bridge, name):
+        network.remove_veth(bridge, name)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    pause = 0.005
+    while True:
+        alive = pid is not None and _start_time(pid) is not None
+        if not alive and not network.has_veth(bridge, name):
+            break
+        if time.monotonic() > deadline:
+            left = (f"PID 1 ({pid}) still running" if alive else
+                    f"its veth {network.veth_name(bridge, name)} still there")
+            raise OutpostError(f"fleet host {name}: {left} {STOP_TIMEOUT:.0f} s after SIGKILL")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)  # quick for the usual few ms, light on a long wait
     (host_state(state_dir, name) / "pid").unlink(missing_ok=True)
-    return stopped
-
-
-def _wait_gone(name: str, pid: int, bridge: str):
-    """Wait until PID 1 is reaped and the kernel has removed the host's veth pair."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if _start_time(pid) is None and not network.has_veth(bridge, name):
-            return
-        time.sleep(0.005)
-    raise OutpostError(f"fleet host {name}: still running after SIGKILL to its PID 1 ({pid})")
 
 
 def run_on(state_dir: Path, name: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess:

@@ -116,11 +116,20 @@ def has_veth(bridge: str, host: str) -> bool:
     return Path(f"/sys/class/net/{veth_name(bridge, host)}").exists()
 
 
+def remove_veth(bridge: str, host: str):
+    """Delete this machine's end of a host's veth pair; the host's end goes with it."""
+    try:
+        ip_batch([f"link del {veth_name(bridge, host)}"])
+    except OutpostError:
+        if has_veth(bridge, host):  # else the kernel removed it at the same moment
+            raise
+
+
 def plug_in(bridge: str, host: FleetHost, pid: int):
     """Give the host whose network namespace PID 1 `pid` holds its eth0, on the bridge."""
     veth = veth_name(bridge, host.name)
     if has_veth(bridge, host.name):
-        ip_batch([f"link del {veth}"])
+        remove_veth(bridge, host.name)
     ip_batch([f"link add {veth} type veth peer name eth0 "
               f"address {host_mac(host.address)} netns {pid}"])
     disable_ipv6(veth)

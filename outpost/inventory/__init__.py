@@ -179,6 +179,8 @@ def _check_remote_folders(repository: dict, packages: list[dict], label: str) ->
 def _check_dns(dns: dict, hosts: list[dict], fleet, label: str, root: Path) -> Dns:
     where = f"{label}: [dns]"
     health = _check_table(dns["health"], DNS_HEALTH, f"{label}: [dns.health]", root)
+    if health["timeout"] is None:
+        health["timeout"] = max(1, health["interval"] // 2)
     if health["timeout"] >= health["interval"]:
         raise InventoryError(f"{label}: [dns.health]: key 'timeout' ({health['timeout']}) must "
                              f"be less than 'interval' ({health['interval']})")
@@ -248,6 +250,14 @@ def _check_latency(latency: dict | None, dns: dict | None, label: str) -> Latenc
     return Latency(**latency)
 
 
+def _check_fleet_rtt(fleet: dict, hosts: list[dict], cert_host: dict | None, label: str):
+    names = [host["name"] for host in hosts] + ([cert_host["name"]] if cert_host else [])
+    for name, _ in fleet["rtt_ms"]:
+        if name not in names:
+            raise InventoryError(f"{label}: [fleet]: key 'rtt_ms': no host named {name!r}; "
+                                 f"hosts: {', '.join(names)}")
+
+
 def load(path: str | Path) -> Inventory:
     """Read and validate an inventory. Errors name the file as `path` gives it."""
     label = str(path)
@@ -279,6 +289,8 @@ def load(path: str | Path) -> Inventory:
         raise InventoryError(f"{label}: [rollout]: key 'canary': no host named "
                              f"{rollout['canary']!r}; hosts: "
                              + ", ".join(h["name"] for h in checked["hosts"]))
+    if checked["fleet"]:
+        _check_fleet_rtt(checked["fleet"], checked["hosts"], checked["cert_host"], label)
     ssh = checked["ssh"]
     return Inventory(
         path=inventory_path,

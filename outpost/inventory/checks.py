@@ -169,6 +169,17 @@ def _bridge(value: str) -> str | None:
     return f"{value!r} is not a usable bridge name; use up to 10 lowercase letters, digits and -"
 
 
+# A fleet host's round trip: no more than a path half way round the world and back, twice.
+MAX_RTT_MS = 2000
+
+
+def _rtt_ms(value: dict) -> str | None:
+    for name, ms in value.items():
+        if not 0 <= ms <= MAX_RTT_MS:
+            return f"{name} = {ms}: a round trip is from 0 to {MAX_RTT_MS} ms"
+    return None
+
+
 # MaxMind's continent codes: the top level of a GeoIP2 database and of gdnsd's geoip map.
 CONTINENTS = ("AF", "AN", "AS", "EU", "NA", "OC", "SA")
 DNS_PROVIDERS = ("gdnsd", "gcore")

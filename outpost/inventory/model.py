@@ -79,6 +79,11 @@ class Fleet:
     state: Path
     bridge: str
     acme_server: str | None = None  # the fleet's ACME server (pebble) runs at this address
+    rtt_ms: tuple[tuple[str, int], ...] = ()  # (host, round trip): its distance emulated
+
+    def rtt(self, host: str) -> int:
+        """The round trip a fleet host's services answer at, in ms (0: none added)."""
+        return dict(self.rtt_ms).get(host, 0)
 
 
 @dataclass(frozen=True)

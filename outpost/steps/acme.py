@@ -4,6 +4,7 @@ serve the current one. The site's key never passes through this machine."""
 from __future__ import annotations
 
 import hashlib
+import ssl
 import time
 from pathlib import Path
 
@@ -123,30 +124,62 @@ def acme_issue_is_current(inventory, values: dict) -> bool:
         return False  # the task runs, and its action says what is wrong (no traceback)
 
 
+def _issued_at(der: bytes):
+    from cryptography import x509
+    return x509.load_der_x509_certificate(der).not_valid_before_utc
+
+
 def _newer_elsewhere(inventory, current: bytes) -> bool:
     """True when some host serves a certificate issued after the one kept here: the cert
     host renewed it since this machine last asked."""
-    from cryptography import x509
-    issued = x509.load_der_x509_certificate(current).not_valid_before_utc
-    return any(der and der != current
-               and x509.load_der_x509_certificate(der).not_valid_before_utc > issued
+    issued = _issued_at(current)
+    return any(isinstance(der, bytes) and der != current and _issued_at(der) > issued
                for der in probe.served_certificates(inventory).values())
+
+
+def _serves_the_newest(inventory, host, served: bytes, current: bytes) -> bool:
+    """Whether the host serves a certificate newer than the one kept here and than any other
+    host serves (the cert host's renewal reached it), which a visitor trusts: verified against
+    the ACME server's root, for the site's name, in date. Such a host needs nothing from the
+    cert host, which may well be down (it is at home, and needed only for a host that lacks
+    the newest certificate)."""
+    issued = _issued_at(served)
+    if issued <= _issued_at(current) or any(
+            isinstance(der, bytes) and _issued_at(der) > issued
+            for der in probe.served_certificates(inventory).values()):
+        return False
+    connection = probe.SiteConnection(host.address, inventory.site.name,
+                                      probe.site_context(inventory), probe.HANDSHAKE_TIMEOUT)
+    try:
+        connection.connect()
+        return connection.sock.getpeercert(binary_form=True) == served
+    except (OSError, ssl.SSLError):
+        return False
+    finally:
+        connection.close()
 
 
 def host_certificate(inventory, host):
     """Make the host serve the current certificate: if it serves another (a new host, one
     that was down at a renewal), the cert host pushes it there, key and all, through the
-    host's lego-gate. Costs one TLS handshake per host when all is well: no SSH."""
+    host's lego-gate. Costs one TLS handshake per host when all is well: no SSH. A host that
+    serves the newest certificate already is left alone; one that does not answer fails here,
+    saying so, with nothing pushed."""
     cert_host = inventory.acme.cert_host
+    step = f"certificate:{host.name}"
     current = tls.leaf_der(issued_certificate(inventory).read_text())
     served = probe.served_certificates(inventory).get(host.name)
-    if served == current:
+    if isinstance(served, str):
+        raise OutpostError(f"host {host.name}, step {step}: {served}; what it serves is "
+                           f"unknown, so nothing was pushed")
+    if served == current or (served is not None
+                             and _serves_the_newest(inventory, host, served, current)):
         return
     def refresh():
         # Renewed on the cert host since this machine asked: ask once more, once per run.
         if _newer_elsewhere(inventory, current):
             output = remote.run_script(cert_host, acme.driver_command("show"), inventory.ssh,
-                                       step=f"certificate:{host.name}").stdout
+                                       step=step).stdout
             _keep_issued(inventory, output)
     probe.RUN.get(("certificate refreshed", inventory.path), refresh)
     current = tls.leaf_der(issued_certificate(inventory).read_text())
@@ -154,7 +187,7 @@ def host_certificate(inventory, host):
         return
     lock.hold()  # read-only until here: a host that serves the current certificate needs none
     output = remote.run_script(cert_host, acme.driver_command("push", host.name), inventory.ssh,
-                               step=f"certificate:{host.name}").stdout
+                               step=step).stdout
     # The host's lego-gate checked the pair and switched it in, or the push failed (nginx
     # serves it on 443 once config has given it the site; the check verifies that).
     report(cert_host, output)
