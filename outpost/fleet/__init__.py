@@ -22,6 +22,7 @@ from pathlib import Path
 
 from outpost import tls
 from outpost.commands import acme
+from outpost.commands import latency as latency_commands
 from outpost.errors import OutpostError
 from outpost.fleet import certhost, keys, local, machine, network, pebble, provision
 from outpost.fleet.keys import known_hosts_text
@@ -30,8 +31,8 @@ from outpost.fleet.local import (HOST_ENVIRONMENT, PROGRAM_DIRS, REQUIRED_PROGRA
 from outpost.fleet.host import FleetHost
 from outpost.fleet.machine import READY_TIMEOUT, host_state, running_pid
 from outpost.fleet.network import FLEET_RANGE, address_clashes, fleet_network, veth_name
-from outpost.fleet.provision import (HOST_PACKAGE, SSH_PORT, SSHD_LOG, STANDINS, Provision,
-                                      packaged_files, provision_host, with_user)
+from outpost.fleet.provision import (HOST_PACKAGE, SSH_PORT, SSHD_LOG, STANDINS, BasePackage,
+                                      Provision, packaged_files, provision_host, with_user)
 from outpost.inventory import Inventory
 
 __all__ = [
@@ -179,11 +180,13 @@ class Fleet:
 
 def _base_packages(inventory: Inventory) -> tuple:
     """gdnsd when the hosts are the site's nameservers: Debian's, with the service, user and
-    folders of the project's own cports template (cports-overlay/user/gdnsd)."""
+    folders of the project's own cports template (cports-overlay/user/gdnsd); and
+    libmaxminddb, whose mmdblookup (Debian's mmdb-bin) counts visitors in the same database."""
     if inventory.dns is None or inventory.dns.provider != "gdnsd":
         return ()
     program = shutil.which("gdnsd", path=PROGRAM_DIRS) or "/usr/sbin/gdnsd"
-    return (packaged_files("gdnsd", inventory.root / "cports-overlay/user/gdnsd/files", program),)
+    return (packaged_files("gdnsd", inventory.root / "cports-overlay/user/gdnsd/files", program),
+            BasePackage(latency_commands.LOOKUP_PACKAGE, ()))
 
 
 # The name of the local fleet's ACME server machine (pebble), when [fleet] acme_server is set.

@@ -15,6 +15,8 @@ REQUIRED_PROGRAMS = {
     "sshd": "openssh-server", "ssh-keygen": "openssh-client", "ip": "iproute2",
     "unshare": "util-linux", "nsenter": "util-linux", "mount": "mount", "doas": "doas",
     "nginx": "nginx", "gdnsd": "gdnsd", "gdnsdctl": "gdnsd",
+    # `doit latency` counts a host's visitors by country with it (Chimera's libmaxminddb).
+    "mmdblookup": "mmdb-bin",
     # The stand-in dinit starts a service with `capabilities` through setpriv; at boot, the
     # packages' users and folders come from the real sysusers and tmpfiles tools.
     "setpriv": "util-linux", "systemd-sysusers": "systemd", "systemd-tmpfiles": "systemd",

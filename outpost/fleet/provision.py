@@ -308,6 +308,13 @@ def provision_host(host: FleetHost, upper: Path, user: str, identity: Path,
             out.write(text)
         os.chown(target, owner, gid)
         target.chmod(mode)
+    # nginx's logs as on Chimera, where its root master makes them 0644 (base.ACCESS_LOG), not
+    # this machine's 0640 www-data ones that the lower layer would show; only where missing,
+    # so a host keeps its log (`doit latency` counts its visitors) from one start to the next.
+    for log in (base.ACCESS_LOG, "/var/log/nginx/error.log"):
+        target = upper_dir(upper, str(PurePosixPath(log).parent)) / PurePosixPath(log).name
+        if not target.exists():
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
     # Links only where missing: boot.d also holds what was enabled on the host since.
     for service, link_target in {**ENABLED_SERVICES,
                                  **{name: f"../{name}" for name in role.enabled}}.items():

@@ -5,6 +5,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from outpost.errors import OutpostError
+from outpost.latency import places
+
 # The architectures Chimera Linux publishes repositories for (cports etc/build_profiles/).
 CHIMERA_ARCHES = ("aarch64", "armv7", "loongarch64", "ppc", "ppc64", "ppc64le", "riscv64", "x86_64")
 BUILDER_KINDS = ("cbuild", "local")
@@ -244,3 +247,12 @@ def _builder_kind(value: str) -> str | None:
     if value in BUILDER_KINDS:
         return None
     return f"unknown builder kind {value!r}; use one of: " + ", ".join(BUILDER_KINDS)
+
+
+def _location(value: str) -> str | None:
+    """A city outpost.latency knows, or coordinates "lat,lon"."""
+    try:
+        places.place(value, "")
+    except OutpostError as error:
+        return str(error)
+    return None
