@@ -4,10 +4,13 @@ The fleet tests start a two-host fleet once per module on a private bridge and /
 can run beside the default fleet) and talk to it with the real `ssh` client, as the pipeline
 does. They need root and openssh; without them they fail, never skip.
 """
+import errno
 import http.client
+import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import uuid
@@ -20,7 +23,8 @@ from fleet_helpers import accepted_connections, require_fleet_machine, ssh
 from helpers import wait_for
 from outpost.errors import OutpostError
 from outpost.fleet import (Fleet, FleetHost, Provision, address_clashes, find_chimera_tools,
-                           fleet_network, from_inventory, known_hosts_text, veth_name, with_user)
+                           fleet_down_error, fleet_network, from_inventory, known_hosts_text,
+                           veth_name, with_user)
 from outpost.inventory import load as load_inventory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -412,6 +416,62 @@ def test_down_stops_every_host_it_can_names_the_one_it_could_not_and_a_second_do
     assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
 
 
+def route_to(address: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "-j", "route", "get", address], capture_output=True, text=True)
+
+
+def test_with_the_fleet_down_a_fleet_address_has_no_route_off_this_machine(tmp_path):
+    require_fleet_machine()
+    bridge = f"oroute{os.getpid()}"[:15]
+    address = f"198.19.{1 + (os.getpid() + 3) % 250}.21"
+    fleet = make_fleet(tmp_path, [("theta", address)], bridge=bridge)
+    try:
+        fleet.up()
+        # While the fleet is up its /24 on the bridge is the more specific route.
+        up = route_to(address)
+        assert up.returncode == 0 and json.loads(up.stdout)[0]["dev"] == bridge
+    finally:
+        fleet.down()
+    # Down, the address is unreachable here, not sent to this machine's default gateway.
+    down = route_to(address)
+    assert (down.returncode, down.stderr) == (2, "RTNETLINK answers: No route to host\n")
+    with pytest.raises(OSError) as refused:
+        socket.create_connection((address, 22), timeout=5).close()
+    assert refused.value.errno == errno.EHOSTUNREACH
+    guard = json.loads(subprocess.run(["ip", "-j", "route", "show", "exact", "198.18.0.0/15"],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert guard == [{"type": "unreachable", "dst": "198.18.0.0/15", "flags": []}]
+
+
+def fleet_cli_in(netns: str, command: str, inventory: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m", "outpost.fleet",
+                           command, "--inventory", str(inventory)],
+                          cwd=REPO, capture_output=True, text=True)
+
+
+def test_the_guard_route_refuses_a_route_this_machine_has_for_the_fleet_range(tmp_path):
+    require_fleet_machine()
+    inventory = one_host_inventory(tmp_path, "198.18.0.41")
+    # In a network namespace of its own: this machine's routes stay as they are.
+    netns = f"oguard{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "-n", netns, "route", "add", "198.18.0.0/15", "dev", "lo"],
+                       check=True)
+        result = fleet_cli_in(netns, "up", inventory)
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr == (
+            "error: this machine routes 198.18.0.0/15, the local fleet's "
+            "range, somewhere (dst 198.18.0.0/15 dev lo scope link); the fleet keeps that range "
+            "unreachable so that its traffic never leaves this machine: remove the route "
+            "(ip route del 198.18.0.0/15)\n")
+        assert not (tmp_path / "build/fleet/hosts/epsilon").exists()  # refused before any host
+    finally:
+        fleet_cli_in(netns, "down", inventory)  # had the guard let epsilon start
+        subprocess.run(["ip", "netns", "del", netns], check=True)
+
+
 def test_an_address_already_on_this_machine_is_refused_with_the_host_named(fleet, tmp_path):
     # The module's fleet holds SUBNET.0/24 on its bridge; another bridge may not take it.
     other = make_fleet(tmp_path, [("delta", f"{SUBNET}.31")], bridge=f"oclash{os.getpid()}"[:15])
@@ -420,8 +480,9 @@ def test_an_address_already_on_this_machine_is_refused_with_the_host_named(fleet
     assert not Path(f"/sys/class/net/{other.bridge}").exists()
 
 
-def test_cli_status_reads_the_inventory(tmp_path):
-    inventory = tmp_path / "inventory.toml"
+def one_host_inventory(folder: Path, address: str) -> Path:
+    """An inventory of one fleet host, epsilon, at `address`."""
+    inventory = folder / "inventory.toml"
     inventory.write_text(f"""\
 [repository]
 signing_key = "keys/outpost.rsa"
@@ -439,10 +500,15 @@ state = "build/fleet"
 name = "linkedlist"
 [[hosts]]
 name = "epsilon"
-address = "{SUBNET}.41"
+address = "{address}"
 arch = "x86_64"
 region = "test"
 """)
+    return inventory
+
+
+def test_cli_status_reads_the_inventory(tmp_path):
+    inventory = one_host_inventory(tmp_path, f"{SUBNET}.41")
     result = subprocess.run([sys.executable, "-m", "outpost.fleet", "status", "--inventory",
                              str(inventory)], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -489,6 +555,21 @@ def hosts(*pairs):
 def test_fleet_network_names_the_host_at_fault(pairs, message):
     with pytest.raises(OutpostError, match=message):
         fleet_network(hosts(*pairs))
+
+
+def test_a_request_to_a_fleet_address_while_the_whole_fleet_is_down_is_refused_naming_it():
+    inventory = load_inventory(REPO / "inventory.toml")
+    error = fleet_down_error(inventory, "198.18.0.12", up=[])
+    assert isinstance(error, OutpostError)
+    assert str(error) == ("the local fleet is down (198.18.0.12 is one of its addresses): "
+                          "run `doit fleet:up`")
+    # One machine up keeps the fleet's /24 on its bridge: the packet stays on this machine.
+    assert fleet_down_error(inventory, "198.18.0.12", up=["acme"]) is None
+    assert fleet_down_error(inventory, "192.0.2.7", up=[]) is None
+    assert fleet_down_error(inventory, "linkedlist.test", up=[]) is None
+    # Real hosts ([fleet] absent) are never the fleet's, whatever their addresses.
+    real = load_inventory(REPO / "inventory.example.toml")
+    assert real.fleet is None and fleet_down_error(real, "198.18.0.12", up=[]) is None
 
 
 def test_fleet_network_is_the_hosts_slash_24():

@@ -16,8 +16,10 @@ CLI: python -m outpost.fleet up|down|status [--inventory inventory.toml]
 """
 from __future__ import annotations
 
+import ipaddress
 import shlex
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 from outpost import tls
@@ -36,7 +38,8 @@ from outpost.fleet.provision import (HOST_PACKAGE, SSH_PORT, SSHD_LOG, STANDINS,
 from outpost.inventory import Inventory
 
 __all__ = [
-    "Fleet", "FleetHost", "Provision", "from_inventory", "leftovers", "running_pid",
+    "Fleet", "FleetHost", "Provision", "from_inventory", "fleet_down_error", "machines_up",
+    "leftovers", "running_pid",
     "host_state", "fleet_network", "address_clashes", "veth_name", "with_user", "known_hosts_text",
     "FLEET_RANGE", "SSH_PORT", "READY_TIMEOUT", "STANDINS", "REQUIRED_PROGRAMS", "PROGRAM_DIRS",
     "HOST_ENVIRONMENT", "ChimeraTools", "find_chimera_tools",
@@ -95,6 +98,7 @@ class Fleet:
         if hosts:
             python_version, tools = self._check_machine(hosts)
             keys.ensure_key(self.identity)
+            network.guard_route()
             network.ensure_bridge(self.bridge, self.network)
             for host in hosts:
                 if not keys.host_key(self.state_dir, host.name).exists():
@@ -203,13 +207,36 @@ def machine_names(inventory: Inventory) -> list[str]:
     return names
 
 
+def machines_up(inventory: Inventory) -> list[str]:
+    """The fleet's machines that are running. Reads only their pid files and /proc."""
+    state = inventory.fleet.state.resolve()
+    return [name for name in machine_names(inventory) if running_pid(state, name) is not None]
+
+
+def fleet_down_error(inventory: Inventory, address: str,
+                     up: Collection[str]) -> OutpostError | None:
+    """Pure: the error for a request to `address` when it is a local fleet address and no
+    machine of the fleet runs (`up`: those that do, from machines_up), else None. Sent anyway,
+    it would fail as "No route to host" (network.guard_route) or, on a machine without that
+    route, follow the default route off this machine."""
+    if inventory.fleet is None or up:
+        return None
+    try:
+        ours = ipaddress.ip_address(address) in FLEET_RANGE
+    except ValueError:  # a DNS name: fleet machines have IPv4 addresses
+        return None
+    if not ours:
+        return None
+    return OutpostError(f"the local fleet is down ({address} is one of its addresses): "
+                        "run `doit fleet:up`")
+
+
 def leftovers(inventory: Inventory) -> list[str]:
     """What `fleet:down` has yet to remove from this machine: running machines, their veths,
     and the bridge unless another fleet's host is plugged into it. Empty once the fleet is
     all gone. Reads only /proc and /sys, so an uptodate check may call it."""
-    names = machine_names(inventory)
-    state, bridge = inventory.fleet.state.resolve(), inventory.fleet.bridge
-    left = [name for name in names if running_pid(state, name) is not None]
+    names, bridge = machine_names(inventory), inventory.fleet.bridge
+    left = machines_up(inventory)
     ours = {veth_name(bridge, name): name for name in names}
     left += [f"veth {veth} ({name})" for veth, name in ours.items()
              if Path(f"/sys/class/net/{veth}").exists()]

@@ -1,5 +1,5 @@
 """Starting and stopping one fleet host: one process tree started by `unshare` in its own
-network, mount, PID, UTS and IPC namespaces, with its state in `<state>/hosts/<name>`.
+user, network, mount, PID, UTS and IPC namespaces, with its state in `<state>/hosts/<name>`.
 
 - mount: an overlay whose lower layer is this machine's `/` and whose upper layer is the
   host's own folder, so a package installed on `au` is not on `ny`. The upper layer lives in
@@ -7,6 +7,12 @@ network, mount, PID, UTS and IPC namespaces, with its state in `<state>/hosts/<n
   rebooted server. Delete `<state>/hosts/<name>` to reset a host. Fresh /proc, /run and /tmp;
   /dev is this machine's. The state folder and the other `private` paths (the project with
   its signing key) are hidden under an empty read-only tmpfs.
+- user: once its root is built, the host moves into a user namespace of its own, every id
+  mapped to itself (files keep their owners; root is uid 0), with a mount namespace copied
+  from the first and a network namespace of its own. Its root then has capabilities over its
+  own namespaces only: the mounts made before (the masks among them) are locked and can't be
+  unmounted, nor bound or overlaid without them, and it can't mount a disk or make a device
+  node. So root on a host can't reach the controller's keys.
 - PID: PID 1 is the service manager (real `dinit` where local.find_chimera_tools found it,
   else the stand-in in outpost/standins), logging to /var/log/dinit.log. It starts `boot`, which, as on Chimera, waits for every service enabled
   in /etc/dinit.d/boot.d (`dinitctl enable NAME` links it there): sshd is enabled so, and so is
@@ -90,10 +96,23 @@ def init_command(tools: ChimeraTools) -> list[str] | None:
 def boot_script(host: FleetHost, upper: Path, work: Path, merged: Path,
                 private: list[Path], init: list[str], setup=()) -> str:
     """PID 1's first act: build the host's root, run the `setup` shell lines (apk's database,
-    the packages' users and folders), wait for its veth, then exec the init."""
+    the packages' users and folders), then leave this machine's root behind: from the user
+    namespace on, root is root of the host's own namespaces only, and every mount above (the
+    masks over the private paths among them) is locked to it, so it can't be undone. Then wait
+    for its veth (in the new network namespace), and exec the init."""
     q = shlex.quote
     hide = "\n".join(f"if [ -d {q(str(p))} ]; then mount -t tmpfs -o ro,size=4k,mode=0755 "
                      f"outpost-private {q(str(p))}; fi" for p in private)
+    host_root = f"""\
+set -eu
+# The fleet writes a line once it has mapped this user namespace and plugged in the veth.
+read -r ready
+if [ -e /proc/sys/net/ipv6/conf/all/disable_ipv6 ]; then echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; fi
+ip link set lo up
+ip addr add {q(host.address)}/24 dev eth0
+ip link set eth0 up
+exec {shlex.join(init)} </dev/null
+"""
     return f"""\
 set -eu
 mount -t overlay outpost-{q(host.name)} -o lowerdir=/,upperdir={q(str(upper))},workdir={q(str(work))} {q(str(merged))}
@@ -108,13 +127,7 @@ cd /
 {hide}
 mkdir -m 0755 /run/sshd
 {"".join(line + chr(10) for line in setup)}hostname {q(host.name)}
-# The fleet writes a line once this host's end of the veth pair is in place.
-read -r ready
-if [ -e /proc/sys/net/ipv6/conf/all/disable_ipv6 ]; then echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; fi
-ip link set lo up
-ip addr add {q(host.address)}/24 dev eth0
-ip link set eth0 up
-exec {shlex.join(init)} </dev/null
+exec unshare --user --mount --net -- sh -c {q(host_root)}
 """
 
 
@@ -139,6 +152,7 @@ def launch(state_dir: Path, host: FleetHost, bridge: str, private: list[Path],
     try:
         pid = _init_pid(state_dir, host, process)
         (state / "pid").write_text(f"{pid} {_start_time(pid)}\n")
+        _map_root(state_dir, host, process, pid)
         network.plug_in(bridge, host, pid)
         process.stdin.write(b"ready\n")
         process.stdin.close()
@@ -162,6 +176,33 @@ def _init_pid(state_dir: Path, host: FleetHost, process: subprocess.Popen) -> in
             return int(pids[0])
         time.sleep(0.005)
     raise _boot_failed(state_dir, host, "its PID 1 never appeared")
+
+
+# Every uid and gid is itself in a host's user namespace: files keep their owners, root is 0.
+IDENTITY_MAP = "0 0 4294967295\n"
+
+
+def _map_root(state_dir: Path, host: FleetHost, process: subprocess.Popen, pid: int):
+    """Once PID 1 is in its own user and network namespaces (after its setup lines), map
+    every id to itself. Only a process outside may write a mapping of more than its own id."""
+    # This machine's user namespace; the network namespace the boot script started in (the
+    # unshare that forked PID 1 holds it).
+    outside = [os.stat("/proc/self/ns/user").st_ino,
+               os.stat(f"/proc/{process.pid}/ns/net").st_ino]
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise _boot_failed(state_dir, host, "its boot script exited")
+        try:
+            inside = [os.stat(f"/proc/{pid}/ns/{kind}").st_ino for kind in ("user", "net")]
+        except FileNotFoundError:
+            inside = outside
+        if all(mine != theirs for mine, theirs in zip(outside, inside)):
+            Path(f"/proc/{pid}/uid_map").write_text(IDENTITY_MAP)
+            Path(f"/proc/{pid}/gid_map").write_text(IDENTITY_MAP)
+            return
+        time.sleep(0.005)
+    raise _boot_failed(state_dir, host, "it never entered its user namespace")
 
 
 def wait_ready(state_dir: Path, host: FleetHost, bridge: str, process: subprocess.Popen):

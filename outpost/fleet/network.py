@@ -3,7 +3,8 @@
 Each host has a veth pair: `eth0` inside with the host's address (a /24 of 198.18.0.0/15), the
 other end in a bridge (default `outpost0`) that holds the /24's first address on this machine.
 Hosts get no default route, so nothing they send can leave the machine. IPv6 is off on every
-link.
+link. This machine keeps the whole range unreachable (guard_route), so that with the fleet down
+nothing it sends to a fleet address leaves it either.
 """
 from __future__ import annotations
 
@@ -93,6 +94,26 @@ def check_addresses(hosts: list[FleetHost], network: ipaddress.IPv4Network, brid
     problems = address_clashes(hosts, network, bridge, machine)
     if problems:
         raise OutpostError("; ".join(problems))
+
+
+def guard_route():
+    """An `unreachable` route for all of FLEET_RANGE in this machine's main table. A running
+    fleet's /24 on its bridge is more specific and wins; with the fleet down, a packet to a
+    fleet address fails here at once ("No route to host") instead of following the default
+    route off this machine. It stays after fleet:down."""
+    routes = json.loads(run(["ip", "-j", "-4", "route", "show", "table", "main", "exact",
+                             str(FLEET_RANGE)]).stdout)
+    others = [route for route in routes if route.get("type") != "unreachable"]
+    if others:
+        found = " ".join(f"{key} {value}" for key, value in others[0].items()
+                         if isinstance(value, str))
+        raise OutpostError(f"this machine routes {FLEET_RANGE}, the local fleet's range, "
+                           f"somewhere ({found}); the fleet keeps that range unreachable so "
+                           "that its traffic never leaves this machine: remove the route "
+                           f"(ip route del {FLEET_RANGE})")
+    if not routes:
+        # replace, not add: another fleet starting at the same moment may add it too.
+        ip_batch([f"route replace unreachable {FLEET_RANGE}"])
 
 
 def ensure_bridge(bridge: str, network: ipaddress.IPv4Network):
