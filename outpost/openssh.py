@@ -3,14 +3,17 @@ start with, the host key a host presents, and what their failures mean, said so 
 can act on it (the host, the step, the key's fingerprint, the command that checks it)."""
 from __future__ import annotations
 
-import hashlib
 import base64
+import hashlib
+import ipaddress
 import math
 import os
 import pwd
 import re
 import shutil
 import subprocess
+
+from outpost.fleet.network import FLEET_RANGE
 
 from outpost.terminal import visible
 
@@ -135,7 +138,15 @@ def auth_failed(host, ssh) -> str:
 
 
 def unreachable(host, reason: str) -> str:
-    return f"cannot reach {host.address} port {host.port}: {reason}"
+    said = f"cannot reach {host.address} port {host.port}: {reason}"
+    try:
+        fleet = ipaddress.ip_address(host.address) in FLEET_RANGE
+    except ValueError:
+        fleet = False
+    if fleet and "no route to host" in reason.lower():
+        # The fleet's guard route answers for its whole range while no fleet bridge is up.
+        said += "; the local fleet is down: run `doit fleet:up`"
+    return said
 
 
 def tail(stderr: str, lines: int = 10) -> str:

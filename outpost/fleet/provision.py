@@ -297,10 +297,12 @@ def provision_host(host: FleetHost, upper: Path, user: str, identity: Path,
             # A role's user's home is its own alone.
             **{role_home: (0o700, uids[name]) for name, role_home in role.users}}
     for path, (mode, owner) in dirs.items():
+        no_links(upper, PurePosixPath(path))  # the host's users' folders: root here follows none
         target = upper_dir(upper, path)
         os.chown(target, owner, owner)
         target.chmod(mode)
     for path, (text, mode, owner, gid) in files.items():
+        no_links(upper, PurePosixPath(path).parent)
         target = upper_dir(upper, str(PurePosixPath(path).parent)) / PurePosixPath(path).name
         target.unlink(missing_ok=True)
         # Made with its mode: a key is never readable by others, not even briefly.
