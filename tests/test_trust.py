@@ -48,6 +48,13 @@ while True:
             with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
                 if b'eval "$(cat)"' not in cmdline.read():
                     continue
+            # The session's own shell, not a subshell it forked (a $(...) or a pipeline's
+            # side, whose stdout is a pipe inside the script): its parent is no such shell.
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                parent = stat.read().rsplit(b")", 1)[1].split()[1].decode()
+            with open(f"/proc/{parent}/cmdline", "rb") as cmdline:
+                if b'eval "$(cat)"' in cmdline.read():
+                    continue
             pipe = os.readlink(f"/proc/{pid}/fd/1")
             if pipe in done:
                 continue

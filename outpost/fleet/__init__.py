@@ -134,10 +134,11 @@ class Fleet:
         provided = provision.host_provided(python_version, self.provision, role)
         from outpost.fleet import delay  # its relay loads asyncio: not on the no-op's path
         setup = [*provision.apk_database_lines(provided, real_apk=tools.apk is not None),
-                 *map(shlex.join, provision.boot_commands(self.provision.base_packages)),
-                 *delay.boot_lines(host.rtt_ms, host.address,
-                                   str(HOST_PACKAGE / "fleet" / "delay.py"))]
-        return machine.launch(self.state_dir, host, self.bridge, self.private, tools, setup)
+                 *map(shlex.join, provision.boot_commands(self.provision.base_packages))]
+        distance = delay.boot_lines(host.rtt_ms, host.address,
+                                    str(HOST_PACKAGE / "fleet" / "delay.py"))
+        return machine.launch(self.state_dir, host, self.bridge, self.private, tools, setup,
+                              distance)
 
     # --- Stop
 

@@ -94,12 +94,13 @@ def init_command(tools: ChimeraTools) -> list[str] | None:
 
 
 def boot_script(host: FleetHost, upper: Path, work: Path, merged: Path,
-                private: list[Path], init: list[str], setup=()) -> str:
+                private: list[Path], init: list[str], setup=(), network_setup=()) -> str:
     """PID 1's first act: build the host's root, run the `setup` shell lines (apk's database,
     the packages' users and folders), then leave this machine's root behind: from the user
     namespace on, root is root of the host's own namespaces only, and every mount above (the
     masks over the private paths among them) is locked to it, so it can't be undone. Then wait
-    for its veth (in the new network namespace), and exec the init."""
+    for its veth (in the new network namespace), run the `network_setup` lines there (what
+    must see the host's own network: the distance's redirect and relay), and exec the init."""
     q = shlex.quote
     hide = "\n".join(f"if [ -d {q(str(p))} ]; then mount -t tmpfs -o ro,size=4k,mode=0755 "
                      f"outpost-private {q(str(p))}; fi" for p in private)
@@ -111,7 +112,7 @@ if [ -e /proc/sys/net/ipv6/conf/all/disable_ipv6 ]; then echo 1 > /proc/sys/net/
 ip link set lo up
 ip addr add {q(host.address)}/24 dev eth0
 ip link set eth0 up
-exec {shlex.join(init)} </dev/null
+{"".join(line + chr(10) for line in network_setup)}exec {shlex.join(init)} </dev/null
 """
     return f"""\
 set -eu
@@ -134,15 +135,16 @@ exec unshare --user --mount --net -- sh -c {q(host_root)}
 # --- Start -------------------------------------------------------------------------------------
 
 def launch(state_dir: Path, host: FleetHost, bridge: str, private: list[Path],
-           tools: ChimeraTools, setup=()) -> subprocess.Popen:
+           tools: ChimeraTools, setup=(), network_setup=()) -> subprocess.Popen:
     """Start the host's namespaces and PID 1 on its (provisioned) upper layer, and plug it
-    into the bridge. `setup`: shell lines run once its root is in place (boot_script)."""
+    into the bridge. `setup`: shell lines run once its root is in place; `network_setup`:
+    once its network is (boot_script)."""
     state = host_state(state_dir, host.name)
     (state / "pid").unlink(missing_ok=True)  # a stale one: its namespaces died with it
     for sub in ("upper", "work", "merged"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     script = boot_script(host, state / "upper", state / "work", state / "merged",
-                         private, init_command(tools), setup)
+                         private, init_command(tools), setup, network_setup)
     with open(state / "boot.log", "wb") as log:
         process = subprocess.Popen(
             ["unshare", "--fork", "--pid", "--mount", "--net", "--uts", "--ipc",
