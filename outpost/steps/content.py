@@ -185,12 +185,18 @@ def _payload(release: manifests.Manifest, base, base_folder) -> bytes:
         return _payloads[key]
 
 
-def push(inventory, host, say):
+def push(inventory, host, say, confirmed=frozenset()):
     """Put each package's content on host as a release and switch to it: one SSH login per
-    package. Links to the release the host serves, unless it drifted or is gone."""
+    package. Links to the release the host serves, unless it drifted or is gone. Packages in
+    `confirmed` (the host serves their release, as recorded here) are not sent again, nor is
+    a release the host's `current` already holds (commands.content.push_script)."""
     for package in packages(inventory):
         release = manifest(inventory, package)
         record = served(inventory, package, host)
+        if package.name in confirmed:
+            say(f"{host.name}: {package.name} content {record.folder}: the host serves it "
+                "already; nothing sent")
+            continue
         try:
             output, sent = _push(inventory, package, host, release, record, linked=True)
         except remote.ScriptFailed as failed:
@@ -198,11 +204,16 @@ def push(inventory, host, say):
                 raise
             output, sent = _push(inventory, package, host, release, record, linked=False)
         folder, kept = _report(output, host, "content")
+        had = f"has {folder}" in output.splitlines()  # what was sent was not read
         _store_manifest(inventory, package, release)
         _record(inventory, package, host,
                 Served(release.release, folder, release.digest, tuple(kept)))
         with _lock:
             _prune_manifests(inventory, package)
+        if had:
+            say(f"{host.name}: {package.name} content {folder}: the host had it already; "
+                f"nothing switched; keeps {len(kept)} releases")
+            continue
         whole = " (all)" if sent == len(release.entries) else ""
         say(f"{host.name}: {package.name} content {folder}: {sent} of {len(release.entries)} "
             f"files sent{whole}; keeps {len(kept)} releases")
@@ -218,7 +229,8 @@ def _push(inventory, package, host, release, record, linked: bool) -> tuple[str,
             base = _stored_manifest(inventory, package, record.folder)
         base_folder = record.folder if base is not None else None
         script = releases.push_script(package.content_dir, release.release, base_folder,
-                                      package.keep_releases)
+                                      package.keep_releases,
+                                      fresh=record is None or record.drift is not None)
         result = session.run(script, _payload(release, base, base_folder))
     return result.stdout, releases.changed_count(release, base)
 
@@ -261,7 +273,24 @@ def rollback(inventory, host, say) -> list[tuple]:
 
 def push_content(inventory, host):
     """A new release of each package's content on host, switched in."""
-    push(inventory, host, say)
+    push(inventory, host, say, confirmed=_confirmed(inventory, host))
+
+
+def _confirmed(inventory, host) -> set[str]:
+    """The served package, when this machine's record says the host has the release of
+    content/ now and the host, asked now over HTTPS, serves it: a run that ended after the
+    push but before doit kept its record (a kill, a crash) runs content:<host> again, and
+    that sends nothing. Asked afresh, not the drift probe's answer from the run's start:
+    config may have pointed the app at another folder since."""
+    package = config_commands.served_package(inventory)
+    record = served(inventory, package, host) if package.content is not None else None
+    if (record is None or record.drift is not None
+            or record.release != manifest(inventory, package).release):
+        return set()
+    health = probe.health(inventory, host, timeout=probe.PROBE_TIMEOUT)
+    if isinstance(health, dict) and content_problem(health, record.folder, record.digest) is None:
+        return {package.name}
+    return set()
 
 
 def content_is_current(inventory, host) -> bool:
