@@ -19,6 +19,7 @@ import pytest
 from outpost.commands import base
 from outpost.commands import sync as sync_commands
 from outpost.commands import upgrade as rollout
+from outpost.commands import upgrade_report
 from outpost.errors import OutpostError
 from outpost.inventory import Host, Package, Repository, Ssh
 
@@ -259,7 +260,7 @@ def test_install_script_installs_restarts_enables_and_starts(fake_host):
         "doas dinitctl restart --ignore-unstarted linkedlist",
         # Not enabled yet (this machine has no /etc/dinit.d/boot.d/linkedlist): enable it.
         "doas dinitctl enable linkedlist", "doas dinitctl start linkedlist"]
-    report = rollout.parse_report(result.stdout)
+    report = upgrade_report.parse_report(result.stdout)
     assert (report.before, report.ok, report.failed) == ({"linkedlist": "1.2.3-r4"},
                                                          {"linkedlist": "2.0-r0"}, {})
 
@@ -309,7 +310,7 @@ def test_a_service_file_dinit_refuses_keeps_the_old_one_and_the_host_goes_back(f
         "doas apk add linkedlist=1.2.3-r4", "doas dinitctl reload linkedlist",
         "doas dinitctl restart --ignore-unstarted linkedlist",
         "doas dinitctl enable linkedlist", "doas dinitctl start linkedlist"]
-    report = rollout.parse_report(result.stdout)
+    report = upgrade_report.parse_report(result.stdout)
     assert report.refused == {"linkedlist"}
     assert report.failed == {"linkedlist": ("2.0-r0", "dinit refused its new service file: "
                                             "dinitctl: could not reload service; service in "
@@ -318,7 +319,7 @@ def test_a_service_file_dinit_refuses_keeps_the_old_one_and_the_host_goes_back(f
     assert report.back == {"linkedlist": "1.2.3-r4"}
     assert report.dinit_log == ["dinit: Error in service description for 'linkedlist': "
                                 "run-as: no such user"] * 2  # not the old line
-    message = rollout.gate_failure(make_host(), report)
+    message = upgrade_report.gate_failure(make_host(), report)
     assert "host au: linkedlist 2.0-r0 was not loaded (dinit refused" in message
     assert "it is back on 1.2.3-r4" in message
     assert message.endswith("dinit logged (/var/log/dinit.log):\n  dinit: Error in service "
@@ -372,14 +373,14 @@ def test_a_host_left_on_a_failed_version_goes_back_to_the_last_that_passed(fake_
     finally:
         health.server.shutdown()
     assert result.returncode == rollout.GATE_FAILED, result.stderr
-    report = rollout.parse_report(result.stdout)
+    report = upgrade_report.parse_report(result.stdout)
     assert report.before == {"linkedlist": "2.0-r0"}
     version, reason = report.failed["linkedlist"]
     assert version == "2.0-r0" and reason.startswith("the health path does not answer: curl")
     assert "502" in reason
     assert report.back == {"linkedlist": "1.5-r0"}
     assert "doas apk add linkedlist=1.5-r0" in root_calls(fake_host)
-    assert "it is back on 1.5-r0" in rollout.gate_failure(make_host(), report)
+    assert "it is back on 1.5-r0" in upgrade_report.gate_failure(make_host(), report)
 
 
 def test_the_report_of_a_job_an_earlier_session_left():
@@ -390,14 +391,19 @@ def test_the_report_of_a_job_an_earlier_session_left():
               "outpost: earlier exit 70\n"
               "outpost: before linkedlist 1.0-r0\n"
               "outpost: ok linkedlist 1.0-r0\n")
-    report = rollout.parse_report(output)
+    report = upgrade_report.parse_report(output)
     assert (report.before, report.ok, report.failed) == ({"linkedlist": "1.0-r0"},
                                                          {"linkedlist": "1.0-r0"}, {})
     assert report.earlier.failed == {"linkedlist": ("2.0-r0", "the health path does not answer")}
-    assert rollout.earlier_outcome(report.earlier) == (
+    assert upgrade_report.earlier_outcome(report.earlier) == (
         "linkedlist 2.0-r0 failed the health gate (the health path does not answer); it is back "
         "on 1.0-r0")
-    assert rollout.parse_report("outpost: ok linkedlist 1.0-r0\n").earlier is None
+    assert upgrade_report.parse_report("outpost: ok linkedlist 1.0-r0\n").earlier is None
+    # A job that never wrote its exit line: the host went down under it.
+    cut = upgrade_report.parse_report("outpost: earlier before linkedlist 1.0-r0\n"
+                               "outpost: earlier gate linkedlist 2.0-r0\n").earlier
+    assert upgrade_report.earlier_outcome(cut) == ("it was cut short (the host went down, or the job "
+                                            "was killed) in the gate of linkedlist 2.0-r0")
 
 
 def test_install_script_drops_the_apk_new_copy_of_an_env_file_config_owns(fake_host):

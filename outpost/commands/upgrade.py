@@ -14,7 +14,7 @@ When a host fails, the same script puts back the last version that passed the ga
 this machine's record, build/rollout/<host>.json; else the version it ran before; kept in the
 repository, see [repository] keep), restarts the service, gates that too, and prints the
 service's last log lines and what dinit logged meanwhile (dinitctl leaves the reason of a
-refused file there). The script's report is `outpost: ...` lines (parse_report).
+refused file there). The script's report is `outpost: ...` lines (commands.upgrade_report).
 
 The host runs all of that as a job of its own (commands.hostjob): a deploy machine that goes
 away mid-gate leaves the host to finish the gate and its way back by itself, and the next
@@ -22,7 +22,6 @@ upgrade of the host waits for that job and prints what it did.
 """
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,84 +274,6 @@ def install_job(installs: list[Install], health_timeout: float) -> str:
             "fi",
         ]
     return "\n".join(lines) + "\n"
-
-
-@dataclass(frozen=True)
-class Report:
-    before: dict[str, str | None]   # package -> version installed before the script
-    ok: dict[str, str]              # package -> version that passed the gate
-    failed: dict[str, tuple[str, str]]  # package -> (version, reason)
-    back: dict[str, str]            # package -> version it went back to (and passed)
-    not_back: dict[str, tuple[str | None, str]]
-    log: list[str]                  # the service's last log lines
-    refused: set[str]               # packages whose service file dinit refused
-    dinit_log: list[str]            # what dinit logged while the script ran (on a failure)
-    earlier: Report | None = None   # the job an earlier, cut session left (hostjob)
-
-
-_LINE = re.compile(r"outpost: (before|ok|refused|failed|back|not-back|log|dinit) ?(.*)")
-_EARLIER = f"outpost: {hostjob.EARLIER} "
-
-
-def parse_report(output: str) -> Report:
-    earlier = [line.replace(_EARLIER, "outpost: ", 1) for line in output.splitlines()
-               if line.startswith(_EARLIER)]
-    report = Report({}, {}, {}, {}, {}, [], set(), [],
-                    parse_report("\n".join(earlier)) if earlier else None)
-    for line in output.splitlines():
-        match = _LINE.fullmatch(line)
-        if not match:
-            continue
-        kind, rest = match.groups()
-        if kind in ("log", "dinit"):
-            (report.log if kind == "log" else report.dinit_log).append(rest)
-            continue
-        name, _, rest = rest.partition(" ")
-        version, _, reason = rest.partition(": ")
-        version = None if version == "none" else version
-        if kind == "before":
-            report.before[name] = version
-        elif kind == "refused":
-            report.refused.add(name)
-        elif kind == "ok":
-            report.ok[name] = version
-        elif kind == "back":
-            report.back[name] = version
-        elif kind == "failed":
-            report.failed[name] = (version, reason)
-        else:
-            report.not_back[name] = (version, reason)
-    return report
-
-
-def gate_failure(host, report: Report) -> str:
-    """The message of a host that failed the gate: host, version, reason, where it is now,
-    and the service's own log lines."""
-    message = "; ".join(f"host {host.name}: {_outcome(report, name)}. The rollout stopped: "
-                        "no other host was touched" for name in report.failed)
-    if report.log:
-        message += ". The service's last log lines:\n  " + "\n  ".join(report.log)
-    if report.dinit_log:
-        message += (f"\ndinit logged ({DINIT_LOG}):\n  " + "\n  ".join(report.dinit_log))
-    return message
-
-
-def _outcome(report: Report, name: str) -> str:
-    version, reason = report.failed[name]
-    if name in report.back:
-        now = f"it is back on {report.back[name]}"
-    else:
-        previous, why = report.not_back.get(name, (None, "unknown"))
-        now = f"it could NOT go back to {previous or 'an earlier version'}: {why}"
-    what = "was not loaded" if name in report.refused else "failed the health gate"
-    return f"{name} {version} {what} ({reason}); {now}"
-
-
-def earlier_outcome(report: Report) -> str:
-    """What the job an earlier, cut session left did, in one line (the host ended it alone)."""
-    done = [f"{name} {version} passed the health gate" for name, version in report.ok.items()]
-    done += [_outcome(report, name) for name in report.failed]
-    return "; ".join(done) or "it did not get as far as a gate"
 
 
 def service_logfile(template_dir: Path, service: str | None) -> str | None:
