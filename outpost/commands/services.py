@@ -9,8 +9,9 @@ from outpost.commands import config as config_commands
 from outpost.commands import dns as dns_commands
 
 NGINX = "nginx"  # the bootstrap enables it (commands.bootstrap)
-# What nginx answers for /_health when the app behind it does not (a stopped app: 502).
-APP_DOWN = (502, 503, 504)
+# What nginx answers for /_health when nothing listens on the app's port (502 Bad Gateway; a
+# hung app is a 504 after proxy_read_timeout, and starting it would change nothing).
+APP_DOWN = 502
 
 
 def app_service(inventory) -> str | None:

@@ -51,7 +51,7 @@ def stopped(inventory, host) -> dict[str, str]:
     # An HTTP answer, a refused connection, a TLS or HTTP error: something on the host spoke.
     reachable = isinstance(answer, (int, ConnectionRefusedError, ConnectionResetError,
                                     ssl.SSLError, http.client.HTTPException))
-    if isinstance(answer, int) and answer in services_commands.APP_DOWN and app:
+    if answer == services_commands.APP_DOWN and app:
         found[app] = f"nginx answers HTTP {answer} for it"
     # Port 80 answers on a host whose nginx has not been given the site yet.
     if isinstance(answer, ConnectionRefusedError) and _port_80_refused(host):
