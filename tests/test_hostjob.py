@@ -20,12 +20,14 @@ def home(tmp_path):
     return tmp_path
 
 
-def session(home, script):
-    """A host session running script, as sshd starts one: its own session, stdin a pipe."""
+def session(home, script, sigpipe_ignored=False):
+    """A host session running script, as sshd starts one: its own session, stdin a pipe;
+    with SIGPIPE ignored (as this process has it), a write to a closed pipe fails instead of
+    ending the shell."""
     proc = subprocess.Popen(shlex.split(remote.RUN_STDIN), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={"PATH": os.environ["PATH"], "HOME": str(home)},
-                            start_new_session=True)
+                            start_new_session=True, restore_signals=not sigpipe_ignored)
     proc.stdin.write(script.encode())
     proc.stdin.close()
     proc.stdin = None  # sent: communicate() only reads
@@ -70,14 +72,20 @@ def test_the_session_prints_the_jobs_output_and_exits_with_its_status(home):
     assert jobs(home) == []  # read, so removed
 
 
-def test_a_cut_session_leaves_the_job_running_and_the_next_one_waits_and_prints_it(home):
-    first = session(home, hostjob.detached_script("upgrade", JOB))
+@pytest.mark.parametrize("cut", ["shell killed", "pipes closed"])
+def test_a_cut_session_leaves_the_job_running_and_the_next_one_waits_and_prints_it(home, cut):
+    first = session(home, hostjob.detached_script("upgrade", JOB),
+                    sigpipe_ignored=cut == "pipes closed")
     wait_for(lambda: any(name.endswith(".out") and "begun" in (home / hostjob.JOBS / name)
                          .read_text() for name in jobs(home)), "the job to begin")
-    # The session goes away as a dropped connection leaves it: its shell killed, its pipes
-    # closed. (The job is in the shell's process group: only the shell is killed.)
-    os.kill(first.pid, signal.SIGKILL)
-    first.communicate(timeout=30)
+    # The session goes away as a dropped connection leaves it: its pipes closed, and its
+    # shell killed or left to find out when it writes (then it must leave the job's output
+    # for the next session). The job is in the shell's process group: only the shell goes.
+    first.stdout.close()
+    first.stderr.close()
+    if cut == "shell killed":
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
     [pid_file] = [name for name in jobs(home) if name.endswith(".pid")]
     job_pid = int((home / hostjob.JOBS / pid_file).read_text())
     os.kill(job_pid, 0)  # still running, held at its wait
@@ -93,6 +101,7 @@ def test_a_cut_session_leaves_the_job_running_and_the_next_one_waits_and_prints_
     assert out.decode().splitlines() == [
         "outpost: earlier begun", "outpost: earlier done later", "outpost: earlier exit 3",
         "outpost: second"]
+    first.wait(timeout=30)
     assert jobs(home) == []
 
 
