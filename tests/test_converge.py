@@ -1,6 +1,7 @@
 """A plain re-run brings every host back after a fault made for real (issue 18): a deploy
-killed with SIGKILL while the canary's health gate fails, a canary that goes down mid-gate, a
-run killed after its content push, a nameserver and an app stopped on a host.
+killed with SIGKILL while the canary's health gate fails (and the run after it, which forgets
+every host's later steps), a canary that goes down mid-gate, a content push whose record this
+machine could not keep, a nameserver and an app stopped on a host.
 
 One three-host fleet for the module (its own addresses and bridge); the tests run in order
 and each leaves it deployed and converged for the next."""
@@ -15,7 +16,7 @@ import pytest
 
 from fleet_helpers import accepted_connections
 from helpers import deployed_site, ran_tasks, run_doit, template_version, wait_for
-from outpost import probe
+from outpost import manifest, probe
 from outpost.commands import hostjob
 
 HOSTS = ("au", "fr", "ny")
@@ -82,6 +83,15 @@ def job_output(hosts_fleet, name) -> str:
     return hosts_fleet.run_on(name, ["sh", "-c", f"cat {JOBS}/upgrade.*.out 2>/dev/null"]).stdout
 
 
+def releases(hosts_fleet, name) -> list[str]:
+    return hosts_fleet.run_on(name, ["ls", "/srv/linkedlist/releases"]).stdout.split()
+
+
+def record(project, name) -> str:
+    path = project / "build/content/linkedlist/hosts" / f"{name}.json"
+    return path.read_text() if path.exists() else ""
+
+
 def test_a_deploy_killed_mid_gate_leaves_the_canary_to_go_back_by_itself(site):
     project, inv, hosts_fleet = site
     old = template_version(project)
@@ -118,11 +128,19 @@ def test_a_deploy_killed_mid_gate_leaves_the_canary_to_go_back_by_itself(site):
     assert f"it is back on {old}" in out
     assert served_version(inv, "au") == old
     assert job_output(hosts_fleet, "au") == ""  # read, and removed
-    # The template put back: the next run converges, and upgrades nothing (au is on it).
+    # The template put back: the next run converges. doit forgot the steps after the failed
+    # canary (a task whose task_dep failed loses its record), so they run again: each finds
+    # its host as it should be. No upgrade restarts anything, no content is sent again.
     revert()
     proc = run_doit(project, "deploy")
-    assert not [t for t in ran_tasks(proc.stdout) if t.startswith("upgrade:")]
+    ran = ran_tasks(proc.stdout)
     for name in HOSTS:
+        if f"upgrade:{name}" in ran:
+            assert f"{name}: linkedlist {old} passed the health gate (unchanged)" in proc.stdout
+        assert f"content:{name}" in ran
+        assert re.search(rf"^{name}: linkedlist content \S+: the host serves it already; "
+                         "nothing sent$", proc.stdout, re.M), proc.stdout
+        assert not [f for f in releases(hosts_fleet, name) if "." in f], name  # no <id>.1
         assert served_version(inv, name) == old
 
 
@@ -143,9 +161,8 @@ def test_a_canary_that_went_down_mid_gate_is_taken_back_to_the_last_version_that
     proc = run_doit(project, "deploy", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
-    assert (f"au: the gate of an interrupted run went on on the host, and it ended by itself: "
-            f"it was cut short (the host went down, or the job was killed) in the gate of "
-            f"linkedlist {new}") in out
+    assert ("au: the gate of an interrupted run went on on the host, and it ended by itself: "
+            "it was cut short (the host went down, or the job was killed)") in out, out
     assert f"host au: linkedlist {new} failed the health gate" in out
     assert f"it is back on {old}" in out, out
     assert served_version(inv, "au") == old
@@ -155,39 +172,32 @@ def test_a_canary_that_went_down_mid_gate_is_taken_back_to_the_last_version_that
         assert served_version(inv, name) == old
 
 
-def releases(hosts_fleet, name) -> list[str]:
-    return hosts_fleet.run_on(name, ["ls", "/srv/linkedlist/releases"]).stdout.split()
-
-
-def record(project, name) -> str:
-    path = project / "build/content/linkedlist/hosts" / f"{name}.json"
-    return path.read_text() if path.exists() else ""
-
-
-def test_a_run_killed_after_its_push_sends_nothing_again(site):
-    from outpost import manifest
+def test_a_push_whose_record_was_not_kept_is_not_sent_again(site):
     project, inv, hosts_fleet = site
     entry = sorted((project / "content/entries").glob("*.txt"))[0]
-    entry.write_text(entry.read_text() + "\nA change the killed run pushes.\n")
-    release = manifest.scan(project / "content").release
-    doit = doit_proc(project, "deploy")
+    entry.write_text(entry.read_text() + "\nA change whose record is not kept.\n")
+    release = manifest.scan(project / "content")
+    # au switches to the new release, but this machine cannot replace its record of au (an
+    # immutable file: a disk that refuses the write), so the run fails after the switch.
+    au_record = project / "build/content/linkedlist/hosts/au.json"
+    subprocess.run(["chattr", "+i", str(au_record)], check=True)
     try:
-        # au's push is done and recorded here; doit's own record of it is written only at the
-        # end of the run, and a killed run never gets there.
-        wait_for(lambda: release in record(project, "au"), "au's push", timeout=300)
-        assert doit.poll() is None, doit.communicate()[0]
+        proc = run_doit(project, "deploy", check=False)
     finally:
-        os.kill(doit.pid, signal.SIGKILL)
-        doit.communicate()
+        subprocess.run(["chattr", "-i", str(au_record)], check=True)
+    assert proc.returncode != 0
+    assert "TaskError - taskid:content:au" in proc.stdout + proc.stderr, proc.stdout
+    assert release.release not in record(project, "au")
+    assert probe.health(inv, inv.host("au"))["content"] == release.digest  # switched
     logins = accepted_connections(hosts_fleet, "au")
     proc = run_doit(project, "deploy")
-    assert "content:au" in ran_tasks(proc.stdout)  # doit lost its record: the step ran again
+    assert "content:au" in ran_tasks(proc.stdout)  # the failed step runs again
     assert re.search(r"^au: linkedlist content \S+: the host serves it already; nothing sent$",
                      proc.stdout, re.M), proc.stdout
-    assert accepted_connections(hosts_fleet, "au") == logins
-    digest = manifest.scan(project / "content").digest
+    assert accepted_connections(hosts_fleet, "au") == logins  # not a byte, not a login
+    assert release.release in record(project, "au")
     for name in HOSTS:
-        assert probe.health(inv, inv.host(name))["content"] == digest
+        assert probe.health(inv, inv.host(name))["content"] == release.digest
         assert not [f for f in releases(hosts_fleet, name) if "." in f], name  # no <id>.1
 
 

@@ -185,17 +185,25 @@ def _payload(release: manifests.Manifest, base, base_folder) -> bytes:
         return _payloads[key]
 
 
-def push(inventory, host, say, confirmed=frozenset()):
+def push(inventory, host, say, confirmed=None):
     """Put each package's content on host as a release and switch to it: one SSH login per
-    package. Links to the release the host serves, unless it drifted or is gone. Packages in
-    `confirmed` (the host serves their release, as recorded here) are not sent again, nor is
-    a release the host's `current` already holds (commands.content.push_script)."""
+    package. Links to the release the host serves, unless it drifted or is gone. A package in
+    `confirmed` ({name: folder}: the host serves its release from that folder) is not sent
+    again, only recorded; nor is a release the host's `current` already holds
+    (commands.content.push_script)."""
     for package in packages(inventory):
         release = manifest(inventory, package)
         record = served(inventory, package, host)
-        if package.name in confirmed:
-            say(f"{host.name}: {package.name} content {record.folder}: the host serves it "
-                "already; nothing sent")
+        folder = (confirmed or {}).get(package.name)
+        if folder is not None:
+            if (record.release, record.folder) != (release.release, folder):
+                # The run that switched it ended before it kept this record.
+                _store_manifest(inventory, package, release)
+                _record(inventory, package, host, Served(
+                    release.release, folder, release.digest,
+                    (folder,) + tuple(k for k in record.kept if k != folder)))
+            say(f"{host.name}: {package.name} content {folder}: the host serves it already; "
+                "nothing sent")
             continue
         try:
             output, sent = _push(inventory, package, host, release, record, linked=True)
@@ -276,21 +284,25 @@ def push_content(inventory, host):
     push(inventory, host, say, confirmed=_confirmed(inventory, host))
 
 
-def _confirmed(inventory, host) -> set[str]:
-    """The served package, when this machine's record says the host has the release of
-    content/ now and the host, asked now over HTTPS, serves it: a run that ended after the
-    push but before doit kept its record (a kill, a crash) runs content:<host> again, and
-    that sends nothing. Asked afresh, not the drift probe's answer from the run's start:
-    config may have pointed the app at another folder since."""
+def _confirmed(inventory, host) -> dict[str, str]:
+    """{package: folder} for the served package, when the host, asked now over HTTPS, serves
+    the release of content/ whole from a folder of that release, and this machine pushed to
+    it before and saw no drift. Such a run of content:<host> sends nothing: doit forgets a
+    step whose task_dep failed (a failed canary forgets every host's content step), and a run
+    may end after a host switched but before its record here was kept. Asked afresh, not the
+    drift probe's answer from the run's start: config may have pointed the app elsewhere."""
     package = config_commands.served_package(inventory)
     record = served(inventory, package, host) if package.content is not None else None
-    if (record is None or record.drift is not None
-            or record.release != manifest(inventory, package).release):
-        return set()
+    if record is None or record.drift is not None:
+        return {}
+    release = manifest(inventory, package)
     health = probe.health(inventory, host, timeout=probe.PROBE_TIMEOUT)
-    if isinstance(health, dict) and content_problem(health, record.folder, record.digest) is None:
-        return {package.name}
-    return set()
+    folder = health.get("release") if isinstance(health, dict) else None
+    if (isinstance(folder, str) and releases.FOLDER.fullmatch(folder)
+            and releases.release_of(folder) == releases.folder_of(release.release)
+            and health.get("content") == release.digest):
+        return {package.name: folder}
+    return {}
 
 
 def content_is_current(inventory, host) -> bool:
