@@ -17,10 +17,10 @@ from pathlib import Path
 from outpost import depfile, interrupt, lock
 from outpost import inventory as inventory_file
 from outpost.errors import OutpostError
-from outpost.report import OutpostReporter
+from outpost.report import reporter_for
 from outpost.steps.build import broken_template
 from tasks import (acme, bootstrap, build, certificates, check, config, content, deploy, dns, fleet,
-                   services, sync, upgrade)
+                   latency, services, sync, upgrade)
 
 try:
     INVENTORY = inventory_file.load(os.environ.get("OUTPOST_INVENTORY", "inventory.toml"))
@@ -49,8 +49,8 @@ DOIT_CONFIG = {
     "continue": True,
     # A plain `doit clean` cleans what deploy depends on: packages, indexes, staging.
     "cleandep": True,
-    # doit's console output, plus the health check's table at the end.
-    "reporter": OutpostReporter,
+    # doit's console output, plus the health check's table and the latency line at the end.
+    "reporter": reporter_for(INVENTORY),
     # The backend that survives crashes and a reader beside a writer: see outpost/depfile.py.
     "backend": depfile.BACKEND,
     "dep_file": depfile.NAME,
@@ -157,6 +157,11 @@ def task_check():
 def task_deploy():
     """The whole pipeline for every host (deploy:<host> for one)."""
     yield from _tasks(deploy.deploy)
+
+
+def task_latency():
+    """The latency plan: what visitors wait for, the best map, where the next host should go."""
+    yield from _tasks(latency.latency)
 
 
 def task_rollback():

@@ -3,8 +3,9 @@ start with, the host key a host presents, and what their failures mean, said so 
 can act on it (the host, the step, the key's fingerprint, the command that checks it)."""
 from __future__ import annotations
 
-import hashlib
 import base64
+import hashlib
+import ipaddress
 import math
 import os
 import pwd
@@ -12,7 +13,9 @@ import re
 import shutil
 import subprocess
 
+from outpost.fleet.network import FLEET_RANGE
 
+from outpost.terminal import visible
 
 # The programs Outpost starts here, and the folders they are looked up in besides where the
 # operator's own were found.
@@ -125,17 +128,31 @@ def unknown_host_key(host, ssh, presented=None) -> str:
             + _presented(presented, f"add the host's line to {ssh.known_hosts}"))
 
 
+def missing_identity(ssh) -> str:
+    return f"the SSH identity {ssh.identity} does not exist (identity in [ssh])"
+
+
 def auth_failed(host, ssh) -> str:
     return (f"{host.user}@{host.address} port {host.port} refused the key {ssh.identity} "
             "(authentication failed)")
 
 
 def unreachable(host, reason: str) -> str:
-    return f"cannot reach {host.address} port {host.port}: {reason}"
+    said = f"cannot reach {host.address} port {host.port}: {reason}"
+    try:
+        fleet = ipaddress.ip_address(host.address) in FLEET_RANGE
+    except ValueError:
+        fleet = False
+    if fleet and "no route to host" in reason.lower():
+        # The fleet's guard route answers for its whole range while no fleet bridge is up.
+        said += "; the local fleet is down: run `doit fleet:up`"
+    return said
 
 
 def tail(stderr: str, lines: int = 10) -> str:
-    kept = [line for line in stderr.strip().splitlines() if line.strip()][-lines:]
+    """The last lines of a host's stderr for a message, made visible (outpost.terminal)
+    wherever the message is shown."""
+    kept = [visible(line) for line in stderr.strip().splitlines() if line.strip()][-lines:]
     return (":\n  " + "\n  ".join(kept)) if kept else ""
 
 
@@ -173,6 +190,9 @@ def local_failure(program: str, proc: subprocess.CompletedProcess, host, ssh) ->
             if kind == "unknown":
                 return unknown_host_key(host, ssh, _openssh_presented(proc.stderr, host, ssh))
             if kind == "auth":
+                # OpenSSH goes on without a key file it can't find, and is then refused.
+                if not os.path.isfile(ssh.identity):
+                    return missing_identity(ssh)
                 return auth_failed(host, ssh)
             return unreachable(host, kind)
     meaning = RSYNC_EXIT.get(proc.returncode, "failed") if program == "rsync" else "failed"

@@ -269,25 +269,35 @@ def untrusted(inventory, host, error: ssl.SSLCertVerificationError) -> str:
     """Why the host's certificate is refused, and what it is: a wrong certificate is fixed on
     the host, so say which one the host serves (asked again without verifying it)."""
     served = served_certificate(inventory, host)
-    what = tls.describe_certificate(served) if served else "no certificate on a second handshake"
+    what = (tls.describe_certificate(served) if isinstance(served, bytes)
+            else served or "no certificate on a second handshake")
     return f"its certificate is refused ({error.verify_message}): it serves {what}"
 
 
-def served_certificate(inventory, host) -> bytes | None:
-    """The leaf certificate (DER) the host's nginx presents for the site's name, unverified,
-    or None (no TLS there yet)."""
+HANDSHAKE_TIMEOUT = 5.0
+
+
+def served_certificate(inventory, host) -> bytes | str | None:
+    """The leaf certificate (DER) the host's nginx presents for the site's name, unverified;
+    None when it serves no TLS there (refused, or a handshake refused); or, when it did not
+    answer at all (down, black-holed), why, as a sentence: what it serves is then unknown."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     try:
-        with socket.create_connection((host.address, 443), timeout=5) as sock:
+        with socket.create_connection((host.address, 443), timeout=HANDSHAKE_TIMEOUT) as sock:
             with context.wrap_socket(sock, server_hostname=inventory.site.name) as tls_sock:
                 return tls_sock.getpeercert(binary_form=True)
-    except (OSError, ssl.SSLError):
+    except TimeoutError:
+        return (f"cannot reach {host.address} port 443: no answer within "
+                f"{HANDSHAKE_TIMEOUT:g} s (timed out)")
+    except (ConnectionRefusedError, ConnectionResetError, ssl.SSLError):
         return None
+    except OSError as error:  # no route, network unreachable
+        return f"cannot reach {host.address} port 443: {error.strerror or error}"
 
 
-def served_certificates(inventory) -> dict[str, bytes | None]:
+def served_certificates(inventory) -> dict[str, bytes | str | None]:
     """What every web host serves, asked once per run (the certificate tasks share it)."""
     def ask_all():
         with ThreadPoolExecutor(max_workers=16) as pool:
@@ -312,11 +322,13 @@ def plain_health(host, site_name: str, timeout: float = 2.0) -> bool:
 
 
 def healthy_hosts(inventory) -> set[str]:
-    """The hosts that pass the health check GeoDNS uses, asked at most once per interval."""
+    """The hosts that pass the health check GeoDNS uses, asked at most once per interval and
+    judged as gdnsd judges it: an answer later than its timeout is a failure."""
+    timeout = inventory.dns.health.timeout
     def ask_all():
         with ThreadPoolExecutor(max_workers=16) as pool:
             up = dict(zip([h.name for h in inventory.hosts],
-                          pool.map(lambda h: plain_health(h, inventory.site.name),
+                          pool.map(lambda h: plain_health(h, inventory.site.name, timeout),
                                    inventory.hosts)))
         return {name for name, ok in up.items() if ok}
     return RUN.get(("healthy hosts", inventory.path), ask_all,

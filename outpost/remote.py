@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from outpost.errors import OutpostError
 from outpost.openssh import (auth_failed, changed_host_key, environment, fingerprint, host_step,
-                             key_kind, local_failure, reason, tail, unknown_host_key, unreachable)
+                             key_kind, local_failure, missing_identity, reason, tail,
+                             unknown_host_key, unreachable)
 
 
 class RemoteError(OutpostError):
@@ -297,8 +298,7 @@ def _pinned_connection(host, ssh, where):
     from paramiko.hostkeys import InvalidHostKey
 
     if not ssh.identity.is_file():
-        raise RemoteError(f"{where}: the SSH identity {ssh.identity} does not exist "
-                          "(identity in [ssh])")
+        raise RemoteError(f"{where}: {missing_identity(ssh)}")
     timeout = ssh.connect_timeout
     connection = Connection(
         host.address, user=host.user, port=host.port,

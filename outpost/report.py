@@ -1,7 +1,11 @@
 """doit's console reporter, plus the health check's table at the end of a run: one row per
 host with its status, version, content release and median response time (the local version
-of the seed's updown.io table)."""
+of the seed's updown.io table); then the latency plan's weighted mean in one line, from what is
+already known (outpost.latency.inputs: no host is asked)."""
 from doit.reporter import ConsoleReporter
+
+from outpost.latency import inputs
+from outpost.terminal import visible
 
 CHECK = "check:"
 
@@ -43,12 +47,17 @@ def dns_table(rows: list[dict]) -> str:
 
 
 class OutpostReporter(ConsoleReporter):
-    """doit's ConsoleReporter; collects the check:<host> results and prints their table."""
+    """doit's ConsoleReporter; collects the check:<host> results and prints their table. All it
+    writes is made visible (outpost.terminal): nothing a host says is a terminal's command."""
 
     def __init__(self, outstream, options):
         super().__init__(outstream, options)
         self.checks = []
         self.dns_rows = []
+
+    def write(self, text):
+        # Failures' messages carry hosts' output (stderr tails), the tables what hosts said.
+        super().write(visible(text))
 
     def add_success(self, task):
         super().add_success(task)
@@ -67,4 +76,13 @@ class OutpostReporter(ConsoleReporter):
         if self.dns_rows:
             self.write("GeoDNS: the host each nameserver gives a visitor on each continent\n"
                        + dns_table(self.dns_rows) + "\n\n")
+        line = inputs.mean_line(self.inventory, {r["host"] for r in self.checks
+                                                 if r["status"] != "ok"}) if self.checks else None
+        if line:
+            self.write(line + "\n\n")
         super().complete_run()
+
+
+def reporter_for(inventory) -> type:
+    """OutpostReporter for this inventory (doit makes its reporter from a class)."""
+    return type("OutpostReporter", (OutpostReporter,), {"inventory": inventory})

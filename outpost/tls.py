@@ -303,33 +303,75 @@ def address_certificate(ca_dir: Path, address: str, days: int = 30) -> tuple[byt
 # --- what a certificate is, and where its chain leads -------------------------------------------
 
 def describe_certificate(der: bytes) -> str:
-    """A certificate as a person checks it: the names it is for, who issued it, until when."""
+    """A certificate as a person checks it: the names it is for, who issued it, until when,
+    and its serial (two certificates alike in all else differ there)."""
     from cryptography import x509
     certificate = x509.load_der_x509_certificate(der)
-    try:
-        names = certificate.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
-    except x509.ExtensionNotFound:
-        names = []
-    return (f"a certificate for {', '.join(names) or 'no DNS name'} "
+    return (f"a certificate for {', '.join(_dns_names(certificate)) or 'no DNS name'} "
             f"(subject {certificate.subject.rfc4514_string()}), issued by "
             f"{certificate.issuer.rfc4514_string()}, valid until "
-            f"{certificate.not_valid_after_utc:%Y-%m-%d}")
+            f"{certificate.not_valid_after_utc:%Y-%m-%d}, serial {certificate.serial_number:x}")
 
 
-def chains_to(chain_pem: str, roots_pem: str) -> bool:
-    """Whether the chain's last certificate is signed by one of the roots."""
+class CertificateRefused(OutpostError):
+    """A certificate chain that is not one to serve for the site: why, in a few words (the
+    caller says where it came from)."""
+
+
+class ChainRefused(CertificateRefused):
+    """Refused only because its chain does not lead to the roots it must lead to; `short`
+    says so without the validator's details."""
+
+    def __init__(self, short: str, details: str):
+        super().__init__(f"{short} ({details})")
+        self.short = short
+
+
+def verified_site_chain(text: str, roots_pem: str | None, names: list[str]) -> str:
+    """The PEM chain (leaf first, then the intermediates that lead it to one of `roots_pem`,
+    or to this machine's trust store when None) found in `text`, once it is verified: a
+    leaf for exactly `names`, valid now, each link signed by the next (cryptography's path
+    validation: signatures, validity, CA constraints, the server name). Anything else in
+    `text` is left out. Raises CertificateRefused (ChainRefused when only the chain is wrong)."""
     from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
+    from cryptography.x509 import verification
 
-    top = x509.load_pem_x509_certificates(chain_pem.encode())[-1]
-    for root in x509.load_pem_x509_certificates(roots_pem.encode()):
-        try:
-            top.verify_directly_issued_by(root)
-            return True
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-    return False
+    begin = text.find("-----BEGIN CERTIFICATE-----")
+    try:
+        chain = x509.load_pem_x509_certificates(text[begin:].encode()) if begin >= 0 else []
+    except ValueError as error:
+        raise CertificateRefused(f"it is not a readable PEM certificate ({error})") from None
+    if not chain:
+        raise CertificateRefused("no certificate came back")
+    leaf, now = chain[0], _now()
+    if leaf.not_valid_after_utc <= now:
+        raise CertificateRefused(f"it expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    if leaf.not_valid_before_utc > now:
+        raise CertificateRefused(f"it is not valid before "
+                                 f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    if sorted(_dns_names(leaf)) != sorted(names):
+        raise CertificateRefused(f"it is for {', '.join(_dns_names(leaf)) or 'no DNS name'}, "
+                                 f"not exactly {', '.join(names)}")
+    roots = x509.load_pem_x509_certificates(
+        (roots_pem if roots_pem is not None else _trust_store()).encode())
+    verifier = (verification.PolicyBuilder().store(verification.Store(roots)).time(now)
+                .build_server_verifier(x509.DNSName(names[0])))
+    try:
+        path = verifier.verify(leaf, chain[1:])
+    except verification.VerificationError as error:
+        whose = "the ACME server's" if roots_pem is not None else "a trusted"
+        raise ChainRefused(f"its chain does not lead to {whose} root", str(error)) from None
+    return "".join(_cert_pem(certificate).decode() for certificate in path[:-1])
+
+
+def _trust_store() -> str:
+    """This machine's trusted roots (PEM), where OpenSSL finds them (Debian: ca-certificates)."""
+    cafile = ssl.get_default_verify_paths().cafile
+    try:
+        return Path(cafile or "").read_text()
+    except OSError as error:
+        raise OutpostError(f"{cafile}: this machine's trusted roots can't be read "
+                           f"({error.strerror}); install ca-certificates") from None
 
 
 def leaf_der(pem: str) -> bytes:

@@ -21,8 +21,8 @@ def acme_tasks(inventory):
         "actions": [action(acme_step.acme_setup, inventory)],
         "file_dep": templates + [str(inventory.ssh.known_hosts)]
         + ([str(inventory.acme.server_ca)] if inventory.acme.server_ca else []),
-        "targets": [str(acme_step.lego_public_key(inventory))],
-        "uptodate": [config_changed(acme.acme_context(inventory))],
+        "uptodate": [config_changed(acme.acme_context(inventory)),
+                     lambda task, values: acme_step.lego_key_unchanged(inventory, values)],
         "task_dep": [f"bootstrap:{cert_host.name}"],
         "clean": [remove(acme_step.acme_dir(inventory))],
     }
@@ -60,9 +60,11 @@ def gate(inventory):
             "name": host.name,
             "doc": f"Let the cert host reach {host.name} for challenges and certificates only",
             "actions": [action(acme_step.gate, inventory, host)],
-            "file_dep": [str(acme_step.lego_public_key(inventory))]
-            + files_under(TEMPLATES / "acme") + host_marker(inventory, host),
-            "uptodate": [config_changed(acme.acme_context(inventory))],
+            "file_dep": files_under(TEMPLATES / "acme") + host_marker(inventory, host)
+            # The ACME server's CA goes in the gate's bundle too.
+            + ([str(inventory.acme.server_ca)] if inventory.acme.server_ca else []),
+            "uptodate": [config_changed(acme.acme_context(inventory)),
+                     lambda task, values: acme_step.lego_key_unchanged(inventory, values)],
             "task_dep": ["acme:setup", f"bootstrap:{host.name}"],
         }
 

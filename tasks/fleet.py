@@ -19,5 +19,5 @@ def fleet(inventory):
         "name": "down",
         "doc": "Stop every host of the local fleet",
         "actions": [action(fleet_step.fleet_down, inventory)],
-        "uptodate": [lambda: not fleet_step.fleet_any_up(inventory)],
+        "uptodate": [lambda: not fleet_step.fleet_any_left(inventory)],
     }

@@ -42,17 +42,37 @@ def fleet_project(parent, addresses: dict, bridge: str):
     return project
 
 
+def stop_fleet_after(request, project):
+    """After the module, `doit fleet:down` as a user runs it, and again if it could not stop
+    every host (a host slow to die is named, and the second run finishes). Then the whole fleet
+    as the inventory has it NOW, before the tests change it (web hosts, cert host, ACME
+    server), must be gone, with its veths and bridge: whatever is left is stopped directly and
+    the teardown fails, naming it."""
+    from outpost import fleet, inventory
+
+    inv = inventory.load(project / "inventory.toml")
+
+    def stop():
+        runs = [run_doit(project, "fleet:down", check=False)]
+        if runs[0].returncode != 0:
+            runs.append(run_doit(project, "fleet:down", check=False))
+        left = fleet.leftovers(inv)
+        if left:
+            fleet.from_inventory(inv).down()
+            said = "".join(run.stdout + run.stderr for run in runs)
+            raise AssertionError(f"`doit fleet:down` left {', '.join(left)}:\n{said}")
+    request.addfinalizer(stop)
+
+
 def deployed_site(tmp_path_factory, request, label: str, addresses: dict, bridge: str,
                   prepare=None):
     """A test module's own fleet (fleet_project), deployed: (project, inventory, fleet).
-    `prepare(project)` runs before the deploy. The fleet goes down after the module, twice if
-    need be: fleet.down stops at a host whose namespaces take the kernel longer than its
-    timeout to tear down (seen on a loaded machine), leaving the hosts after it running."""
+    `prepare(project)` runs before the deploy. The whole fleet goes down after the module
+    (stop_fleet_after)."""
     from outpost import fleet, inventory
 
     project = fleet_project(tmp_path_factory.mktemp(label), addresses, bridge)
-    request.addfinalizer(lambda: run_doit(project, "fleet:down", check=False).returncode
-                         and run_doit(project, "fleet:down", check=False))
+    stop_fleet_after(request, project)
     if prepare is not None:
         prepare(project)
     run_doit(project, "deploy")

@@ -6,11 +6,15 @@ The cert host is `home`, the ACME server `acme`; lego's SSH key is on `home` alo
 tests that play the lego user run ssh there, as that user (through the host's namespaces)."""
 import hashlib
 import re
+import shlex
+import socket
 import ssl
+import subprocess
 
 import pytest
 
-from fleet_helpers import accepted_connections
+from acme_pki import self_signed
+from fleet_helpers import accepted_connections, ssh
 from helpers import fleet_project, ran_tasks, run_doit, wait_for
 from outpost import fleet, inventory, probe
 from outpost.commands import acme
@@ -18,7 +22,8 @@ from outpost.commands import acme
 HOSTS = ("au", "fr", "ny")
 ADDRESSES = {"au": "198.19.81.11", "ny": "198.19.81.12", "fr": "198.19.81.13"}
 CERT_HOST = "home"
-KEY_ON_CERT_HOST = f"{acme.LEGO_PATH}/certificates/linkedlist.test.key"
+CERTIFICATES = f"{acme.LEGO_PATH}/certificates/linkedlist.test"
+KEY_ON_CERT_HOST = f"{CERTIFICATES}.key"
 # Every doit run's output in this module: the site's key must be in none of them.
 OUTPUTS = []
 
@@ -135,6 +140,38 @@ def test_a_forced_renewal_reaches_every_host(site):
         assert f"{name}: installed:" in result.stdout + result.stderr
 
 
+def test_with_the_cert_host_unreachable_hosts_that_serve_the_newest_certificate_pass(site):
+    # After the renewal above every host serves a certificate newer than the one kept here
+    # (build/acme/site.crt): the cert host pushed it, no deploy asked for it. Now the cert
+    # host can't be reached (its sshd stopped; the machine runs on, so fleet:up leaves it).
+    project, inv, hosts_fleet = site
+    newest = serials(inv)
+    cert_host = inv.acme.cert_host
+    stopped = hosts_fleet.run_on(CERT_HOST, ["dinitctl", "stop", "sshd"])
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    try:
+        wait_for(lambda: not answers(cert_host.address, cert_host.port),
+                 "the cert host's sshd to stop")
+        proc = doit(project, "deploy")  # fails on any failed task
+    finally:
+        started = hosts_fleet.run_on(CERT_HOST, ["dinitctl", "start", "sshd"])
+        assert started.returncode == 0, started.stdout + started.stderr
+        wait_for(lambda: answers(cert_host.address, cert_host.port),
+                 "the cert host's sshd to answer again")
+    ran = ran_tasks(proc.stdout)
+    assert {f"certificate:{h}" for h in HOSTS} | {f"check:{h}" for h in HOSTS} <= set(ran)
+    assert "installed:" not in proc.stdout
+    assert serials(inv) == newest
+
+
+def answers(address, port) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def test_a_renewal_while_a_host_is_down_reaches_it_at_the_next_deploy(site):
     project, inv, hosts_fleet = site
     before = serials(inv)
@@ -170,6 +207,8 @@ def test_the_lego_user_may_post_a_challenge_for_the_site_and_nothing_else(site):
         "a shell command": "sh -c id",
         "any other program": "id",
         "a challenge for another name": f"challenge example.org {value}",
+        "a challenge for a wildcard's name": f"challenge *.{inv.site.name} {value}",
+        "a challenge for the TXT name": f"challenge _acme-challenge.{inv.site.name} {value}",
         "a value of the wrong shape": f"challenge {inv.site.name} short",
         "a value that is a command": f"challenge {inv.site.name} $(id)",
         "a file path for install": "install /etc/nginx/nginx.conf",
@@ -204,6 +243,101 @@ def test_on_a_web_host_lego_may_reload_nginx_and_nothing_else_as_root(site):
                  ["sh", "-c", "id"], ["-u", "_gdnsd", "gdnsdctl", "-c", "/etc/gdnsd", "stop"],
                  ["cat", "/etc/shadow"]):
         assert doas_as_lego(*argv).returncode != 0, argv
+
+
+def installed(hosts_fleet, name) -> str:
+    """The sha256 of the pair the host's lego-gate installed."""
+    pair = hosts_fleet.run_on(name, ["cat", acme.SITE_PEM]).stdout
+    return hashlib.sha256(pair.encode()).hexdigest()
+
+
+def test_every_nameserver_says_which_ca_may_issue_and_that_none_may_issue_a_wildcard(site):
+    _, inv, _ = site
+    import dns.resolver
+    for address in ADDRESSES.values():
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = [address]
+        records = sorted(r.to_text() for r in resolver.resolve(inv.site.name, "CAA"))
+        assert records == ['0 issue "letsencrypt.org"', '0 issuewild ";"'], address
+
+
+def test_lego_gate_installs_only_a_newer_pair_of_the_acme_servers_for_exactly_the_site(site):
+    _, inv, hosts_fleet = site
+    name = inv.site.name
+    older = hosts_fleet.run_on(CERT_HOST, ["cat", f"{CERTIFICATES}.crt", KEY_ON_CERT_HOST]).stdout
+    before = served(inv, inv.host("au"))["serial"]
+    renewal = as_lego(hosts_fleet, [acme.DRIVER, "renew", "100"])
+    assert renewal.returncode == 0, renewal.stdout + renewal.stderr  # every gate took it
+    wait_for(lambda: served(inv, inv.host("au"))["serial"] != before, "the renewed certificate")
+    chain = hosts_fleet.run_on(CERT_HOST, ["cat", f"{CERTIFICATES}.crt"]).stdout
+    kept = (installed(hosts_fleet, "au"), served(inv, inv.host("au"))["sha256"])
+    bad = {
+        "the pair before the renewal": (older, "the certificate ("),
+        "a self-signed pair for the site's name": (
+            "".join(p.decode() for p in self_signed([name])),
+            "the chain does not lead to the ACME server's root"),
+        "a key that is not the certificate's": (chain + self_signed([name])[1].decode(),
+                                                "the key is not the certificate's"),
+        "a certificate for another name": ("".join(p.decode() for p in self_signed(["example.org"])),
+                                           "the certificate is for DNS:example.org"),
+        "a wildcard certificate": ("".join(p.decode() for p in self_signed([name, f"*.{name}"])),
+                                   f"the certificate is for DNS:*.{name} DNS:{name}"),
+    }
+    for what, (pair, reason) in bad.items():
+        result = lego_ssh(hosts_fleet, inv, "au", "install", stdin=pair)
+        assert result.returncode != 0, what
+        assert f"lego-gate: refused: {reason}" in result.stderr, (what, result.stderr)
+        assert (installed(hosts_fleet, "au"), served(inv, inv.host("au"))["sha256"]) == kept, what
+    assert "is older than the installed one" in lego_ssh(
+        hosts_fleet, inv, "au", "install", stdin=older).stderr
+
+
+def test_the_deploy_user_may_not_have_the_cert_host_issue_again_without_cause(site):
+    _, _, hosts_fleet = site
+    chain = hosts_fleet.run_on(CERT_HOST, ["cat", f"{CERTIFICATES}.crt"]).stdout
+    result = ssh(hosts_fleet, CERT_HOST, shlex.join(["doas", "-u", "lego", acme.DRIVER,
+                                                     "issue-again"]))
+    assert result.returncode != 0
+    assert result.stderr.endswith("acme: refused: the certificate's chain leads to the ACME "
+                                  "server's current root: nothing to issue again\n"), result.stderr
+    assert hosts_fleet.run_on(CERT_HOST, ["cat", f"{CERTIFICATES}.crt"]).stdout == chain
+
+
+def test_the_cert_hosts_ssh_refuses_a_web_host_whose_key_is_not_the_pinned_one(site, tmp_path):
+    _, inv, hosts_fleet = site
+    au = inv.host("au")
+    pinned = hosts_fleet.run_on(CERT_HOST, ["cat", acme.KNOWN_HOSTS]).stdout
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
+                   check=True)
+    other = (tmp_path / "k.pub").read_text().split()[:2]
+    lines = pinned.splitlines()
+    ours = [line for line in lines if line.split()[0] in (au.address, f"[{au.address}]:{au.port}")]
+    assert ours, pinned
+    changed = "".join((" ".join([line.split()[0], *other]) if line in ours else line) + "\n"
+                      for line in lines)
+    removed = "".join(line + "\n" for line in lines if line not in ours)
+
+    def pin(text):
+        hosts_fleet.run_on(CERT_HOST, ["sh", "-c", f"cat > {acme.KNOWN_HOSTS}"], input=text,
+                           check=True)
+
+    try:
+        for what, text in (("another key pinned", changed), ("no key pinned", removed)):
+            pin(text)
+            kept = installed(hosts_fleet, "au")
+            push = as_lego(hosts_fleet, [acme.DRIVER, "push", "au"])
+            output = push.stdout + push.stderr
+            assert push.returncode != 0, what
+            assert "au: Host key verification failed." in output, (what, output)
+            assert "the certificate did not reach: au" in output, what
+            assert installed(hosts_fleet, "au") == kept, what
+            challenge = as_lego(hosts_fleet, [acme.DNS_EXEC, "present",
+                                              f"_acme-challenge.{inv.site.name}.", "C" * 43])
+            assert challenge.returncode != 0, what
+            assert challenge.stderr.endswith("dns-challenge: failed on: au\n"), challenge.stderr
+    finally:
+        pin(pinned)
+    assert as_lego(hosts_fleet, [acme.DRIVER, "push", "au"]).returncode == 0
 
 
 def test_a_host_added_to_the_inventory_gets_the_current_certificate(site):

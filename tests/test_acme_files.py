@@ -113,5 +113,45 @@ def test_the_challenge_script_checks_name_and_value_itself(inv, tmp_path):
     assert ok.returncode == 0 and ok.stdout.split()[-2:] == ["linkedlist.test", "b" * 43]
     for line in (f"example.org {'b' * 43}", "linkedlist.test short",
                  f"linkedlist.test {'b' * 42};", f"linkedlist.test {'b' * 43} extra",
-                 f"linkedlist.test $({'b' * 40})"):
+                 f"linkedlist.test $({'b' * 40})",
+                 # a wildcard's name, the TXT name itself, a subdomain, a trailing dot
+                 f"*.linkedlist.test {'b' * 43}", f"_acme-challenge.linkedlist.test {'b' * 43}",
+                 f"www.linkedlist.test {'b' * 43}", f"linkedlist.test. {'b' * 43}"):
         assert run(line + "\n").returncode != 0, line
+
+
+def test_the_gate_gets_the_acme_servers_ca_and_where_its_roots_are(inv):
+    files = {f.remote_path: f for f in acme.gate_files(inv, "k")}
+    assert files[acme.SERVER_CA].content == (inv.root / "keys/ca/ca.pem").read_bytes()
+    assert acme.roots_source(inv) == {
+        "url": "https://198.18.0.30:15000/roots/0", "host": "198.18.0.30", "port": 15000,
+        "path": "/roots/0", "verify": "-verify_ip 198.18.0.30"}
+    gate = files[acme.GATE].content.decode()
+    assert f"-CAfile {acme.SERVER_CA} -no-CApath -no-CAstore" in gate
+
+
+def test_roots_over_plain_http_are_refused(tmp_path):
+    text = (REPO / "inventory.toml").read_text().replace(
+        'roots = "https://198.18.0.30:15000/roots/0"', 'roots = "http://198.18.0.30:15000/roots/0"')
+    with pytest.raises(OutpostError, match=r"\[acme\] roots: http://198.18.0.30:15000/roots/0 "
+                                           r"must be https"):
+        acme.acme_context(load_in(tmp_path, text))
+
+
+def test_a_nameserver_with_another_host_key_fails_the_challenge_one_that_is_down_does_not(inv,
+                                                                                        tmp_path):
+    text = files_by_path(inv)[acme.DNS_EXEC]
+    assert text.count("{ ssh ") == len(inv.hosts)
+    # ssh as it answers: au presents a key that is not the pinned one, ny is down, fr takes it.
+    fake = ("fake_ssh() {\n    case \"$*\" in\n"
+            "    *lego@198.18.0.11*) echo 'Host key verification failed.' >&2; return 255 ;;\n"
+            "    *lego@198.18.0.12*) echo 'ssh: connect to host 198.18.0.12 port 22: No route "
+            "to host' >&2; return 255 ;;\n    esac\n}\n")
+    script = tmp_path / "dns-challenge"
+    script.write_text(text.replace("set -u\n", "set -u\n" + fake, 1).replace("{ ssh ", "{ fake_ssh "))
+    result = subprocess.run(["sh", str(script), "present", "_acme-challenge.linkedlist.test.",
+                             "b" * 43], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "au: Host key verification failed." in result.stderr
+    assert "dns-challenge: ny unreachable: ssh: connect to host" in result.stderr
+    assert result.stderr.endswith("dns-challenge: failed on: au\n")

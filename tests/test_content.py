@@ -149,6 +149,31 @@ def test_files_changed_or_removed_on_a_host_are_repaired_by_the_next_deploy(site
     assert content_tasks(proc.stdout) == [] and logins(hosts_fleet) == after
 
 
+def test_an_edit_on_a_host_that_keeps_the_size_and_mtime_is_seen_and_repaired(site):
+    project, inv, hosts_fleet = site
+    good = digest(project)
+    path = f"{CONTENT_DIR}/current/entries/entry-00003.txt"
+    # Bytes written in place, the size kept and the mtime put back (as by `touch -r`): the
+    # inode, size and mtime are what they were, only the ctime moved.
+    edit = ssh(hosts_fleet, "fr", f"stat -c '%s %.9Y %i' {path} && cp -p {path} /tmp/ref && "
+                                  f"printf XXXX | dd of={path} bs=1 seek=7 conv=notrunc "
+                                  f"2>/dev/null && touch -r /tmp/ref {path} && "
+                                  f"stat -c '%s %.9Y %i' {path} && head -c 11 {path}")
+    assert edit.returncode == 0, edit.stderr
+    before, after, start = edit.stdout.splitlines()
+    assert before == after and start == "title: XXXX"
+    fr = inv.host("fr")
+    # The app reads what it serves again, not only after a restart...
+    wait_for(lambda: health(inv, fr)["content"] != good, "fr's app to see the edit")
+    status, _, body = probe.site_request(inv, fr, "/entries/entry-00003/")
+    assert status == 200 and b"XXXXrated entry 3" in body
+    # ...so the drift probe sees it, and the repair links nothing to the edited file.
+    proc = run_doit(project, "deploy")
+    assert content_tasks(proc.stdout) == ["content:fr"]
+    assert re.search(r"fr: linkedlist content \S+: \d+ of \d+ files sent \(all\)", proc.stdout)
+    assert serves(inv, good)
+
+
 def test_an_edit_that_keeps_the_size_and_mtime_is_deployed(site):
     project, inv, _ = site
     entry = entry_path(project / "content", 7)

@@ -115,6 +115,38 @@ def test_an_app_that_does_not_answer_fails_over_and_comes_back(site):
              "North America back on ny", timeout=30)
 
 
+def test_a_nameserver_that_answers_a_continent_with_the_wrong_host_fails_the_check(site):
+    # ny's own zone, changed on the host by hand: the site's name is fr's address for every
+    # visitor, whatever the map says (the other nameservers are as they should be).
+    project, inv, hosts_fleet, _ = site
+    zone = geodns.zone_path(inv.site.name)
+    original = hosts_fleet.run_on("ny", ["cat", zone]).stdout
+    edited = re.sub(r"^@ \S+ DYNA geoip!site$", f"@ 30 A {ADDRESSES['fr']}", original,
+                    flags=re.M)
+    assert edited != original
+
+    def put_zone(text):
+        assert hosts_fleet.run_on("ny", ["sh", "-c", f"cat > {zone}"], input=text
+                                  ).returncode == 0
+        reloaded = hosts_fleet.run_on("ny", ["gdnsdctl", "-c", geodns.CONF_DIR, "reload-zones"])
+        assert reloaded.returncode == 0, reloaded.stderr
+
+    put_zone(edited)
+    try:
+        wait_for(lambda: answer(inv, "ny", "AS") == "fr", "ny to answer Asia with fr")
+        proc = run_doit(project, "check", check=False)
+    finally:
+        put_zone(original)
+    out = proc.stdout + proc.stderr
+    assert re.findall(r"TaskFailed - taskid:(\S+)", out) == ["check:ny"], out
+    for continent, host in SEED_MAP.items():
+        network = geodns.PROBE_NETWORKS[continent][1]
+        said = (f"host ny, step check: nameserver {ADDRESSES['ny']} answers {continent} "
+                f"({network}) with fr, expected {host}")
+        assert (said in out) == (host != "fr"), (continent, out)
+    wait_for(lambda: answers(inv, "AS") == {ns: "au" for ns in HOSTS}, "ny's own zone again")
+
+
 def test_a_no_op_deploy_opens_no_ssh_connection(site):
     project, _, hosts_fleet, _ = site
     before = {name: accepted_connections(hosts_fleet, name) for name in HOSTS}

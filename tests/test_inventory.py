@@ -45,7 +45,7 @@ arch = "x86_64"
 region = "north-america"
 """
 
-HOST_KEYS = "address, arch, groups, name, port, region, user"
+HOST_KEYS = "address, arch, groups, location, name, port, region, user"
 
 
 def variant(old: str, new: str) -> str:
@@ -213,6 +213,35 @@ def test_fleet_bridge_name_must_fit_an_interface_name(tmp_path):
         "use up to 10 lowercase letters, digits and -")
 
 
+def test_fleet_hosts_have_no_round_trip_unless_named():
+    fleet = load(REPO / "inventory.toml").fleet
+    assert fleet.rtt_ms == () and fleet.rtt("ny") == 0
+
+
+def test_fleet_round_trips_by_host_name(tmp_path):
+    text = (REPO / "inventory.toml").read_text().replace(
+        'state = "build/fleet"', 'state = "build/fleet"\nrtt_ms = { ny = 200, fr = 280 }')
+    (tmp_path / "inventory.toml").write_text(text)
+    fleet = load(tmp_path / "inventory.toml").fleet
+    assert fleet.rtt_ms == (("ny", 200), ("fr", 280))
+    assert (fleet.rtt("au"), fleet.rtt("ny"), fleet.rtt("fr")) == (0, 200, 280)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("{ sydney = 30 }", "key 'rtt_ms': no host named 'sydney'; hosts: au, ny, fr, home"),
+    ("{ ny = -1 }", "key 'rtt_ms': ny = -1: a round trip is from 0 to 2000 ms"),
+    ("{ ny = 2001 }", "key 'rtt_ms': ny = 2001: a round trip is from 0 to 2000 ms"),
+    ('{ ny = "200ms" }', "key 'rtt_ms' must be a table of integers (milliseconds by host name), "
+                         "found a table"),
+    ("200", "key 'rtt_ms' must be a table of integers (milliseconds by host name), "
+            "found an integer (200)"),
+])
+def test_fleet_round_trips_must_name_hosts_and_be_milliseconds(tmp_path, value, message):
+    assert repo_inventory_error(tmp_path, 'state = "build/fleet"',
+                                f'state = "build/fleet"\nrtt_ms = {value}') == (
+        f"[fleet]: {message}")
+
+
 def test_site_table_is_required(error):
     assert error(variant('[site]\nname = "linkedlist.test"\n', "")) == "missing table [site]"
 
@@ -261,8 +290,8 @@ def test_unknown_key_in_ssh(error):
 
 def test_unknown_table(error):
     assert error(VALID + "[hostz]\nname = 'x'\n") == (
-        "unknown table 'hostz'; allowed: acme, builder, cert_host, dns, fleet, hosts, packages, "
-        "repository, rollout, site, ssh")
+        "unknown table 'hostz'; allowed: acme, builder, cert_host, dns, fleet, hosts, latency, "
+        "packages, repository, rollout, site, ssh")
 
 
 def test_rollout_defaults_to_the_first_host_one_at_a_time(write):
@@ -679,3 +708,51 @@ def test_example_inventory_is_real_servers_built_by_cbuild(monkeypatch, tmp_path
     assert inventory.ssh.identity == tmp_path / ".ssh" / "id_ed25519"
     assert inventory.site.name == "linkedlist.org"
     assert inventory.site.ca == REPO / "keys" / "ca"
+
+
+# --- [latency] and each host's location (`doit latency`) --------------------------------------
+
+def test_latency_defaults_and_locations(write):
+    inv = load(write(variant('region = "oceania"', 'region = "oceania"\nlocation = "sydney"')
+                     + '\n[dns]\ndefault = "au"\ndatabase = "country.mmdb"\n'
+                     + '\n[latency]\nvisitors = "logs"\nmeasured = "rtts.csv"\n'))
+    assert [h.location for h in inv.hosts] == ["sydney", None]
+    assert inv.latency.visitors == "logs"
+    assert inv.latency.measured == inv.root / "rtts.csv"
+    assert (inv.latency.monitors, inv.latency.candidates, inv.latency.origin) == (None,) * 3
+    shares = load(write(VALID + '\n[latency]\nvisitors = { AU = 60, "United States" = 40 }\n'))
+    assert shares.latency.visitors == (("AU", 60), ("United States", 40))
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[latency]\nvisitors = { AU = 50, US = 30 }\n',
+     "[latency]: key 'visitors': visitor shares add up to 80, not 1 or 100"),
+    ('[latency]\nvisitors = "log"\n',
+     "[latency]: key 'visitors': must be \"logs\" or a table of shares by country, found 'log'"),
+    ('[latency]\nvisitors = { Narnia = 100 }\n',
+     "[latency]: key 'visitors': visitor country 'Narnia': unknown country; give its ISO 3166 "
+     "alpha-2 code (e.g. DE) or its English name"),
+    ('[latency]\nmonitors = ["45.3,-73.9"]\n',
+     "[latency]: key 'monitors': '45.3,-73.9': coordinates need a country code to be routed "
+     "by [dns.map], e.g. \"45.3,-73.9,CA\""),
+    ('[latency]\ncandidates = ["Atlantis"]\n',
+     "[latency]: key 'candidates': 'Atlantis': unknown city; give one of Sydney, New York, "),
+    # VALID has no [dns]: the hosts have no country database to count with.
+    ('[latency]\nvisitors = "logs"\n',
+     "[latency]: key 'visitors': \"logs\" counts with the country database the hosts have for "
+     "gdnsd ([dns] provider = \"gdnsd\"); without it, give shares by country"),
+])
+def test_a_bad_latency_value_is_one_line_naming_the_key(error, text, message):
+    found = error(VALID + "\n" + text)
+    assert "\n" not in found
+    assert found.startswith(message)
+
+
+def test_an_unknown_location_names_the_host_and_key(error):
+    found = error(variant('region = "oceania"', 'region = "oceania"\nlocation = "Atlantis"'))
+    assert found.startswith("[[hosts]] #1 (au): key 'location': 'Atlantis': unknown city; "
+                            "give one of Sydney, New York, Paris")
+    assert found.endswith('or coordinates as "lat,lon"')
+    assert "latitude must be" in error(variant('region = "oceania"',
+                                               'region = "oceania"\nlocation = "91,0"'))
+

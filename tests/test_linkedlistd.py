@@ -295,6 +295,48 @@ def test_same_size_replacement_is_noticed(server, content):
     assert "Fresh words." in server.text("/entries/older/")
 
 
+def edit_in_place_keeping_size_and_mtime(path, old, new):
+    """Write the file's bytes in place, same size, and put its mtime back (as `touch -r`, an
+    archive, or a disk's own damage would leave it): only the ctime tells."""
+    before = path.stat()
+    data = path.read_bytes()
+    assert len(old) == len(new) and old in data
+    with open(path, "r+b") as f:
+        f.write(data.replace(old, new, 1))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size,
+                                                                before.st_mtime_ns,
+                                                                before.st_ino)
+
+
+def test_an_edit_in_place_that_keeps_size_and_mtime_is_served(server, content):
+    assert "First words." in server.text("/entries/older/")
+    old = server.health()
+    edit_in_place_keeping_size_and_mtime(content / "entries/older.txt", b"First", b"Fresh")
+    new = server.wait_for_content(old["content"])
+    assert new["content"] == expected_digest(content)
+    assert "Fresh words." in server.text("/entries/older/")
+
+
+def test_a_new_hard_link_reads_the_file_again_but_keeps_what_is_served(tmp_path):
+    # The next release links every unchanged file: their ctime moves, their bytes do not.
+    app = load_app()
+    one = release(tmp_path, "one", {f"e{n}": f"entry {n}" for n in range(5)})
+    before = app.load(str(one))
+    two = tmp_path / "releases" / "two" / "entries"
+    two.mkdir(parents=True)
+    for n in range(5):
+        os.link(one / "entries" / f"e{n}.txt", two / f"e{n}.txt")
+    signature, files, _ = app.read_tree(str(one), before.files)
+    assert signature == before.signature
+    for path, file in files.items():
+        assert file is not before.files[path] and file.key != before.files[path].key
+        assert file.entry is before.files[path].entry  # not parsed again
+    again = app.read_tree(str(one), files)[1]
+    assert all(again[path] is files[path] for path in files)  # and read once only
+
+
 MALFORMED = {
     "no-title.txt": "url: https://x.example/\ndate: 2025-01-01\n\nbody\n",
     "bad-date.txt": entry_text("Bad date", "https://x.example/", "2025-13-01"),

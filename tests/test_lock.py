@@ -6,9 +6,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from helpers import run_doit
 from outpost import depfile, lock
 
 HOLDER = """
@@ -100,3 +102,32 @@ def test_a_damaged_dependency_file_is_one_line_with_the_fix(tmp_path, damage):
     message = str(damaged.value)
     assert "\n" not in message
     assert f"rm {path}" in message and "damaged" in message
+
+
+def test_real_doit_on_a_damaged_dependency_file_says_one_line_with_the_fix(project):
+    # A record cut in the middle and filled with zeros: what a full disk or a bad copy leaves.
+    run_doit(project, "list")  # doit makes the file
+    connection = sqlite3.connect(project / depfile.NAME)
+    connection.executemany("insert into doit values (?, ?)",
+                           [(f"t{n}", json.dumps({"v": "x" * 500})) for n in range(200)])
+    connection.commit()
+    connection.close()
+    data = (project / depfile.NAME).read_bytes()
+    (project / depfile.NAME).write_bytes(data[:len(data) // 3] + b"\0" * 1000
+                                         + data[len(data) // 2:])
+    # Commands that read the record (never one that could reach a host, should the check fail).
+    for command in (["list", "--status"], ["info", "deploy"]):
+        proc = run_doit(project, *command, check=False)
+        assert proc.returncode != 0, command
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, (command, proc.stderr)
+        assert lines[0].startswith(f"outpost: doit's dependency file {depfile.NAME} is damaged")
+        assert f"rm {depfile.NAME}" in lines[0]
+    (project / depfile.NAME).unlink()  # the fix it names
+    assert run_doit(project, "list", "--status").returncode == 0
+
+
+def test_the_readme_says_what_the_lock_covers_and_never_that_there_is_none():
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "**One run at a time.**" in text and "build/outpost.lock" in text
+    assert "no deploy lock" not in text

@@ -277,6 +277,20 @@ def test_wrong_identity_is_an_authentication_failure(target, tmp_path):
                           step="content")
 
 
+def test_a_missing_identity_file_is_named_not_an_authentication_failure(target, tree, tmp_path):
+    host, ssh = target
+    missing = replace(ssh, identity=tmp_path / "no-such-key")
+    said = (rf"content on host testhost \(127.0.0.1\): the SSH identity {tmp_path}/no-such-key "
+            r"does not exist \(identity in \[ssh\]\)$")
+    with pytest.raises(RemoteError, match=said):  # OpenSSH, as the content push runs it
+        remote.run_ssh(base.ssh_argv(missing, host), host, missing, "true", step="content")
+    with pytest.raises(RemoteError, match=said):  # rsync's ssh
+        remote.run_local(base.rsync_argv(tree, host, str(tmp_path / "d"), missing), host,
+                         missing, step="content")
+    with pytest.raises(RemoteError, match=said):  # Fabric
+        remote.run_script(host, "true", missing, step="content")
+
+
 def test_closed_port_is_unreachable(sshd, target, tmp_path):
     host, ssh = target
     closed = replace(host, port=free_port())

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import fleet_project, ran_tasks, run_doit, template_version, wait_for
+from helpers import (fleet_project, ran_tasks, run_doit, stop_fleet_after, template_version,
+                     wait_for)
 from outpost import depfile, fleet, hoststate, inventory, manifest, probe
 
 HOSTS = ("au", "fr", "ny")
@@ -26,9 +27,9 @@ ORIGINAL = {}  # the app's files before the test broke them: put back to revert
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, request):
-    project = fleet_project(tmp_path_factory.mktemp("rollout"), ADDRESSES, "outpost-t3")
+    project = fleet_project(tmp_path_factory.mktemp("rollout"), ADDRESSES, "outpost-t4")
     inv = inventory.load(project / "inventory.toml")
-    request.addfinalizer(lambda: run_doit(project, "fleet:down", check=False))
+    stop_fleet_after(request, project)
     run_doit(project, "deploy")
     return project, inv, fleet.from_inventory(inv)
 
@@ -151,7 +152,7 @@ def test_fixing_the_version_converges_with_no_other_command(site):
 def test_rollback_returns_every_host_to_the_previous_version_and_holds(site):
     project, inv, _ = site
     current = template_version(project)
-    previous = hoststate.hoststate.history(inv, inv.host("ny"))["linkedlist"][-2]
+    previous = hoststate.history(inv, inv.host("ny"))["linkedlist"][-2]
     proc = run_doit(project, "rollback:app")
     for name in HOSTS:
         assert f"{name}: linkedlist {previous} passed the health gate" in proc.stdout

@@ -15,14 +15,21 @@ Who can do what:
 
     certhost_files(inventory, known_hosts)  the cert host's scripts, service and doas.conf
     certhost_permits(inventory)     the cert host's doas rules
-    gate_files(inventory, lego_pub)  what a web host gets: lego-gate, acme-challenge, the key
+    gate_files(inventory, lego_pub)  what a web host gets: lego-gate, acme-challenge, the key,
+                                    the ACME server's CA
+    roots_source(inventory)         where each host gets the ACME server's current root
+    caa_records(inventory)          the zone's CAA records: the CA's identity, no wildcard
     lego_permits()                  lego's rules on a web host
     setup_bundle(...), gate_bundle(...)  those files as signed bundles (commands.bundle)
     print_public_key(), driver_command(...)  what the steps run
+    lego_key_pin(inventory)         where this machine pins lego's public SSH key
 """
 from __future__ import annotations
 
+import ipaddress
 import shlex
+import urllib.parse
+from pathlib import Path
 
 from outpost import render
 from outpost.commands import base, bundle
@@ -55,6 +62,10 @@ SSH_KEY = f"{LEGO_HOME}/.ssh/id_ed25519"
 GCORE_TOKEN = f"{LEGO_HOME}/gcore.token"
 # Gcore's own nameservers answer for a zone it serves: where lego checks propagation.
 GCORE_RESOLVER = "ns1.gcorelabs.net:53"
+# CAA identities (RFC 8659 issuer domain names) by the ACME directory's host: Let's Encrypt
+# checks "letsencrypt.org", for its staging directory too.
+CAA_IDENTITIES = {"acme-v02.api.letsencrypt.org": "letsencrypt.org",
+                  "acme-staging-v02.api.letsencrypt.org": "letsencrypt.org"}
 # Marks the line of acme:setup's output that holds lego's public key.
 PUBLIC_KEY_MARK = "lego-public-key: "
 
@@ -85,6 +96,7 @@ def acme_context(inventory) -> dict:
         "email": acme.email,
         "renew_days": acme.renew_days,
         "server_ca": SERVER_CA if acme.server_ca is not None else "",
+        "roots": roots_source(inventory),
         # lego asks a nameserver of the site's own for what it needs to resolve.
         "resolver": GCORE_RESOLVER if gcore else f"{inventory.hosts[0].address}:53",
         "cert_host": acme.cert_host.name,
@@ -96,6 +108,44 @@ def acme_context(inventory) -> dict:
         "challenge": CHALLENGE, "site_pem": SITE_PEM,
         "gdnsd_user": GDNSD_USER, "gdnsd_conf": GDNSD_CONF,
     }}
+
+
+def caa_records(inventory) -> list[dict]:
+    """The zone's CAA records (RFC 8659): only the configured CA may issue for the site's
+    name, and no CA a wildcard. A wildcard order and the name itself share one DNS-01 TXT
+    name, so no challenge gate can tell them apart: the CA's CAA check is what refuses one.
+    The fleet's pebble stands in for Let's Encrypt and gets its identity; pebble checks no CAA
+    (letsencrypt/pebble#476), so on the fleet the records are served, not enforced. A CA
+    whose identity is not known here gets only `issuewild ";"`."""
+    if inventory.acme is None:
+        return []
+    host = urllib.parse.urlsplit(inventory.acme.directory).hostname
+    if inventory.fleet is not None and host == inventory.fleet.acme_server:
+        host = "acme-v02.api.letsencrypt.org"
+    identity = CAA_IDENTITIES.get(host)
+    return ([{"tag": "issue", "value": identity}] if identity else []) \
+        + [{"tag": "issuewild", "value": ";"}]
+
+
+def roots_source(inventory) -> dict | str:
+    """Where the cert host and the web hosts get the ACME server's current root, each for
+    itself: from the server (`[acme] roots`, pebble's management port, whose root is new at
+    each start), over TLS checked against `[acme] server_ca`; or "" for the host's own trust
+    store (Let's Encrypt's roots). Never from the deploy machine or the cert host's output."""
+    url = inventory.acme.roots
+    if url is None:
+        return ""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "https":
+        raise OutpostError(f"{inventory.path}: [acme] roots: {url} must be https: the hosts "
+                           f"trust every certificate that leads to what it serves")
+    try:
+        ipaddress.ip_address(parts.hostname)
+        verify = ["-verify_ip", parts.hostname]
+    except ValueError:
+        verify = ["-verify_hostname", parts.hostname, "-servername", parts.hostname]
+    return {"url": url, "host": parts.hostname, "port": parts.port or 443,
+            "path": parts.path or "/", "verify": shlex.join(verify)}
 
 
 def _render(name: str, context: dict) -> bytes:
@@ -133,19 +183,22 @@ def _certhost_file_list(inventory, context=None, known_hosts="", server_ca="", d
     return files
 
 
+def _server_ca(inventory) -> str:
+    """The text of `[acme] server_ca` ("" when there is none)."""
+    if inventory.acme.server_ca is None:
+        return ""
+    try:
+        return inventory.acme.server_ca.read_text()
+    except OSError as error:
+        raise OutpostError(f"{inventory.acme.server_ca}: cannot read the ACME server's CA "
+                           f"([acme] server_ca in {inventory.path}): {error.strerror}") from None
+
+
 def certhost_files(inventory, known_hosts: str) -> list[HostFile]:
     """The cert host's scripts (rendered from templates/acme/), its renewal service, the web
     hosts' pinned keys, the ACME server's CA (when not public) and its doas.conf."""
-    server_ca = ""
-    if inventory.acme.server_ca is not None:
-        try:
-            server_ca = inventory.acme.server_ca.read_text()
-        except OSError as error:
-            raise OutpostError(f"{inventory.acme.server_ca}: cannot read the ACME server's CA "
-                               f"([acme] server_ca in {inventory.path}): {error.strerror}") \
-                from None
-    return _certhost_file_list(inventory, acme_context(inventory), known_hosts, server_ca,
-                               base.doas_conf_text(certhost_permits(inventory)))
+    return _certhost_file_list(inventory, acme_context(inventory), known_hosts,
+                               _server_ca(inventory), base.doas_conf_text(certhost_permits(inventory)))
 
 
 def setup_bundle(inventory, files: list[HostFile]) -> bundle.Bundle:
@@ -160,15 +213,23 @@ def setup_bundle(inventory, files: list[HostFile]) -> bundle.Bundle:
 
 def print_public_key() -> str:
     """Script lines, after the setup bundle: lego's SSH key made if missing and its public
-    key printed after PUBLIC_KEY_MARK."""
+    key printed after PUBLIC_KEY_MARK (compared with the pin, never taken from there)."""
     return f"printf '{PUBLIC_KEY_MARK}%s\\n' \"$(doas -u {LEGO_USER} {DRIVER} key)\"\n"
 
 
-def public_key(output: str) -> str | None:
-    for line in output.splitlines():
-        if line.startswith(PUBLIC_KEY_MARK):
-            return line[len(PUBLIC_KEY_MARK):].strip()
-    return None
+def public_keys(output: str) -> list[str]:
+    """Every key a session's output reports after PUBLIC_KEY_MARK: one, unless something
+    else on the host wrote into it."""
+    return [line[len(PUBLIC_KEY_MARK):].strip() for line in output.splitlines()
+            if line.startswith(PUBLIC_KEY_MARK)]
+
+
+def lego_key_pin(inventory) -> Path:
+    """This machine's pin of lego's public SSH key (its line, as in the cert host's
+    SSH_KEY.pub), beside the pinned host keys: the key the web hosts let in. The operator
+    writes it once (acme:setup says how); the local fleet writes it when it makes the key."""
+    known_hosts = inventory.ssh.known_hosts
+    return known_hosts.with_name(f"lego-{inventory.acme.cert_host.name}.pub")
 
 
 def driver_command(*args: str) -> str:
@@ -183,16 +244,22 @@ def authorized_key(lego_pub: str) -> str:
     return f'restrict,command="{GATE}" {lego_pub.strip()}\n'
 
 
-def _gate_file_list(context=None, lego_pub="") -> list[HostFile]:
+def _gate_file_list(context=None, lego_pub="", server_ca="") -> list[HostFile]:
     def text(name):
         return _render(name, context) if context is not None else b""
-    return [HostFile(GATE, 0o755, text("lego-gate")),
-            HostFile(CHALLENGE, 0o755, text("acme-challenge")),
-            HostFile(LEGO_KEYS, 0o644, authorized_key(lego_pub).encode() if lego_pub else b"")]
+    files = [HostFile(GATE, 0o755, text("lego-gate")),
+             HostFile(CHALLENGE, 0o755, text("acme-challenge")),
+             HostFile(LEGO_KEYS, 0o644, authorized_key(lego_pub).encode() if lego_pub else b"")]
+    if server_ca:
+        # What lego-gate trusts to fetch the ACME server's root (roots_source).
+        files.append(HostFile(SERVER_CA, 0o644, server_ca.encode()))
+    return files
 
 
 def gate_files(inventory, lego_pub: str) -> list[HostFile]:
-    return _gate_file_list(acme_context(inventory), lego_pub)
+    """lego-gate, its challenge script, lego's key, and the ACME server's CA (when not
+    public): signed on the deploy machine, so nothing of the cert host's decides them."""
+    return _gate_file_list(acme_context(inventory), lego_pub, _server_ca(inventory))
 
 
 def lego_permits() -> list[tuple[str, list[str]]]:

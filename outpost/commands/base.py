@@ -43,6 +43,9 @@ DINIT_LOG = "/var/log/dinit.log"
 # apk keeps a config file the admin (here: config) changed and writes the package's as this.
 APK_NEW = ".apk-new"
 NGINX_CONF = "/etc/nginx/nginx.conf"  # what both Chimera's and Debian's nginx read by default
+# nginx's access log (combined format: the client's address first), which its root master
+# opens: 0644 in Chimera's /var/log/nginx (0755, cports main/nginx tmpfiles.conf).
+ACCESS_LOG = "/var/log/nginx/access.log"
 DOAS_CONF = "/etc/doas.conf"
 ENV_DIR = "/etc/default"              # <package>.env.j2 becomes /etc/default/<package>
 

@@ -22,7 +22,7 @@ import shlex
 from dataclasses import dataclass
 
 from outpost import render
-from outpost.commands import base, bundle, dns, sync
+from outpost.commands import base, bundle, dns, latency, sync
 
 MARKER = "/etc/outpost/bootstrap"
 VAR_DIR = "/var/lib/outpost"
@@ -127,7 +127,9 @@ def host_plan(inventory, host) -> Plan:
     """What root sets up on a web host, once; its public key is read when it runs."""
     return Plan(
         host=host.name, user=host.user,
-        packages=WEB_PACKAGES + (("gdnsd",) if dns.on_hosts(inventory) else ()),
+        # libmaxminddb: mmdblookup, which counts visitors in gdnsd's database (`doit latency`).
+        packages=WEB_PACKAGES + (("gdnsd", latency.LOOKUP_PACKAGE) if dns.on_hosts(inventory)
+                                 else ()),
         key_name=inventory.repository.key_name,
         list_line=sync.list_line(inventory), owned_folders=(inventory.repository.path,),
         helper=helper_source(), enable=("nginx",))

@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 
 from outpost import render, tls
 from outpost.commands import acme, bundle, content, dns
-from outpost.commands.base import ENV_DIR, NGINX_CONF
+from outpost.commands.base import ACCESS_LOG, ENV_DIR, NGINX_CONF
 from outpost.commands.bundle import HostFile
 from outpost.errors import OutpostError
 
@@ -64,7 +64,7 @@ def _nginx(site_name: str) -> dict:
         "site": f"{NGINX_SITES}/{site_name}.conf",
         "pid": "/run/nginx.pid",
         "error_log": "/var/log/nginx/error.log",
-        "access_log": "/var/log/nginx/access.log",
+        "access_log": ACCESS_LOG,
     }
 
 

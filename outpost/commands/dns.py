@@ -23,7 +23,7 @@ import struct
 import zlib
 
 from outpost import render
-from outpost.commands import bundle, gcore
+from outpost.commands import acme, bundle, gcore
 from outpost.commands.bundle import HostFile
 
 # Paths on the hosts, as the gdnsd package installs them (cports-overlay/user/gdnsd).
@@ -57,37 +57,61 @@ PROBE_NETWORKS = {
 
 
 # --- the map ----------------------------------------------------------------------------------
+# gdnsd's rules, the one place they are written (outpost.latency.dnsmap routes by them too).
 
-def _complete(order, dns, names: list[str]) -> list[str]:
+def complete(order, default: str, names: list[str]) -> list[str]:
     """An order made complete: its hosts, then the default, then every other host in inventory
     order. When every host of a list is down, gdnsd answers as if all were up; a complete list
     makes that "every host is down" rather than "this region's two hosts are"."""
     result = list(order)
-    for name in [dns.default, *names]:
+    for name in [default, *names]:
         if name not in result:
             result.append(name)
     return result
 
 
-def default_order(dns, hosts) -> list[str]:
-    return _complete([], dns, [h.name for h in hosts])
+def visitor_order(entries, default: str, names: list[str], continent: str,
+                  country: str = "") -> list[str]:
+    """The complete order for a visitor in `country` of `continent`: the country's entry
+    ("EU/DE") beats its continent's ("EU"), which beats the default. `entries` are [dns.map]'s
+    (region, hosts) pairs."""
+    regions = dict(entries)
+    order = regions.get(f"{continent}/{country}") if country else None
+    return complete(regions.get(continent, ()) if order is None else order, default, names)
 
 
-def region_orders(dns, hosts) -> list[tuple[str, list[str]]]:
-    """("NA", ["ny", "fr", "au"]) for each [dns.map] region, in the inventory's order."""
-    names = [h.name for h in hosts]
-    return [(region, _complete(order, dns, names)) for region, order in dns.map]
-
-
-def expected_host(dns, hosts, continent: str, healthy=None) -> str:
-    """The host a visitor on `continent` gets: the first of its order among the `healthy`
-    host names (default: all). With none healthy, gdnsd answers as if all were."""
-    order = dict(region_orders(dns, hosts)).get(continent) or default_order(dns, hosts)
+def first_healthy(order: list[str], healthy=None) -> str:
+    """The host gdnsd answers with: the first of `order` among the `healthy` host names
+    (default: all). With none healthy, gdnsd answers as if all were."""
     if healthy is not None:
         for name in order:
             if name in healthy:
                 return name
     return order[0]
+
+
+def default_order(dns, hosts) -> list[str]:
+    return complete([], dns.default, [h.name for h in hosts])
+
+
+def region_orders(dns, hosts) -> list[tuple[str, list[str]]]:
+    """("NA", ["ny", "fr", "au"]) for each [dns.map] region, in the inventory's order."""
+    names = [h.name for h in hosts]
+    return [(region, complete(order, dns.default, names)) for region, order in dns.map]
+
+
+def expected_host(dns, hosts, continent: str, healthy=None) -> str:
+    """The host a visitor on `continent` gets (first_healthy of its order)."""
+    return first_healthy(visitor_order(dns.map, dns.default, [h.name for h in hosts],
+                                       continent), healthy)
+
+
+def agreement_time(health) -> int:
+    """Seconds a nameserver may take to act on what its health checks see, by gdnsd's own
+    thresholds: a host that just came back is answered again after up_thresh good checks, one
+    that just failed is passed over after down_thresh bad ones, each check an interval apart
+    and up to a timeout long."""
+    return max(health.up_thresh, health.down_thresh) * health.interval + health.timeout
 
 
 def _map_regions(dns, hosts) -> list[dict]:
@@ -136,15 +160,16 @@ def dns_context(inventory, host) -> dict:
                             for h in inventory.hosts],
             "ttl": dns.ttl,
             "min_ttl": min(10, dns.ttl),
+            "caa": acme.caa_records(inventory),
         },
     }
 
 
 def zone_serial(context: dict) -> int:
-    """A serial that changes with what the zone holds (its name, nameservers and TTLs), not
-    with the map, which is gdnsd's config (never 0)."""
+    """A serial that changes with what the zone holds (its name, nameservers, TTLs and CAA
+    records), not with the map, which is gdnsd's config (never 0)."""
     dns = context["dns"]
-    return zlib.crc32(repr([dns[k] for k in ("zone", "nameservers", "ttl", "min_ttl")])
+    return zlib.crc32(repr([dns[k] for k in ("zone", "nameservers", "ttl", "min_ttl", "caa")])
                       .encode()) or 1
 
 

@@ -9,17 +9,22 @@ Each host is one process tree in its own namespaces. One module per concern:
 - `provision`  what goes into a host's upper layer before it boots: user, sshd, services,
                the stand-ins or links to the real apk/dinitctl, and what the real apk needs
 - `keys`       the deploy key, host keys and their pins in known_hosts
+- `delay`      a host's round-trip time (FleetHost.rtt_ms): a relay in front of its services
 This module's `Fleet` composes them for a set of hosts; `from_inventory` makes it.
 
 CLI: python -m outpost.fleet up|down|status [--inventory inventory.toml]
 """
 from __future__ import annotations
 
+import ipaddress
 import shlex
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 from outpost import tls
+from outpost.commands import acme
+from outpost.commands import latency as latency_commands
 from outpost.errors import OutpostError
 from outpost.fleet import certhost, keys, local, machine, network, pebble, provision
 from outpost.fleet.keys import known_hosts_text
@@ -28,13 +33,14 @@ from outpost.fleet.local import (HOST_ENVIRONMENT, PROGRAM_DIRS, REQUIRED_PROGRA
 from outpost.fleet.host import FleetHost
 from outpost.fleet.machine import READY_TIMEOUT, host_state, running_pid
 from outpost.fleet.network import FLEET_RANGE, address_clashes, fleet_network, veth_name
-from outpost.fleet.provision import (SSH_PORT, SSHD_LOG, STANDINS, Provision, packaged_files,
-                                      provision_host, with_user)
+from outpost.fleet.provision import (HOST_PACKAGE, SSH_PORT, SSHD_LOG, STANDINS, BasePackage,
+                                      Provision, packaged_files, provision_host, with_user)
 from outpost.inventory import Inventory
 
 __all__ = [
-    "Fleet", "FleetHost", "Provision", "from_inventory", "running_pid", "host_state",
-    "fleet_network", "address_clashes", "veth_name", "with_user", "known_hosts_text",
+    "Fleet", "FleetHost", "Provision", "from_inventory", "fleet_down_error", "machines_up",
+    "leftovers", "running_pid",
+    "host_state", "fleet_network", "address_clashes", "veth_name", "with_user", "known_hosts_text",
     "FLEET_RANGE", "SSH_PORT", "READY_TIMEOUT", "STANDINS", "REQUIRED_PROGRAMS", "PROGRAM_DIRS",
     "HOST_ENVIRONMENT", "ChimeraTools", "find_chimera_tools",
 ]
@@ -43,7 +49,8 @@ __all__ = [
 class Fleet:
     def __init__(self, state_dir: Path, hosts: list[FleetHost], known_hosts: Path,
                  identity: Path, provision: Provision, bridge: str = "outpost0",
-                 user: str = "deploy", private: tuple[Path, ...] = ()):
+                 user: str = "deploy", private: tuple[Path, ...] = (),
+                 key_pins: tuple[tuple[str, str, Path], ...] = ()):
         self.state_dir = Path(state_dir).resolve()
         self.hosts = {host.name: host for host in hosts}
         self.known_hosts = Path(known_hosts)
@@ -52,6 +59,8 @@ class Fleet:
         self.bridge = bridge
         self.user = user
         self.network = fleet_network(hosts)
+        # (host, public key path on it, pin file here): user keys the fleet makes and pins.
+        self.key_pins = key_pins
         # Hidden on every host: the hosts' own layers, the deploy key and whatever the caller
         # names (the project, with its signing key).
         self.private = sorted({self.state_dir, self.identity.resolve().parent,
@@ -89,6 +98,7 @@ class Fleet:
         if hosts:
             python_version, tools = self._check_machine(hosts)
             keys.ensure_key(self.identity)
+            network.guard_route()
             network.ensure_bridge(self.bridge, self.network)
             for host in hosts:
                 if not keys.host_key(self.state_dir, host.name).exists():
@@ -100,12 +110,16 @@ class Fleet:
                 machine.wait_ready(self.state_dir, host, self.bridge, process)
         keys.pin_host_keys(self.known_hosts, self.state_dir, list(self.hosts.values()),
                            made_afresh)
+        keys.pin_user_keys(self.state_dir, self.key_pins,
+                           {host.name for host in hosts if host.address in made_afresh})
 
     def _check_machine(self, hosts: list[FleetHost]) -> tuple[str, ChimeraTools]:
         """Fail unless this machine can run `hosts`; returns the hosts' python3 version and
         the real Chimera tools found on PATH (the hosts run stand-ins for the others)."""
         names = ", ".join(host.name for host in hosts)
         python_version = local.check_machine(names)
+        if any(host.rtt_ms for host in hosts):
+            local.check_programs(names, {"nft": "nftables"}, "for the hosts' round-trip time")
         tools = local.find_chimera_tools()
         if not machine.init_command(tools):
             raise OutpostError(f"fleet hosts {names}: no service manager: neither `dinit` on "
@@ -118,8 +132,11 @@ class Fleet:
         provision_host(host, machine.upper_layer(self.state_dir, host.name), self.user,
                        self.identity, self.provision, python_version, tools, role)
         provided = provision.host_provided(python_version, self.provision, role)
+        from outpost.fleet import delay  # its relay loads asyncio: not on the no-op's path
         setup = [*provision.apk_database_lines(provided, real_apk=tools.apk is not None),
-                 *map(shlex.join, provision.boot_commands(self.provision.base_packages))]
+                 *map(shlex.join, provision.boot_commands(self.provision.base_packages)),
+                 *delay.boot_lines(host.rtt_ms, host.address,
+                                   str(HOST_PACKAGE / "fleet" / "delay.py"))]
         return machine.launch(self.state_dir, host, self.bridge, self.private, tools, setup)
 
     # --- Stop
@@ -130,9 +147,25 @@ class Fleet:
         return machine.stop(self.state_dir, self._host(name).name, self.bridge)
 
     def down(self) -> list[str]:
-        """Stop every host, then remove the bridge if no other host uses it. Returns those stopped."""
-        stopped = [name for name in self.hosts if self.stop_host(name)]
+        """Stop every host, then remove the bridge if no other host uses it. Returns those
+        stopped. All are killed at once, so one slow to die holds up no other; those still
+        running at their deadline are named in one OutpostError, after the rest have stopped
+        (the next down finishes the job)."""
+        killed = {name: machine.kill(self.state_dir, name) for name in self.hosts}
+        stopped, failed = [], []
+        for name, pid in killed.items():
+            try:
+                machine.wait_stopped(self.state_dir, name, self.bridge, pid)
+            except OutpostError as error:
+                failed.append(str(error))
+                continue
+            if pid is not None:
+                stopped.append(name)
         network.remove_bridge_if_unused(self.bridge)
+        if failed:
+            raise OutpostError(f"fleet: stopped {', '.join(stopped) or 'none'}, but not every "
+                               f"host: {'; '.join(failed)}. Run `doit fleet:down` again to "
+                               "finish")
         return stopped
 
     def rotate_host_key(self, name: str):
@@ -151,11 +184,13 @@ class Fleet:
 
 def _base_packages(inventory: Inventory) -> tuple:
     """gdnsd when the hosts are the site's nameservers: Debian's, with the service, user and
-    folders of the project's own cports template (cports-overlay/user/gdnsd)."""
+    folders of the project's own cports template (cports-overlay/user/gdnsd); and
+    libmaxminddb, whose mmdblookup (Debian's mmdb-bin) counts visitors in the same database."""
     if inventory.dns is None or inventory.dns.provider != "gdnsd":
         return ()
     program = shutil.which("gdnsd", path=PROGRAM_DIRS) or "/usr/sbin/gdnsd"
-    return (packaged_files("gdnsd", inventory.root / "cports-overlay/user/gdnsd/files", program),)
+    return (packaged_files("gdnsd", inventory.root / "cports-overlay/user/gdnsd/files", program),
+            BasePackage(latency_commands.LOOKUP_PACKAGE, ()))
 
 
 # The name of the local fleet's ACME server machine (pebble), when [fleet] acme_server is set.
@@ -170,6 +205,45 @@ def machine_names(inventory: Inventory) -> list[str]:
     if inventory.fleet is not None and inventory.fleet.acme_server is not None:
         names.append(ACME_SERVER)
     return names
+
+
+def machines_up(inventory: Inventory) -> list[str]:
+    """The fleet's machines that are running. Reads only their pid files and /proc."""
+    state = inventory.fleet.state.resolve()
+    return [name for name in machine_names(inventory) if running_pid(state, name) is not None]
+
+
+def fleet_down_error(inventory: Inventory, address: str,
+                     up: Collection[str]) -> OutpostError | None:
+    """Pure: the error for a request to `address` when it is a local fleet address and no
+    machine of the fleet runs (`up`: those that do, from machines_up), else None. Sent anyway,
+    it would fail as "No route to host" (network.guard_route) or, on a machine without that
+    route, follow the default route off this machine."""
+    if inventory.fleet is None or up:
+        return None
+    try:
+        ours = ipaddress.ip_address(address) in FLEET_RANGE
+    except ValueError:  # a DNS name: fleet machines have IPv4 addresses
+        return None
+    if not ours:
+        return None
+    return OutpostError(f"the local fleet is down ({address} is one of its addresses): "
+                        "run `doit fleet:up`")
+
+
+def leftovers(inventory: Inventory) -> list[str]:
+    """What `fleet:down` has yet to remove from this machine: running machines, their veths,
+    and the bridge unless another fleet's host is plugged into it. Empty once the fleet is
+    all gone. Reads only /proc and /sys, so an uptodate check may call it."""
+    names, bridge = machine_names(inventory), inventory.fleet.bridge
+    left = machines_up(inventory)
+    ours = {veth_name(bridge, name): name for name in names}
+    left += [f"veth {veth} ({name})" for veth, name in ours.items()
+             if Path(f"/sys/class/net/{veth}").exists()]
+    ports = Path(f"/sys/class/net/{bridge}/brif")
+    if ports.exists() and {port.name for port in ports.iterdir()} <= set(ours):
+        left.append(f"bridge {bridge}")
+    return left
 
 
 def _root_key(identity: Path | None) -> str | None:
@@ -194,13 +268,16 @@ def from_inventory(inventory: Inventory) -> Fleet:
         raise OutpostError(f"{inventory.path}: fleet hosts must share one ssh user, found "
                            + ", ".join(sorted(users)))
     user = users.pop() if users else "deploy"
-    hosts = [FleetHost(h.name, h.address, h.arch) for h in inventory.hosts]
-    roles = {}
+    rtt = inventory.fleet.rtt
+    hosts = [FleetHost(h.name, h.address, h.arch, rtt(h.name)) for h in inventory.hosts]
+    roles, key_pins = {}, ()
     if inventory.acme is not None:
         cert_host = inventory.acme.cert_host
-        hosts.append(FleetHost(cert_host.name, cert_host.address, cert_host.arch))
+        hosts.append(FleetHost(cert_host.name, cert_host.address, cert_host.arch,
+                               rtt(cert_host.name)))
         roles = {host.name: certhost.web_host_role() for host in inventory.hosts}
         roles[cert_host.name] = certhost.cert_host_role()
+        key_pins = ((cert_host.name, f"{acme.SSH_KEY}.pub", acme.lego_key_pin(inventory)),)
     if inventory.fleet.acme_server is not None:
         address = inventory.fleet.acme_server
         hosts.append(FleetHost(ACME_SERVER, address, inventory.hosts[0].arch))
@@ -220,4 +297,5 @@ def from_inventory(inventory: Inventory) -> Fleet:
         user=user,
         bridge=inventory.fleet.bridge,
         # The project folder holds the signing key: no host may see it.
-        private=(inventory.root, inventory.repository.signing_key.parent))
+        private=(inventory.root, inventory.repository.signing_key.parent),
+        key_pins=key_pins)

@@ -2,8 +2,10 @@
 and the `lego` user on each web host, which the cert host logs in as.
 
 On the cert host: a `lego` user (its home holds the ACME account, the site's key and its own
-SSH key) and Debian's lego, counted by apk as Chimera's lego package. What runs there comes
-from the pipeline's `acme:setup` step, as on a real cert host.
+SSH key) and Debian's lego, counted by apk as Chimera's lego package. lego's SSH key is made
+here when the cert host first starts, and pinned here (keys.pin_user_keys), as the operator of
+a real cert host pins it by hand. What runs there comes from the pipeline's `acme:setup` step,
+as on a real cert host.
 
 On a web host: a `lego` user whose SSH key is the cert host's and whose one program is
 lego-gate (outpost/commands/acme.py): sshd's Match block here is what a real host's admin writes once,
@@ -31,7 +33,9 @@ Match User {acme.LEGO_USER}
 
 
 def cert_host_role() -> Role:
-    return Role(users=((acme.LEGO_USER, acme.LEGO_HOME),), provided=("lego",))
+    # lego's SSH key is made here, and pinned here (keys.pin_user_keys), as host keys are.
+    return Role(users=((acme.LEGO_USER, acme.LEGO_HOME),), provided=("lego",),
+                keys=((acme.SSH_KEY, acme.LEGO_USER),))
 
 
 def web_host_role() -> Role:

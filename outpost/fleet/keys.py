@@ -1,4 +1,5 @@
-"""The fleet's SSH keys: the deploy key, each host's host key, and their pins in known_hosts.
+"""The fleet's SSH keys: the deploy key, each host's host key, and their pins in known_hosts;
+and the pin of a user's key that the fleet made (lego's, provision.make_user_key).
 
 Host keys are pinned in a known_hosts file when the fleet makes them: at a host's first start,
 or after its folder was deleted. A key that changes otherwise (`Fleet.rotate_host_key`) is NOT
@@ -7,12 +8,13 @@ known_hosts to accept the new key at the next `up()`.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath
 
 from outpost.fleet.local import run
 from outpost.fleet.host import FleetHost
 from outpost.fleet.machine import on_host, upper_layer
-from outpost.fleet.provision import HOST_KEY, upper_dir
+from outpost.fleet.provision import HOST_KEY, no_links, upper_dir
 
 
 def known_hosts_text(current: str, entries: dict[str, str], renew: set[str]) -> str:
@@ -60,3 +62,23 @@ def pin_host_keys(known_hosts: Path, state_dir: Path, hosts: list[FleetHost],
     if text != current:
         known_hosts.parent.mkdir(parents=True, exist_ok=True)
         known_hosts.write_text(text)
+
+
+def pin_user_keys(state_dir: Path, pins, made_afresh: set[str]):
+    """For each (host, public key path on it, pin file) of `pins`: write the key's line to the
+    pin when there is none yet, or anew when the host was made afresh (its name in
+    `made_afresh`). Read from the host's disk here, as root: never from a session's output. A
+    key that changes otherwise is not re-pinned: acme:setup refuses it, naming both."""
+    for name, public, pin in pins:
+        if pin.exists() and name not in made_afresh:
+            continue
+        upper = upper_layer(state_dir, name)
+        no_links(upper, PurePosixPath(public))
+        try:
+            fd = os.open(upper / public.lstrip("/"), os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            continue
+        with os.fdopen(fd) as key:
+            line = key.read(4096).strip()
+        pin.parent.mkdir(parents=True, exist_ok=True)
+        pin.write_text(line + "\n")

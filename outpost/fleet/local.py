@@ -15,6 +15,8 @@ REQUIRED_PROGRAMS = {
     "sshd": "openssh-server", "ssh-keygen": "openssh-client", "ip": "iproute2",
     "unshare": "util-linux", "nsenter": "util-linux", "mount": "mount", "doas": "doas",
     "nginx": "nginx", "gdnsd": "gdnsd", "gdnsdctl": "gdnsd",
+    # `doit latency` counts a host's visitors by country with it (Chimera's libmaxminddb).
+    "mmdblookup": "mmdb-bin",
     # The stand-in dinit starts a service with `capabilities` through setpriv; at boot, the
     # packages' users and folders come from the real sysusers and tmpfiles tools.
     "setpriv": "util-linux", "systemd-sysusers": "systemd", "systemd-tmpfiles": "systemd",
@@ -75,10 +77,7 @@ def check_machine(names: str) -> str:
     if os.geteuid() != 0:
         raise OutpostError(f"fleet hosts {names}: the local fleet needs root "
                            "(namespaces, mounts, a bridge); run it as root")
-    for program, package in REQUIRED_PROGRAMS.items():
-        if not shutil.which(program, path=PROGRAM_DIRS):
-            raise OutpostError(f"fleet hosts {names}: `{program}` is missing on this "
-                               f"machine; install it: apt-get install {package}")
+    check_programs(names, REQUIRED_PROGRAMS)
     if "overlay" not in Path("/proc/filesystems").read_text():
         raise OutpostError(f"fleet hosts {names}: this kernel has no overlay filesystem; "
                            "load it: modprobe overlay")
@@ -92,6 +91,15 @@ def check_machine(names: str) -> str:
                            "cryptography (the apk stand-in checks signatures with it); "
                            "install it: apt-get install python3-cryptography")
     return probe.stdout.strip()
+
+
+def check_programs(names: str, programs: dict[str, str], why: str = ""):
+    """Fail unless this machine has each program (program -> its Debian package)."""
+    for program, package in programs.items():
+        if not shutil.which(program, path=PROGRAM_DIRS):
+            raise OutpostError(f"fleet hosts {names}: `{program}` is missing on this machine"
+                               f"{f' ({why})' if why else ''}; install it: "
+                               f"apt-get install {package}")
 
 
 def run(argv: list[str], input: str | None = None) -> subprocess.CompletedProcess:

@@ -1,5 +1,5 @@
 """Starting and stopping one fleet host: one process tree started by `unshare` in its own
-network, mount, PID, UTS and IPC namespaces, with its state in `<state>/hosts/<name>`.
+user, network, mount, PID, UTS and IPC namespaces, with its state in `<state>/hosts/<name>`.
 
 - mount: an overlay whose lower layer is this machine's `/` and whose upper layer is the
   host's own folder, so a package installed on `au` is not on `ny`. The upper layer lives in
@@ -7,6 +7,12 @@ network, mount, PID, UTS and IPC namespaces, with its state in `<state>/hosts/<n
   rebooted server. Delete `<state>/hosts/<name>` to reset a host. Fresh /proc, /run and /tmp;
   /dev is this machine's. The state folder and the other `private` paths (the project with
   its signing key) are hidden under an empty read-only tmpfs.
+- user: once its root is built, the host moves into a user namespace of its own, every id
+  mapped to itself (files keep their owners; root is uid 0), with a mount namespace copied
+  from the first and a network namespace of its own. Its root then has capabilities over its
+  own namespaces only: the mounts made before (the masks among them) are locked and can't be
+  unmounted, nor bound or overlaid without them, and it can't mount a disk or make a device
+  node. So root on a host can't reach the controller's keys.
 - PID: PID 1 is the service manager (real `dinit` where local.find_chimera_tools found it,
   else the stand-in in outpost/standins), logging to /var/log/dinit.log. It starts `boot`, which, as on Chimera, waits for every service enabled
   in /etc/dinit.d/boot.d (`dinitctl enable NAME` links it there): sshd is enabled so, and so is
@@ -33,6 +39,9 @@ from outpost.fleet.provision import DINIT_LOG, HOST_PACKAGE, SSH_PORT, SSHD_LOG,
 
 # How long a host may take from launch to its sshd greeting.
 READY_TIMEOUT = 15.0
+# How long a host's namespaces may take to go after SIGKILL to its PID 1 (slow on a loaded
+# machine: the kernel ends every process in them, then tears down the network namespace).
+STOP_TIMEOUT = 15.0
 
 
 # --- Where a host's state is -------------------------------------------------------------------
@@ -87,10 +96,23 @@ def init_command(tools: ChimeraTools) -> list[str] | None:
 def boot_script(host: FleetHost, upper: Path, work: Path, merged: Path,
                 private: list[Path], init: list[str], setup=()) -> str:
     """PID 1's first act: build the host's root, run the `setup` shell lines (apk's database,
-    the packages' users and folders), wait for its veth, then exec the init."""
+    the packages' users and folders), then leave this machine's root behind: from the user
+    namespace on, root is root of the host's own namespaces only, and every mount above (the
+    masks over the private paths among them) is locked to it, so it can't be undone. Then wait
+    for its veth (in the new network namespace), and exec the init."""
     q = shlex.quote
     hide = "\n".join(f"if [ -d {q(str(p))} ]; then mount -t tmpfs -o ro,size=4k,mode=0755 "
                      f"outpost-private {q(str(p))}; fi" for p in private)
+    host_root = f"""\
+set -eu
+# The fleet writes a line once it has mapped this user namespace and plugged in the veth.
+read -r ready
+if [ -e /proc/sys/net/ipv6/conf/all/disable_ipv6 ]; then echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; fi
+ip link set lo up
+ip addr add {q(host.address)}/24 dev eth0
+ip link set eth0 up
+exec {shlex.join(init)} </dev/null
+"""
     return f"""\
 set -eu
 mount -t overlay outpost-{q(host.name)} -o lowerdir=/,upperdir={q(str(upper))},workdir={q(str(work))} {q(str(merged))}
@@ -105,13 +127,7 @@ cd /
 {hide}
 mkdir -m 0755 /run/sshd
 {"".join(line + chr(10) for line in setup)}hostname {q(host.name)}
-# The fleet writes a line once this host's end of the veth pair is in place.
-read -r ready
-if [ -e /proc/sys/net/ipv6/conf/all/disable_ipv6 ]; then echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; fi
-ip link set lo up
-ip addr add {q(host.address)}/24 dev eth0
-ip link set eth0 up
-exec {shlex.join(init)} </dev/null
+exec unshare --user --mount --net -- sh -c {q(host_root)}
 """
 
 
@@ -136,6 +152,7 @@ def launch(state_dir: Path, host: FleetHost, bridge: str, private: list[Path],
     try:
         pid = _init_pid(state_dir, host, process)
         (state / "pid").write_text(f"{pid} {_start_time(pid)}\n")
+        _map_root(state_dir, host, process, pid)
         network.plug_in(bridge, host, pid)
         process.stdin.write(b"ready\n")
         process.stdin.close()
@@ -161,6 +178,33 @@ def _init_pid(state_dir: Path, host: FleetHost, process: subprocess.Popen) -> in
     raise _boot_failed(state_dir, host, "its PID 1 never appeared")
 
 
+# Every uid and gid is itself in a host's user namespace: files keep their owners, root is 0.
+IDENTITY_MAP = "0 0 4294967295\n"
+
+
+def _map_root(state_dir: Path, host: FleetHost, process: subprocess.Popen, pid: int):
+    """Once PID 1 is in its own user and network namespaces (after its setup lines), map
+    every id to itself. Only a process outside may write a mapping of more than its own id."""
+    # This machine's user namespace; the network namespace the boot script started in (the
+    # unshare that forked PID 1 holds it).
+    outside = [os.stat("/proc/self/ns/user").st_ino,
+               os.stat(f"/proc/{process.pid}/ns/net").st_ino]
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise _boot_failed(state_dir, host, "its boot script exited")
+        try:
+            inside = [os.stat(f"/proc/{pid}/ns/{kind}").st_ino for kind in ("user", "net")]
+        except FileNotFoundError:
+            inside = outside
+        if all(mine != theirs for mine, theirs in zip(outside, inside)):
+            Path(f"/proc/{pid}/uid_map").write_text(IDENTITY_MAP)
+            Path(f"/proc/{pid}/gid_map").write_text(IDENTITY_MAP)
+            return
+        time.sleep(0.005)
+    raise _boot_failed(state_dir, host, "it never entered its user namespace")
+
+
 def wait_ready(state_dir: Path, host: FleetHost, bridge: str, process: subprocess.Popen):
     """Wait for the host's sshd greeting; stop the host if it never comes."""
     deadline = time.monotonic() + READY_TIMEOUT
@@ -168,7 +212,9 @@ def wait_ready(state_dir: Path, host: FleetHost, bridge: str, process: subproces
         if process.poll() is not None:
             raise _boot_failed(state_dir, host, "it stopped while booting")
         try:
-            with socket.create_connection((host.address, SSH_PORT), timeout=1) as conn:
+            # The greeting comes 2 round trips after the connect (delay.py).
+            with socket.create_connection((host.address, SSH_PORT),
+                                          timeout=1 + 2 * host.rtt_ms / 1000) as conn:
                 if conn.recv(64).startswith(b"SSH-"):
                     return
         except OSError:
@@ -193,23 +239,42 @@ def _boot_failed(state_dir: Path, host: FleetHost, why: str) -> OutpostError:
 def stop(state_dir: Path, name: str, bridge: str) -> bool:
     """Stop a host: kill its PID 1, so the kernel ends everything in its PID namespace.
     True if it was running."""
+    pid = kill(state_dir, name)
+    wait_stopped(state_dir, name, bridge, pid)
+    return pid is not None
+
+
+def kill(state_dir: Path, name: str) -> int | None:
+    """SIGKILL to a host's PID 1; the kernel then ends the rest of its PID namespace in its
+    own time (wait_stopped). The PID, or None if the host was down."""
     pid = running_pid(state_dir, name)
-    stopped = pid is not None
-    if stopped:
-        os.kill(pid, signal.SIGKILL)
-        _wait_gone(name, pid, bridge)
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # it died since running_pid looked
+            pass
+    return pid
+
+
+def wait_stopped(state_dir: Path, name: str, bridge: str, pid: int | None):
+    """Wait until the killed PID 1 `pid` is reaped and the host's veth pair is gone, then
+    forget its pid. A veth left by a host that was already down is deleted. Past the deadline
+    the pid file stays, so that the next stop tries again."""
+    if pid is None and network.has_veth(bridge, name):
+        network.remove_veth(bridge, name)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    pause = 0.005
+    while True:
+        alive = pid is not None and _start_time(pid) is not None
+        if not alive and not network.has_veth(bridge, name):
+            break
+        if time.monotonic() > deadline:
+            left = (f"PID 1 ({pid}) still running" if alive else
+                    f"its veth {network.veth_name(bridge, name)} still there")
+            raise OutpostError(f"fleet host {name}: {left} {STOP_TIMEOUT:.0f} s after SIGKILL")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)  # quick for the usual few ms, light on a long wait
     (host_state(state_dir, name) / "pid").unlink(missing_ok=True)
-    return stopped
-
-
-def _wait_gone(name: str, pid: int, bridge: str):
-    """Wait until PID 1 is reaped and the kernel has removed the host's veth pair."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if _start_time(pid) is None and not network.has_veth(bridge, name):
-            return
-        time.sleep(0.005)
-    raise OutpostError(f"fleet host {name}: still running after SIGKILL to its PID 1 ({pid})")
 
 
 def run_on(state_dir: Path, name: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess:

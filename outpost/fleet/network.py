@@ -3,7 +3,8 @@
 Each host has a veth pair: `eth0` inside with the host's address (a /24 of 198.18.0.0/15), the
 other end in a bridge (default `outpost0`) that holds the /24's first address on this machine.
 Hosts get no default route, so nothing they send can leave the machine. IPv6 is off on every
-link.
+link. This machine keeps the whole range unreachable (guard_route), so that with the fleet down
+nothing it sends to a fleet address leaves it either.
 """
 from __future__ import annotations
 
@@ -95,6 +96,26 @@ def check_addresses(hosts: list[FleetHost], network: ipaddress.IPv4Network, brid
         raise OutpostError("; ".join(problems))
 
 
+def guard_route():
+    """An `unreachable` route for all of FLEET_RANGE in this machine's main table. A running
+    fleet's /24 on its bridge is more specific and wins; with the fleet down, a packet to a
+    fleet address fails here at once ("No route to host") instead of following the default
+    route off this machine. It stays after fleet:down."""
+    routes = json.loads(run(["ip", "-j", "-4", "route", "show", "table", "main", "exact",
+                             str(FLEET_RANGE)]).stdout)
+    others = [route for route in routes if route.get("type") != "unreachable"]
+    if others:
+        found = " ".join(f"{key} {value}" for key, value in others[0].items()
+                         if isinstance(value, str))
+        raise OutpostError(f"this machine routes {FLEET_RANGE}, the local fleet's range, "
+                           f"somewhere ({found}); the fleet keeps that range unreachable so "
+                           "that its traffic never leaves this machine: remove the route "
+                           f"(ip route del {FLEET_RANGE})")
+    if not routes:
+        # replace, not add: another fleet starting at the same moment may add it too.
+        ip_batch([f"route replace unreachable {FLEET_RANGE}"])
+
+
 def ensure_bridge(bridge: str, network: ipaddress.IPv4Network):
     if not Path(f"/sys/class/net/{bridge}").exists():
         ip_batch([f"link add {bridge} type bridge"])
@@ -116,11 +137,20 @@ def has_veth(bridge: str, host: str) -> bool:
     return Path(f"/sys/class/net/{veth_name(bridge, host)}").exists()
 
 
+def remove_veth(bridge: str, host: str):
+    """Delete this machine's end of a host's veth pair; the host's end goes with it."""
+    try:
+        ip_batch([f"link del {veth_name(bridge, host)}"])
+    except OutpostError:
+        if has_veth(bridge, host):  # else the kernel removed it at the same moment
+            raise
+
+
 def plug_in(bridge: str, host: FleetHost, pid: int):
     """Give the host whose network namespace PID 1 `pid` holds its eth0, on the bridge."""
     veth = veth_name(bridge, host.name)
     if has_veth(bridge, host.name):
-        ip_batch([f"link del {veth}"])
+        remove_veth(bridge, host.name)
     ip_batch([f"link add {veth} type veth peer name eth0 "
               f"address {host_mac(host.address)} netns {pid}"])
     disable_ipv6(veth)

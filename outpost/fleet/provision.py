@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from outpost.commands import base
 from outpost.errors import OutpostError
 from outpost.fleet.host import FleetHost
-from outpost.fleet.local import STANDINS_DIR, ChimeraTools
+from outpost.fleet.local import STANDINS_DIR, ChimeraTools, run
 
 SSH_PORT = 22
 # The `outpost` package, copied onto each host for the stand-ins in its standins/ folder.
@@ -69,6 +69,9 @@ class Role:
     provided: tuple[str, ...] = ()  # more packages this machine's base provides to apk
     ssh_users: tuple[str, ...] = ()  # more users sshd lets in
     sshd: str = ""  # lines at the end of sshd's config (Match blocks)
+    # (path, owner): an SSH key pair made here once, when missing (lego's on the cert host:
+    # this machine pins it as it pins host keys, so no session's output has to tell it)
+    keys: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -294,10 +297,12 @@ def provision_host(host: FleetHost, upper: Path, user: str, identity: Path,
             # A role's user's home is its own alone.
             **{role_home: (0o700, uids[name]) for name, role_home in role.users}}
     for path, (mode, owner) in dirs.items():
+        no_links(upper, PurePosixPath(path))  # the host's users' folders: root here follows none
         target = upper_dir(upper, path)
         os.chown(target, owner, owner)
         target.chmod(mode)
     for path, (text, mode, owner, gid) in files.items():
+        no_links(upper, PurePosixPath(path).parent)
         target = upper_dir(upper, str(PurePosixPath(path).parent)) / PurePosixPath(path).name
         target.unlink(missing_ok=True)
         # Made with its mode: a key is never readable by others, not even briefly.
@@ -305,13 +310,49 @@ def provision_host(host: FleetHost, upper: Path, user: str, identity: Path,
             out.write(text)
         os.chown(target, owner, gid)
         target.chmod(mode)
+    # nginx's logs as on Chimera, where its root master makes them 0644 (base.ACCESS_LOG), not
+    # this machine's 0640 www-data ones that the lower layer would show; only where missing,
+    # so a host keeps its log (`doit latency` counts its visitors) from one start to the next.
+    for log in (base.ACCESS_LOG, "/var/log/nginx/error.log"):
+        target = upper_dir(upper, str(PurePosixPath(log).parent)) / PurePosixPath(log).name
+        if not target.exists():
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
     # Links only where missing: boot.d also holds what was enabled on the host since.
     for service, link_target in {**ENABLED_SERVICES,
                                  **{name: f"../{name}" for name in role.enabled}}.items():
         link = upper / BOOT_D.relative_to("/") / service
         if not os.path.lexists(link):
             link.symlink_to(link_target)
+    for path, owner in role.keys:
+        make_user_key(upper, PurePosixPath(path), uids[owner], f"{owner}@{host.name}")
     install_tools(upper, tools)
+
+
+def make_user_key(upper: Path, path: PurePosixPath, uid: int, comment: str):
+    """An ed25519 key pair at `path` in an upper layer, the user's, unless one is there; its
+    folder the user's alone. Made while the host is down, so no one on it sees it half made."""
+    no_links(upper, path)
+    folder = upper_dir(upper, str(path.parent))
+    os.chown(folder, uid, uid)
+    folder.chmod(0o700)
+    key = folder / path.name
+    if os.path.lexists(key):
+        return
+    Path(f"{key}.pub").unlink(missing_ok=True)
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)])
+    for made in (key, Path(f"{key}.pub")):
+        os.chown(made, uid, uid)
+
+
+def no_links(upper: Path, path: PurePosixPath):
+    """Refuse a path of the host's users' (its folders are theirs) that holds a link: seen
+    from this machine, it would lead root here to a file of this machine's."""
+    target = upper
+    for part in path.relative_to("/").parts:
+        target = target / part
+        if target.is_symlink():
+            raise OutpostError(f"local fleet: {target} is a link; the fleet follows none in "
+                               f"a host's users' folders")
 
 
 def install_tools(upper: Path, tools: ChimeraTools):

@@ -18,14 +18,16 @@ from typing import Any
 
 from outpost.inventory.checks import (
     BUILDER_KINDS, CHIMERA_ARCHES, CONTINENTS, DNS_PROVIDERS, FLEET_DATABASE)
+from outpost.errors import OutpostError
 from outpost.inventory.model import (
-    Acme, Builder, Dns, DnsHealth, Fleet, Host, Inventory, InventoryError, Package, Repository,
-    Rollout, Site, Ssh)
+    Acme, Builder, Dns, DnsHealth, Fleet, Host, Inventory, InventoryError, Latency, Package,
+    Repository, Rollout, Site, Ssh)
+from outpost.latency import places, visitors
 from outpost.inventory.schema import DNS_HEALTH, REQUIRED, SCHEMA, Table
 
 __all__ = [
     "Acme", "Builder", "Dns", "DnsHealth", "Fleet", "Host", "Inventory", "InventoryError",
-    "Package", "Repository", "Rollout", "Site", "Ssh", "load", "BUILDER_KINDS",
+    "Latency", "Package", "Repository", "Rollout", "Site", "Ssh", "load", "BUILDER_KINDS",
     "CHIMERA_ARCHES", "CONTINENTS", "DNS_PROVIDERS", "FLEET_DATABASE", "SCHEMA",
 ]
 
@@ -177,6 +179,8 @@ def _check_remote_folders(repository: dict, packages: list[dict], label: str) ->
 def _check_dns(dns: dict, hosts: list[dict], fleet, label: str, root: Path) -> Dns:
     where = f"{label}: [dns]"
     health = _check_table(dns["health"], DNS_HEALTH, f"{label}: [dns.health]", root)
+    if health["timeout"] is None:
+        health["timeout"] = max(1, health["interval"] // 2)
     if health["timeout"] >= health["interval"]:
         raise InventoryError(f"{label}: [dns.health]: key 'timeout' ({health['timeout']}) must "
                              f"be less than 'interval' ({health['interval']})")
@@ -218,6 +222,42 @@ def _check_acme(acme, cert_host, hosts, ssh, label: str):
     return Acme(**acme, cert_host=host)
 
 
+def _check_latency(latency: dict | None, dns: dict | None, label: str) -> Latency:
+    """[latency]'s values, each checked as `doit latency` will read it."""
+    if latency is None:
+        return Latency()
+    where = f"{label}: [latency]: key"
+    try:
+        if isinstance(latency["visitors"], str):
+            if latency["visitors"] != visitors.LOGS:
+                raise OutpostError(f"{where} 'visitors': must be \"{visitors.LOGS}\" or a table "
+                                   f"of shares by country, found {latency['visitors']!r}")
+            if dns is None or dns["provider"] != "gdnsd":
+                raise OutpostError(f"{where} 'visitors': \"{visitors.LOGS}\" counts with the "
+                                   "country database the hosts have for gdnsd ([dns] provider "
+                                   "= \"gdnsd\"); without it, give shares by country")
+        elif latency["visitors"] is not None:
+            visitors.from_table(dict(latency["visitors"]), f"{where} 'visitors'")
+        for text in latency["monitors"] or ():
+            places.continent_of(places.place(text, f"{where} 'monitors':"),
+                                f"{where} 'monitors':")
+        for text in latency["candidates"] or ():
+            places.place(text, f"{where} 'candidates':")
+    except InventoryError:
+        raise
+    except OutpostError as error:
+        raise InventoryError(str(error)) from None
+    return Latency(**latency)
+
+
+def _check_fleet_rtt(fleet: dict, hosts: list[dict], cert_host: dict | None, label: str):
+    names = [host["name"] for host in hosts] + ([cert_host["name"]] if cert_host else [])
+    for name, _ in fleet["rtt_ms"]:
+        if name not in names:
+            raise InventoryError(f"{label}: [fleet]: key 'rtt_ms': no host named {name!r}; "
+                                 f"hosts: {', '.join(names)}")
+
+
 def load(path: str | Path) -> Inventory:
     """Read and validate an inventory. Errors name the file as `path` gives it."""
     label = str(path)
@@ -249,6 +289,8 @@ def load(path: str | Path) -> Inventory:
         raise InventoryError(f"{label}: [rollout]: key 'canary': no host named "
                              f"{rollout['canary']!r}; hosts: "
                              + ", ".join(h["name"] for h in checked["hosts"]))
+    if checked["fleet"]:
+        _check_fleet_rtt(checked["fleet"], checked["hosts"], checked["cert_host"], label)
     ssh = checked["ssh"]
     return Inventory(
         path=inventory_path,
@@ -269,4 +311,5 @@ def load(path: str | Path) -> Inventory:
              if checked["dns"] else None),
         rollout=Rollout(**rollout),
         acme=_check_acme(checked["acme"], checked["cert_host"], checked["hosts"], ssh, label),
+        latency=_check_latency(checked["latency"], checked["dns"], label),
     )

@@ -5,6 +5,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from outpost.errors import OutpostError
+from outpost.latency import places
+
 # The architectures Chimera Linux publishes repositories for (cports etc/build_profiles/).
 CHIMERA_ARCHES = ("aarch64", "armv7", "loongarch64", "ppc", "ppc64", "ppc64le", "riscv64", "x86_64")
 BUILDER_KINDS = ("cbuild", "local")
@@ -166,6 +169,17 @@ def _bridge(value: str) -> str | None:
     return f"{value!r} is not a usable bridge name; use up to 10 lowercase letters, digits and -"
 
 
+# A fleet host's round trip: no more than a path half way round the world and back, twice.
+MAX_RTT_MS = 2000
+
+
+def _rtt_ms(value: dict) -> str | None:
+    for name, ms in value.items():
+        if not 0 <= ms <= MAX_RTT_MS:
+            return f"{name} = {ms}: a round trip is from 0 to {MAX_RTT_MS} ms"
+    return None
+
+
 # MaxMind's continent codes: the top level of a GeoIP2 database and of gdnsd's geoip map.
 CONTINENTS = ("AF", "AN", "AS", "EU", "NA", "OC", "SA")
 DNS_PROVIDERS = ("gdnsd", "gcore")
@@ -233,3 +247,12 @@ def _builder_kind(value: str) -> str | None:
     if value in BUILDER_KINDS:
         return None
     return f"unknown builder kind {value!r}; use one of: " + ", ".join(BUILDER_KINDS)
+
+
+def _location(value: str) -> str | None:
+    """A city outpost.latency knows, or coordinates "lat,lon"."""
+    try:
+        places.place(value, "")
+    except OutpostError as error:
+        return str(error)
+    return None

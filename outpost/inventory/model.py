@@ -20,6 +20,7 @@ class Host:
     arch: str
     region: str
     groups: tuple[str, ...]
+    location: str | None = None  # a city or "lat,lon", for `doit latency`
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,11 @@ class Fleet:
     state: Path
     bridge: str
     acme_server: str | None = None  # the fleet's ACME server (pebble) runs at this address
+    rtt_ms: tuple[tuple[str, int], ...] = ()  # (host, round trip): its distance emulated
+
+    def rtt(self, host: str) -> int:
+        """The round trip a fleet host's services answer at, in ms (0: none added)."""
+        return dict(self.rtt_ms).get(host, 0)
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,17 @@ class Acme:
 
 
 @dataclass(frozen=True)
+class Latency:
+    """[latency]: who visits and from where it is watched, for `doit latency` and the deploy's
+    line (outpost.latency.inputs turns it into the report's input). Checked on load."""
+    visitors: tuple[tuple[str, float], ...] | str | None = None  # shares, "logs", None: seed's
+    monitors: tuple[str, ...] | None = None    # None: updown.io's nine of the seed's time
+    candidates: tuple[str, ...] | None = None  # None: outpost.latency.places.VPS_CANDIDATES
+    measured: Path | None = None               # a CSV of measured round trips
+    origin: str | None = None                  # where the deploy machine is
+
+
+@dataclass(frozen=True)
 class Inventory:
     path: Path
     site: Site
@@ -144,6 +161,7 @@ class Inventory:
     dns: Dns | None = None
     rollout: Rollout = Rollout(None, 1, 30.0)
     acme: Acme | None = None
+    latency: Latency = Latency()
 
     @property
     def root(self) -> Path:

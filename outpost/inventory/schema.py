@@ -8,9 +8,9 @@ from typing import Any, Callable
 
 from outpost.inventory.checks import (
     FLEET_DATABASE, _address, _arch, _at_least, _at_least_one, _bridge, _builder_kind,
-    _dns_map, _dns_provider, _email, _health_interval, _host_name, _not_empty, _package_name,
-    _port, _positive, _region, _remote_path, _renew_days, _service_name, _site_name, _url,
-    _user_name)
+    _dns_map, _dns_provider, _email, _health_interval, _host_name, _location, _not_empty,
+    _package_name, _port, _positive, _region, _remote_path, _renew_days, _rtt_ms,
+    _service_name, _site_name, _url, _user_name)
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,13 @@ HOST_LISTS = Type("a table of arrays of host names",
 STRINGS = Type("an array of strings",
                lambda v: isinstance(v, list) and all(isinstance(item, str) for item in v),
                lambda v, root: tuple(v))
+SHARES_OR_LOGS = Type("a table of shares by country, or \"logs\"",
+                      lambda v: isinstance(v, str) or (isinstance(v, dict) and all(
+                          _is_int(n) or isinstance(n, float) for n in v.values())),
+                      lambda v, root: v if isinstance(v, str) else tuple(v.items()))
+MILLISECONDS_BY_HOST = Type("a table of integers (milliseconds by host name)",
+                           lambda v: isinstance(v, dict) and all(map(_is_int, v.values())),
+                           lambda v, root: tuple(v.items()))
 LOCAL_PATH = Type("a string (a path on this machine)", lambda v: isinstance(v, str),
                   lambda v, root: root / Path(v).expanduser())
 
@@ -96,6 +103,9 @@ SCHEMA: dict[str, Table] = {
         Key("bridge", STRING, "outpost0", _bridge),
         # The address of the fleet's ACME server (pebble), when [acme] uses one.
         Key("acme_server", STRING, None, _address),
+        # Distance for the local fleet: each named host's services answer this many ms of round
+        # trip later (outpost/fleet/delay.py); hosts not named, none.
+        Key("rtt_ms", MILLISECONDS_BY_HOST, {}, _rtt_ms),
     ), required=False),
     "acme": Table((
         Key("directory", STRING, check=_url),
@@ -146,16 +156,32 @@ SCHEMA: dict[str, Table] = {
         Key("arch", STRING, check=_arch),
         Key("region", STRING, check=_region),
         Key("groups", STRINGS, ()),
+        # Where the host is, for `doit latency`: a city or coordinates "lat,lon".
+        Key("location", STRING, None, _location),
     ), array=True),
+    # `doit latency`: who visits, from where it is watched, where a next host could go.
+    "latency": Table((
+        # Shares by country ({ AU = 40, US = 25, ... }, adding up to 1 or 100), or "logs":
+        # counted in the hosts' nginx logs. Default: the seed's GoatCounter top ten.
+        Key("visitors", SHARES_OR_LOGS, None),
+        Key("monitors", STRINGS, None),      # monitoring locations; default: updown.io's nine
+        Key("candidates", STRINGS, None),    # where a next host could go; default: VPS cities
+        Key("measured", LOCAL_PATH, None),   # a CSV of measured round trips: a,b,rtt_ms
+        Key("origin", STRING, None, _location),  # where the deploy machine is (the check's)
+    ), required=False),
 }
 
 
-# [dns.health]: defaults that fail over in seconds (gdnsd's own fail over in about 100 s).
+# [dns.health]: gdnsd's own defaults (man gdnsd.config, service_types), made for the internet:
+# a host is out after 10 failed checks that no 10 good ones in a row cleared, back after 20
+# good ones, a check every 10 s with 5 s for the answer (half the interval, as gdnsd has it).
+# A lost SYN (a 1 s retransmit), or a few, never takes a host out; a dead host is out within
+# about 100 s and back about 200 s after it returns. The local fleet sets its fast ones.
 DNS_HEALTH = Table((
     # Whole seconds: gdnsd takes no fractions.
-    Key("interval", INTEGER, 2, _health_interval),
-    Key("timeout", INTEGER, 1, _at_least_one),
-    Key("up_thresh", INTEGER, 1, _at_least_one),
-    Key("ok_thresh", INTEGER, 1, _at_least_one),
-    Key("down_thresh", INTEGER, 1, _at_least_one),
+    Key("interval", INTEGER, 10, _health_interval),
+    Key("timeout", INTEGER, None, _at_least_one),  # default: interval / 2, as gdnsd's
+    Key("up_thresh", INTEGER, 20, _at_least_one),
+    Key("ok_thresh", INTEGER, 10, _at_least_one),
+    Key("down_thresh", INTEGER, 10, _at_least_one),
 ))

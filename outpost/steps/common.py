@@ -8,14 +8,17 @@ import time
 from outpost import remote
 from outpost.commands import bundle
 from outpost.errors import OutpostError
+from outpost.terminal import visible
 
 
 def say(line: str):
     """One line of a step's output. Not print(): doit swaps sys.stdout for each action, in
     every thread, and print() on CPython 3.11 holds the stream without a reference while it
     writes (CPython gh-130163), which crashes parallel runs now and then. A single write of
-    the whole line also keeps hosts' lines from running into each other."""
-    sys.stdout.write(line + "\n")
+    the whole line also keeps hosts' lines from running into each other. Control characters
+    and escape sequences are shown, not sent to the terminal (outpost.terminal): a line often
+    holds a host's output."""
+    sys.stdout.write(visible(line) + "\n")
 
 
 def report(host, output: str):

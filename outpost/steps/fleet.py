@@ -20,15 +20,12 @@ def fleet_down(inventory):
     say(f"fleet: stopped {', '.join(stopped) or 'none (all down)'}")
 
 
-def _hosts_up(inventory) -> list[bool]:
-    from outpost.fleet import machine_names, running_pid
-    state = inventory.fleet.state.resolve()
-    return [running_pid(state, name) is not None for name in machine_names(inventory)]
-
-
 def fleet_is_up(inventory) -> bool:
-    return all(_hosts_up(inventory))
+    from outpost.fleet import machine_names, machines_up
+    return len(machines_up(inventory)) == len(machine_names(inventory))
 
 
-def fleet_any_up(inventory) -> bool:
-    return any(_hosts_up(inventory))
+def fleet_any_left(inventory) -> bool:
+    """Whether fleet:down has anything left to do: a machine, a veth or the bridge."""
+    from outpost.fleet import leftovers
+    return bool(leftovers(inventory))

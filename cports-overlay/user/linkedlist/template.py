@@ -1,6 +1,6 @@
 pkgname = "linkedlist"
 pkgver = "2.0.12"
-pkgrel = 3
+pkgrel = 4
 # dinit-chimera provides local.target, which the service depends on
 makedepends = ["dinit-chimera"]
 depends = ["python"]
