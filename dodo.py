@@ -2,6 +2,7 @@
 
     build:<arch> -> index:<arch> -> bootstrap:<host> -> sync:<host> -> upgrade:<host>
     -> config:<host> -> content:<host> and dns:<host> -> check:<host>
+    (services:<host>, after upgrade:<host> and dns:<host>, starts what is stopped; check waits)
 
 `doit rollback` switches every host back to its previous content release.
 
@@ -19,7 +20,7 @@ from outpost.errors import OutpostError
 from outpost.report import reporter_for
 from outpost.steps.build import broken_template
 from tasks import (acme, bootstrap, build, certificates, check, config, content, deploy, dns, fleet,
-                   latency, sync, upgrade)
+                   latency, services, sync, upgrade)
 
 try:
     INVENTORY = inventory_file.load(os.environ.get("OUTPOST_INVENTORY", "inventory.toml"))
@@ -141,6 +142,11 @@ def task_dns():
 def task_content():
     """Push the content to each host as a new release, and switch to it."""
     yield from _tasks(content.content)
+
+
+def task_services():
+    """Start the services each host should run that are stopped (the app, nginx, gdnsd)."""
+    yield from _tasks(services.services)
 
 
 def task_check():

@@ -59,6 +59,12 @@ def runs(inventory, host, wanted: dict[str, str]) -> bool:
     return all(ran.get(name, [None])[-1] == version for name, version in wanted.items())
 
 
+def last_passed(inventory, host, package: str) -> str | None:
+    """The version of package that last passed the gate on host (or that it went back to)."""
+    versions = history(inventory, host).get(package, [])
+    return versions[-1] if versions else None
+
+
 def previous(inventory, host, package: str) -> str | None:
     versions = history(inventory, host).get(package, [])
     return versions[-2] if len(versions) >= 2 else None

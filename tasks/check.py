@@ -19,6 +19,7 @@ def check(inventory):
             "doc": f"Check over HTTPS that {host.name} serves the app and the pushed content",
             # No inputs: it always runs. It only reads, so a no-op deploy stays a no-op.
             "actions": [action(check_step.check, inventory, host, read_only=True)],
-            "task_dep": [f"content:{host.name}"] + dns_tasks(inventory, host),
+            "task_dep": [f"content:{host.name}", f"services:{host.name}"]
+            + dns_tasks(inventory, host),
             "verbosity": 2,
         }

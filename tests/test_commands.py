@@ -10,6 +10,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 from outpost.commands import base
 from outpost.commands import sync as sync_commands
 from outpost.commands import upgrade as rollout
+from outpost.commands import upgrade_report
 from outpost.errors import OutpostError
 from outpost.inventory import Host, Package, Repository, Ssh
 
@@ -198,7 +200,8 @@ class FakeHost:
         mounts = " && ".join(
             f"mount -t overlay overlay -o lowerdir=/{top},upperdir={self.dir}/upper/{top},"
             f"workdir={self.dir}/work/{top} /{top}" for top in OVERLAID)
-        env = {"PATH": f"{self.dir}/bin:/usr/bin:/bin", "STUB_LOG": f"{self.dir}/log",
+        env = {"PATH": f"{self.dir}/bin:/usr/bin:/bin", "HOME": f"{self.dir}/home",
+               "STUB_LOG": f"{self.dir}/log",
                "STUB_RULES": f"{self.dir}/doas.conf", **self.env}
         return subprocess.run(["unshare", "--mount", "sh", "-c", mounts + ' && exec sh -c "$1"',
                                "sh", script], env=env, capture_output=True, text=True,
@@ -257,7 +260,7 @@ def test_install_script_installs_restarts_enables_and_starts(fake_host):
         "doas dinitctl restart --ignore-unstarted linkedlist",
         # Not enabled yet (this machine has no /etc/dinit.d/boot.d/linkedlist): enable it.
         "doas dinitctl enable linkedlist", "doas dinitctl start linkedlist"]
-    report = rollout.parse_report(result.stdout)
+    report = upgrade_report.parse_report(result.stdout)
     assert (report.before, report.ok, report.failed) == ({"linkedlist": "1.2.3-r4"},
                                                          {"linkedlist": "2.0-r0"}, {})
 
@@ -307,7 +310,7 @@ def test_a_service_file_dinit_refuses_keeps_the_old_one_and_the_host_goes_back(f
         "doas apk add linkedlist=1.2.3-r4", "doas dinitctl reload linkedlist",
         "doas dinitctl restart --ignore-unstarted linkedlist",
         "doas dinitctl enable linkedlist", "doas dinitctl start linkedlist"]
-    report = rollout.parse_report(result.stdout)
+    report = upgrade_report.parse_report(result.stdout)
     assert report.refused == {"linkedlist"}
     assert report.failed == {"linkedlist": ("2.0-r0", "dinit refused its new service file: "
                                             "dinitctl: could not reload service; service in "
@@ -316,12 +319,91 @@ def test_a_service_file_dinit_refuses_keeps_the_old_one_and_the_host_goes_back(f
     assert report.back == {"linkedlist": "1.2.3-r4"}
     assert report.dinit_log == ["dinit: Error in service description for 'linkedlist': "
                                 "run-as: no such user"] * 2  # not the old line
-    message = rollout.gate_failure(make_host(), report)
+    message = upgrade_report.gate_failure(make_host(), report)
     assert "host au: linkedlist 2.0-r0 was not loaded (dinit refused" in message
     assert "it is back on 1.2.3-r4" in message
     assert message.endswith("dinit logged (/var/log/dinit.log):\n  dinit: Error in service "
                             "description for 'linkedlist': run-as: no such user\n  dinit: Error "
                             "in service description for 'linkedlist': run-as: no such user")
+
+
+class Health(threading.Thread):
+    """The app's health path on 127.0.0.1 for the fake host: the version the stub apk has
+    installed, except `bad`, which answers 502 (a daemon that never comes up)."""
+
+    def __init__(self, installed: Path, bad: str):
+        import http.server
+        installed_version = lambda: installed.read_text().strip()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                version = installed_version()
+                body = f'{{"version": "{version}"}}'.encode()
+                self.send_response(502 if version == bad else 200)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(daemon=True)
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+
+    def run(self):
+        self.server.serve_forever()
+
+
+def test_a_host_left_on_a_failed_version_goes_back_to_the_last_that_passed(fake_host):
+    # The host runs 2.0-r0, which never passed its gate (that gate was cut short: the host went
+    # down). Going back means the last version that passed there (back_to, from this
+    # machine's record), not "the version installed before", which is the failed one.
+    installed = fake_host.file("/var/lib/stub-apk-version")
+    installed.parent.mkdir(parents=True)
+    installed.write_text("2.0-r0\n")
+    health = Health(installed, bad="2.0-r0")
+    health.start()
+    try:
+        script = rollout.install_script([rollout.Install(
+            "linkedlist", "2.0-r0", "linkedlist", health.port, None, None, back_to="1.5-r0")],
+            health_timeout=1)
+        rules = rules_text(USER, rollout.doas_commands("linkedlist", ["2.0-r0", "1.5-r0"],
+                                                       "linkedlist", None))
+        result = fake_host.run(script, rules)
+    finally:
+        health.server.shutdown()
+    assert result.returncode == rollout.GATE_FAILED, result.stderr
+    report = upgrade_report.parse_report(result.stdout)
+    assert report.before == {"linkedlist": "2.0-r0"}
+    version, reason = report.failed["linkedlist"]
+    assert version == "2.0-r0" and reason.startswith("the health path does not answer: curl")
+    assert "502" in reason
+    assert report.back == {"linkedlist": "1.5-r0"}
+    assert "doas apk add linkedlist=1.5-r0" in root_calls(fake_host)
+    assert "it is back on 1.5-r0" in upgrade_report.gate_failure(make_host(), report)
+
+
+def test_the_report_of_a_job_an_earlier_session_left():
+    output = ("outpost: earlier before linkedlist 1.0-r0\n"
+              "outpost: earlier gate linkedlist 2.0-r0\n"
+              "outpost: earlier failed linkedlist 2.0-r0: the health path does not answer\n"
+              "outpost: earlier back linkedlist 1.0-r0\n"
+              "outpost: earlier exit 70\n"
+              "outpost: before linkedlist 1.0-r0\n"
+              "outpost: ok linkedlist 1.0-r0\n")
+    report = upgrade_report.parse_report(output)
+    assert (report.before, report.ok, report.failed) == ({"linkedlist": "1.0-r0"},
+                                                         {"linkedlist": "1.0-r0"}, {})
+    assert report.earlier.failed == {"linkedlist": ("2.0-r0", "the health path does not answer")}
+    assert upgrade_report.earlier_outcome(report.earlier) == (
+        "linkedlist 2.0-r0 failed the health gate (the health path does not answer); it is back "
+        "on 1.0-r0")
+    assert upgrade_report.parse_report("outpost: ok linkedlist 1.0-r0\n").earlier is None
+    # A job that never wrote its exit line: the host went down under it.
+    cut = upgrade_report.parse_report("outpost: earlier before linkedlist 1.0-r0\n"
+                               "outpost: earlier gate linkedlist 2.0-r0\n").earlier
+    assert upgrade_report.earlier_outcome(cut) == ("it was cut short (the host went down, or the job "
+                                            "was killed) in the gate of linkedlist 2.0-r0")
 
 
 def test_install_script_drops_the_apk_new_copy_of_an_env_file_config_owns(fake_host):

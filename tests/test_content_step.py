@@ -122,6 +122,54 @@ def test_a_drifted_host_gets_every_file_again_in_a_new_folder(site):
     assert content.is_current(inv, host)
 
 
+def test_a_push_whose_record_was_lost_after_the_switch_makes_no_new_folder(site):
+    # A run killed after the host switched but before this machine wrote its record: the
+    # record still names the release before. The next push finds `current` holding the
+    # release: no new folder, no keep slot, and the record catches up.
+    inv, host, package = site.inventory, site.host, site.package
+    content.push(inv, host, site.say)
+    record = content._record_path(inv, package, host)
+    stale = record.read_text()
+    change(site, "entry 1, edited\n")
+    content.push(inv, host, site.say)
+    pushed = content.served(inv, package, host)
+    record.write_text(stale)
+    content.push(inv, host, site.say)
+    assert site.said[-1] == (f"au: linkedlist content {pushed.folder}: the host had it already; "
+                             "nothing switched; keeps 2 releases")
+    assert content.served(inv, package, host) == pushed
+    assert sorted(p.name for p in (site.dir / "releases").iterdir()) == sorted(pushed.kept)
+
+
+def test_a_release_the_host_is_confirmed_to_serve_is_not_sent_again(site):
+    inv, host, package = site.inventory, site.host, site.package
+    content.push(inv, host, site.say)
+    pushed = content.served(inv, package, host)
+    content.push(inv, host, site.say, confirmed={package.name: pushed.folder})
+    assert site.said[-1] == (f"au: linkedlist content {pushed.folder}: the host serves it "
+                             "already; nothing sent")
+    assert LocalSession.logins == [("au", "content")]  # no second login
+    assert content.served(inv, package, host) == pushed
+
+
+def test_a_confirmed_release_whose_record_was_lost_is_recorded_without_a_login(site):
+    inv, host, package = site.inventory, site.host, site.package
+    content.push(inv, host, site.say)
+    first = content.served(inv, package, host)
+    record = content._record_path(inv, package, host)
+    stale = record.read_text()
+    change(site, "entry 1, edited\n")
+    content.push(inv, host, site.say)
+    pushed = content.served(inv, package, host)
+    record.write_text(stale)  # the run ended after the switch, before this record
+    content.push(inv, host, site.say, confirmed={package.name: pushed.folder})
+    assert LocalSession.logins == [("au", "content")] * 2
+    now = content.served(inv, package, host)
+    assert (now.release, now.folder, now.digest) == (pushed.release, pushed.folder,
+                                                     pushed.digest)
+    assert now.kept == (pushed.folder, first.folder) and content.is_current(inv, host)
+
+
 def test_a_rollback_holds_until_content_changes(site):
     inv, host, package = site.inventory, site.host, site.package
     content.push(inv, host, site.say)

@@ -57,12 +57,13 @@ def reader(m):
     return lambda entry: (Path(m.sources[entry.path]).read_bytes(), 0)
 
 
-def push(host, tree, linked=True):
+def push(host, tree, linked=True, fresh=False):
     """Push the tree's release, linked to the one the host serves (as outpost.steps.content does)."""
     m = manifest.scan(tree)
     base, base_folder = host.serves if (linked and host.serves) else (None, None)
     data = releases.payload(m, reader(m), base, base_folder)
-    proc = host.run(releases.push_script(str(host.dir), m.release, base_folder, host.keep), data)
+    proc = host.run(releases.push_script(str(host.dir), m.release, base_folder, host.keep,
+                                         fresh=fresh), data)
     assert proc.returncode == 0, proc.stderr.decode()
     host.serves = (m, releases.parse_report(proc.stdout.decode())[0])
     return m, host.serves[1]
@@ -137,8 +138,9 @@ def test_only_the_last_keep_releases_stay(host, content):
         folders.append(push(host, content)[1])
     assert host.history() == folders[-3:]
     assert host.folders() == sorted(folders[-3:])
+    # The release current holds, again into a new folder (as for a host that drifted).
     proc = host.run(releases.push_script(str(host.dir), host.serves[0].release,
-                                         host.serves[1], host.keep),
+                                         host.serves[1], host.keep, fresh=True),
                     releases.payload(host.serves[0], None, *host.serves))  # all links: no read
     assert releases.parse_report(proc.stdout.decode())[1][1:] == folders[-1:-3:-1]
 
@@ -171,10 +173,27 @@ def test_a_release_pushed_again_gets_a_new_folder(host, content):
     assert host.run(releases.rollback_script(str(host.dir), host.keep)).returncode == 0
     (content / "README.md").write_text("readme\n")  # back to the first release's content
     host.serves = (m, first)
-    m_again, again = push(host, content, linked=False)
+    # All of it again, as for a host seen serving something else (fresh): its files may have
+    # been edited in place, in every release that links them.
+    m_again, again = push(host, content, linked=False, fresh=True)
     assert m_again.release == m.release and again == f"{first}.1"
     assert host.current() == f"releases/{first}.1"
     assert releases.release_of(again) == first
+
+
+def test_the_release_current_holds_is_kept_and_nothing_is_read(host, content):
+    # A run cut short after its switch, whose record was lost: the next push is of the release
+    # `current` already holds. No folder is made, no keep slot taken, the payload is not read.
+    m, first = push(host, content)
+    (content / "README.md").write_text("other\n")
+    _, second = push(host, content)
+    proc = host.run(releases.push_script(str(host.dir), manifest.scan(content).release, first,
+                                         host.keep), b"not a tar: never read")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert f"has {second}" in proc.stdout.decode().splitlines()
+    assert releases.parse_report(proc.stdout.decode()) == (second, [second, first])
+    assert host.current() == f"releases/{second}" and host.history() == [first, second]
+    assert host.folders() == sorted([first, second])
 
 
 def test_long_names_and_link_targets_arrive_whole(host, content):

@@ -183,13 +183,25 @@ echo "kept" $kept
 """
 
 
-def push_script(content_dir: str, release: str, base_folder: str | None, keep: int) -> str:
+def push_script(content_dir: str, release: str, base_folder: str | None, keep: int,
+                fresh: bool = False) -> str:
     """Read the payload from stdin into releases/.incoming, check it is whole, name it, switch
     `current` to it, prune. Exits BASE_MISSING (before reading) when base_folder is gone.
     Files left in content_dir from before releases (an rsync'd tree) go once `current` is
-    switched: the folder belongs to the push, as it did to `rsync --delete`."""
+    switched: the folder belongs to the push, as it did to `rsync --delete`.
+    When `current` already holds the release (a run cut short after its switch, whose record
+    here was lost), it is kept: nothing is read, no folder made; it prints `has <folder>`
+    first. Unless fresh (the host was seen serving something else: its files may be edited in
+    place), when the release goes into a new folder all the same."""
     q = shlex.quote
     folder = folder_of(release)
+    has = "" if fresh else (
+        f"if [ \"$(cat {CURRENT}/{MARKER} 2>/dev/null)\" = {q(release)} ]; then\n"
+        f"  has=$(readlink {CURRENT} | sed 's|^{RELEASES}/||')\n"
+        f"  grep -qxF \"$has\" {HISTORY} 2>/dev/null || echo \"$has\" >> {HISTORY}\n"
+        f"  echo \"has $has\"\n"
+        + "".join(f"  {line}\n" for line in _report_and_prune(keep).splitlines())
+        + "  exit 0\nfi\n")
     base_check = ""
     if base_folder is not None:
         base_check = (f"if [ ! -f {q(f'{RELEASES}/{base_folder}/{MARKER}')} ]; then\n"
@@ -199,7 +211,7 @@ def push_script(content_dir: str, release: str, base_folder: str | None, keep: i
 umask 022
 {_FUNCTIONS}cd {q(content_dir)}
 mkdir -p {RELEASES}
-{base_check}rm -rf {RELEASES}/{STAGE}
+{has}{base_check}rm -rf {RELEASES}/{STAGE}
 tar -xzf - -C {RELEASES}
 if [ "$(cat {RELEASES}/{STAGE}/{MARKER} 2>/dev/null)" != {q(release)} ]; then
   echo 'the release arrived incomplete; nothing was switched' >&2

@@ -10,20 +10,24 @@ A changed service file is reloaded before the restart (dinit reads one only when
 service). A file dinit refuses fails the host as a failed gate does: the old description stays
 loaded and running, and the host goes back.
 
-When a host fails, the same script puts back the version it ran before (kept in the
+When a host fails, the same script puts back the last version that passed the gate there (by
+this machine's record, build/rollout/<host>.json; else the version it ran before; kept in the
 repository, see [repository] keep), restarts the service, gates that too, and prints the
 service's last log lines and what dinit logged meanwhile (dinitctl leaves the reason of a
-refused file there). The script's report is `outpost: ...` lines (parse_report).
+refused file there). The script's report is `outpost: ...` lines (commands.upgrade_report).
+
+The host runs all of that as a job of its own (commands.hostjob): a deploy machine that goes
+away mid-gate leaves the host to finish the gate and its way back by itself, and the next
+upgrade of the host waits for that job and prints what it did.
 """
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from outpost import repo
-from outpost.commands import config
+from outpost.commands import config, hostjob
 from outpost.commands.base import APK_NEW, BOOT_D, DINIT_LOG, SERVICE_DIR
 
 GATE_PASSES = 3
@@ -36,14 +40,16 @@ GATE_FAILED = 70
 @dataclass(frozen=True)
 class Install:
     """One package to put on a host: the exact version, its service and health port, the
-    service's log file (None when its service file names none) and the package's env-file
-    when config installs it (env_file)."""
+    service's log file (None when its service file names none), the package's env-file
+    when config installs it (env_file), and the version to go back to when the gate fails
+    (back_to: the last that passed the gate there; None: the version installed before)."""
     name: str
     version: str
     service: str | None
     port: int | None
     logfile: str | None
     env_file: str | None = None
+    back_to: str | None = None
 
 
 def batches(hosts, canary, batch_size: int) -> list[list]:
@@ -192,13 +198,22 @@ def _dinit_log_since_start() -> str:
 
 
 def install_script(installs: list[Install], health_timeout: float) -> str:
-    """One round trip: for each package, note the version installed now, install the wanted
-    one (only when it differs: an unchanged host restarts nothing; a changed service file is
-    reloaded first), and gate it. When dinit refuses the service file or the gate fails: print
-    the reason, the service's log lines and dinit's, put the version it ran before back, gate
-    that, and exit GATE_FAILED. Prints, per package:
+    """One round trip, the work done by the host as a job of its own (install_job, run by
+    commands.hostjob): it goes on to its end if the session is cut, and this script first
+    waits for such a job an earlier session left, printing its report as `outpost: earlier
+    ...` lines."""
+    return hostjob.detached_script("upgrade", install_job(installs, health_timeout))
+
+
+def install_job(installs: list[Install], health_timeout: float) -> str:
+    """For each package, note the version installed now, install the wanted one (only when
+    it differs: an unchanged host restarts nothing; a changed service file is reloaded first),
+    and gate it. When dinit refuses the service file or the gate fails: print the reason, the
+    service's log lines and dinit's, put back the version to go back to (Install.back_to, else
+    the one installed before), gate that, and exit GATE_FAILED. Prints, per package:
 
         outpost: before NAME VERSION|none
+        outpost: gate NAME VERSION                  (the gate of VERSION begins)
         outpost: ok NAME VERSION                    (passed the gate)
         outpost: refused NAME VERSION               (dinit refused its service file)
         outpost: failed NAME VERSION: REASON
@@ -214,9 +229,13 @@ def install_script(installs: list[Install], health_timeout: float) -> str:
              "doas apk update >&2"]
     for n, install in enumerate(installs):
         q = shlex.quote
-        before, wanted = f"outpost_before_{n}", f"outpost_wanted_{n}"
+        before, wanted, back = f"outpost_before_{n}", f"outpost_wanted_{n}", f"outpost_back_{n}"
         lines += [f"{before}=$({_installed(install.name)})",
                   f"{wanted}={q(install.version)}",
+                  # The host may run a version that never passed the gate (a gate cut short
+                  # on a host that went down): back_to, not "before", is then the way back.
+                  f"{back}={q(install.back_to or '')}",
+                  f'[ -n "${back}" ] || {back}="${before}"',
                   f'echo "outpost: before {install.name} ${{{before}:-none}}"',
                   "outpost_failed="]
         lines += _put(install, wanted)
@@ -232,91 +251,29 @@ def install_script(installs: list[Install], health_timeout: float) -> str:
                  "sed 's/^/outpost: log /'"] if install.logfile else [])
         logs.append(_dinit_log_since_start())
         lines += [
+            f'echo "outpost: gate {install.name} ${wanted}"',
             f"if {gate(wanted)}; then",
             f'  echo "outpost: ok {install.name} ${wanted}"',
             "else",
             f'  echo "outpost: failed {install.name} ${wanted}: $outpost_reason"',
             *[f"  {line}" for line in logs],
-            f'  if [ -z "${before}" ] || [ "${before}" = "${wanted}" ]; then',
-            f'    echo "outpost: not-back {install.name} ${{{before}:-none}}: no other version '
-            f'was installed before"',
+            f'  if [ -z "${back}" ] || [ "${back}" = "${wanted}" ]; then',
+            f'    echo "outpost: not-back {install.name} ${{{back}:-none}}: no other version '
+            f'passed the gate there or was installed before"',
             "  else",
             "    outpost_failed=",
-            *[f"    {line}" for line in _put(install, before)],
-            f"    if {gate(before)}; then",
-            f'      echo "outpost: back {install.name} ${before}"',
+            *[f"    {line}" for line in _put(install, back)],
+            f'    echo "outpost: gate {install.name} ${back}"',
+            f"    if {gate(back)}; then",
+            f'      echo "outpost: back {install.name} ${back}"',
             "    else",
-            f'      echo "outpost: not-back {install.name} ${before}: $outpost_reason"',
+            f'      echo "outpost: not-back {install.name} ${back}: $outpost_reason"',
             "    fi",
             "  fi",
             f"  exit {GATE_FAILED}",
             "fi",
         ]
     return "\n".join(lines) + "\n"
-
-
-@dataclass(frozen=True)
-class Report:
-    before: dict[str, str | None]   # package -> version installed before the script
-    ok: dict[str, str]              # package -> version that passed the gate
-    failed: dict[str, tuple[str, str]]  # package -> (version, reason)
-    back: dict[str, str]            # package -> version it went back to (and passed)
-    not_back: dict[str, tuple[str | None, str]]
-    log: list[str]                  # the service's last log lines
-    refused: set[str]               # packages whose service file dinit refused
-    dinit_log: list[str]            # what dinit logged while the script ran (on a failure)
-
-
-_LINE = re.compile(r"outpost: (before|ok|refused|failed|back|not-back|log|dinit) ?(.*)")
-
-
-def parse_report(output: str) -> Report:
-    report = Report({}, {}, {}, {}, {}, [], set(), [])
-    for line in output.splitlines():
-        match = _LINE.fullmatch(line)
-        if not match:
-            continue
-        kind, rest = match.groups()
-        if kind in ("log", "dinit"):
-            (report.log if kind == "log" else report.dinit_log).append(rest)
-            continue
-        name, _, rest = rest.partition(" ")
-        version, _, reason = rest.partition(": ")
-        version = None if version == "none" else version
-        if kind == "before":
-            report.before[name] = version
-        elif kind == "refused":
-            report.refused.add(name)
-        elif kind == "ok":
-            report.ok[name] = version
-        elif kind == "back":
-            report.back[name] = version
-        elif kind == "failed":
-            report.failed[name] = (version, reason)
-        else:
-            report.not_back[name] = (version, reason)
-    return report
-
-
-def gate_failure(host, report: Report) -> str:
-    """The message of a host that failed the gate: host, version, reason, where it is now,
-    and the service's own log lines."""
-    parts = []
-    for name, (version, reason) in report.failed.items():
-        if name in report.back:
-            now = f"it is back on {report.back[name]}"
-        else:
-            previous, why = report.not_back.get(name, (None, "unknown"))
-            now = f"it could NOT go back to {previous or 'an earlier version'}: {why}"
-        what = "was not loaded" if name in report.refused else "failed the health gate"
-        parts.append(f"host {host.name}: {name} {version} {what} "
-                     f"({reason}); {now}. The rollout stopped: no other host was touched")
-    message = "; ".join(parts)
-    if report.log:
-        message += ". The service's last log lines:\n  " + "\n  ".join(report.log)
-    if report.dinit_log:
-        message += (f"\ndinit logged ({DINIT_LOG}):\n  " + "\n  ".join(report.dinit_log))
-    return message
 
 
 def service_logfile(template_dir: Path, service: str | None) -> str | None:
@@ -349,9 +306,12 @@ def install_commands(inventory, host) -> list[list[str]]:
                                       env_file(p.name, config_files))]
 
 
-def installs(inventory, host, versions: dict[str, str]) -> list[Install]:
-    """What install_script puts on host: each package at its version in `versions`."""
+def installs(inventory, host, versions: dict[str, str],
+             back_to: dict[str, str]) -> list[Install]:
+    """What install_script puts on host: each package at its version in `versions`, going
+    back to its version in `back_to` (if any) when it fails."""
     config_files = {f.remote_path for f in config.host_files(inventory, host)}
     return [Install(p.name, versions[p.name], p.service, p.port,
-                    service_logfile(p.template_dir, p.service), env_file(p.name, config_files))
+                    service_logfile(p.template_dir, p.service), env_file(p.name, config_files),
+                    back_to.get(p.name))
             for p in inventory.packages]

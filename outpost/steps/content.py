@@ -185,12 +185,26 @@ def _payload(release: manifests.Manifest, base, base_folder) -> bytes:
         return _payloads[key]
 
 
-def push(inventory, host, say):
+def push(inventory, host, say, confirmed=None):
     """Put each package's content on host as a release and switch to it: one SSH login per
-    package. Links to the release the host serves, unless it drifted or is gone."""
+    package. Links to the release the host serves, unless it drifted or is gone. A package in
+    `confirmed` ({name: folder}: the host serves its release from that folder) is not sent
+    again, only recorded; nor is a release the host's `current` already holds
+    (commands.content.push_script)."""
     for package in packages(inventory):
         release = manifest(inventory, package)
         record = served(inventory, package, host)
+        folder = (confirmed or {}).get(package.name)
+        if folder is not None:
+            if (record.release, record.folder) != (release.release, folder):
+                # The run that switched it ended before it kept this record.
+                _store_manifest(inventory, package, release)
+                _record(inventory, package, host, Served(
+                    release.release, folder, release.digest,
+                    (folder,) + tuple(k for k in record.kept if k != folder)))
+            say(f"{host.name}: {package.name} content {folder}: the host serves it already; "
+                "nothing sent")
+            continue
         try:
             output, sent = _push(inventory, package, host, release, record, linked=True)
         except remote.ScriptFailed as failed:
@@ -198,11 +212,16 @@ def push(inventory, host, say):
                 raise
             output, sent = _push(inventory, package, host, release, record, linked=False)
         folder, kept = _report(output, host, "content")
+        had = f"has {folder}" in output.splitlines()  # what was sent was not read
         _store_manifest(inventory, package, release)
         _record(inventory, package, host,
                 Served(release.release, folder, release.digest, tuple(kept)))
         with _lock:
             _prune_manifests(inventory, package)
+        if had:
+            say(f"{host.name}: {package.name} content {folder}: the host had it already; "
+                f"nothing switched; keeps {len(kept)} releases")
+            continue
         whole = " (all)" if sent == len(release.entries) else ""
         say(f"{host.name}: {package.name} content {folder}: {sent} of {len(release.entries)} "
             f"files sent{whole}; keeps {len(kept)} releases")
@@ -218,7 +237,8 @@ def _push(inventory, package, host, release, record, linked: bool) -> tuple[str,
             base = _stored_manifest(inventory, package, record.folder)
         base_folder = record.folder if base is not None else None
         script = releases.push_script(package.content_dir, release.release, base_folder,
-                                      package.keep_releases)
+                                      package.keep_releases,
+                                      fresh=record is None or record.drift is not None)
         result = session.run(script, _payload(release, base, base_folder))
     return result.stdout, releases.changed_count(release, base)
 
@@ -261,7 +281,28 @@ def rollback(inventory, host, say) -> list[tuple]:
 
 def push_content(inventory, host):
     """A new release of each package's content on host, switched in."""
-    push(inventory, host, say)
+    push(inventory, host, say, confirmed=_confirmed(inventory, host))
+
+
+def _confirmed(inventory, host) -> dict[str, str]:
+    """{package: folder} for the served package, when the host, asked now over HTTPS, serves
+    the release of content/ whole from a folder of that release, and this machine pushed to
+    it before and saw no drift. Such a run of content:<host> sends nothing: doit forgets a
+    step whose task_dep failed (a failed canary forgets every host's content step), and a run
+    may end after a host switched but before its record here was kept. Asked afresh, not the
+    drift probe's answer from the run's start: config may have pointed the app elsewhere."""
+    package = config_commands.served_package(inventory)
+    record = served(inventory, package, host) if package.content is not None else None
+    if record is None or record.drift is not None:
+        return {}
+    release = manifest(inventory, package)
+    health = probe.health(inventory, host, timeout=probe.PROBE_TIMEOUT)
+    folder = health.get("release") if isinstance(health, dict) else None
+    if (isinstance(folder, str) and releases.FOLDER.fullmatch(folder)
+            and releases.release_of(folder) == releases.folder_of(release.release)
+            and health.get("content") == release.digest):
+        return {package.name: folder}
+    return {}
 
 
 def content_is_current(inventory, host) -> bool:

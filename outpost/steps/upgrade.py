@@ -6,6 +6,7 @@ from __future__ import annotations
 from outpost import hoststate, remote, repo
 from outpost.commands import config as config_commands
 from outpost.commands import upgrade as upgrade_commands
+from outpost.commands import upgrade_report
 from outpost.errors import OutpostError
 from outpost.steps import content
 from outpost.steps.build import template_versions
@@ -68,16 +69,33 @@ def upgrade(inventory, host):
     return install_gated(inventory, host, wanted_versions(inventory), step="upgrade")
 
 
+def back_to(inventory, host, versions: dict[str, str]) -> dict[str, str]:
+    """The version of each package to go back to if `versions` fail on host: the last that
+    passed the gate there (its record), while the repository keeps it. Not "what is installed
+    now": a host whose gate was cut short (it went down mid-gate) may run one that failed."""
+    kept = repo.versions(repo.repo_dir(inventory, host.arch))
+    back = {}
+    for name, version in versions.items():
+        passed = hoststate.last_passed(inventory, host, name)
+        if passed not in (None, version) and passed in kept.get(name, []):
+            back[name] = passed
+    return back
+
+
 def install_gated(inventory, host, versions: dict[str, str], step: str) -> dict:
-    installs = upgrade_commands.installs(inventory, host, versions)
+    installs = upgrade_commands.installs(inventory, host, versions,
+                                         back_to(inventory, host, versions))
     script = upgrade_commands.install_script(installs, inventory.rollout.health_timeout)
     result = remote.run_script(host, script, inventory.ssh, step=step,
                                ok_exits=(0, upgrade_commands.GATE_FAILED))
-    report = upgrade_commands.parse_report(result.stdout)
+    report = upgrade_report.parse_report(result.stdout)
+    if report.earlier is not None:
+        say(f"{host.name}: the gate of an interrupted run went on on the host, and it ended "
+            f"by itself: {upgrade_report.earlier_outcome(report.earlier)}")
     for name, version in report.back.items():
         hoststate.went_back(inventory, host, name, version)
     if report.failed:
-        raise OutpostError(f"{step}: " + upgrade_commands.gate_failure(host, report))
+        raise OutpostError(f"{step}: " + upgrade_report.gate_failure(host, report))
     for package in inventory.packages:
         version = report.ok.get(package.name)
         if version != versions[package.name]:
