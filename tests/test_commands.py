@@ -366,7 +366,7 @@ def test_a_host_left_on_a_failed_version_goes_back_to_the_last_that_passed(fake_
     try:
         script = rollout.install_script([rollout.Install(
             "linkedlist", "2.0-r0", "linkedlist", health.port, None, None, back_to="1.5-r0")],
-            health_timeout=1)
+            health_timeout=5)
         rules = rules_text(USER, rollout.doas_commands("linkedlist", ["2.0-r0", "1.5-r0"],
                                                        "linkedlist", None))
         result = fake_host.run(script, rules)
