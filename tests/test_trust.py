@@ -3,9 +3,8 @@ the cert host's `deploy` user, who writes what its sessions print: its ~/.ssh/rc
 login, and a process of its own can write into the next session's stdout.
 
 - lego's SSH key is pinned here (the fleet wrote the pin when it made the key): a forged
-  `lego-public-key:` line from an rc file is refused, naming both keys, and the web hosts keep
-  the real key (the same check refuses a line written by a background process; its fleet
-  test is not here yet: the injector hit a subshell's pipe to the bundle helper);
+  `lego-public-key:` line, from an rc file or written by a background process into the
+  session's SSH channel, is refused, naming both keys, and the web hosts keep the real key;
 - every certificate read back (`acme show`, in acme:issue and certificate:<host>) is verified
   before it is kept: a self-signed one is refused and build/acme/site.crt stays as it was; one
   that is real but not the one the cert host holds is found by the handshake after the push;
@@ -14,12 +13,13 @@ login, and a process of its own can write into the next session's stdout.
 The tests share one fleet, in order; each leaves it deployed, its attack removed."""
 import base64
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from fleet_helpers import require_fleet_machine
 from helpers import deployed_site, run_doit, wait_for
-from outpost import openssh, probe, tls
+from outpost import openssh, probe, remote, tls
 from outpost.commands import acme
 from outpost.steps import acme as acme_step
 
@@ -29,6 +29,48 @@ CERT_HOST = "home"
 DEPLOY_HOME = "/home/deploy"
 ATTACKER_KEY = f"{DEPLOY_HOME}/attacker"
 RC = f"{DEPLOY_HOME}/.ssh/rc"
+INJECTED = f"{DEPLOY_HOME}/injected"  # the injector's log: a line per session it wrote into
+HELD = f"{DEPLOY_HOME}/held"  # while it exists, the test's own session waits
+
+# The deploy user's background process on the cert host: it writes the line into the stdout of
+# each later session of deploy's, once. The SSH channel's stdout is that of the session's
+# outermost shell, sshd's child (deploy's login shell, which runs remote.RUN_STDIN); a subshell
+# of the script may have another (the pipe to the bundle helper, which then refuses the
+# bundle). sshd's child is taken once it runs the shell (before, it is still sshd); sessions
+# older than the injector (the one that started it) are left alone.
+INJECTOR = r"""
+import os, sys, time
+line, log = sys.argv[1].encode() + b"\n", sys.argv[2]
+me, older, done = os.getuid(), set(os.listdir("/proc")), set()
+
+def read(path):
+    with open(path, "rb") as file:
+        return file.read()
+
+with open(log + ".pid", "w") as out:
+    out.write(str(os.getpid()))
+while True:
+    for pid in set(os.listdir("/proc")) - older:
+        try:
+            if not pid.isdigit() or os.stat(f"/proc/{pid}").st_uid != me:
+                continue
+            parent = read(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()[1].decode()
+            if (read(f"/proc/{pid}/cmdline").startswith(b"sshd")
+                    or not read(f"/proc/{parent}/cmdline").startswith(b"sshd")):
+                continue
+            pipe = os.readlink(f"/proc/{pid}/fd/1")
+            if pipe in done or not pipe.startswith("pipe:"):
+                continue
+            with open(f"/proc/{pid}/fd/1", "wb") as stdout:
+                stdout.write(line)
+            done.add(pipe)
+            with open(log, "a") as out:
+                out.write(f"{pid} {parent} {pipe}\n")
+        except OSError:  # gone meanwhile
+            continue
+    time.sleep(0.001)
+"""
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, request):
@@ -118,6 +160,86 @@ def test_a_key_line_forged_by_an_rc_file_reaches_no_web_host(site, rc_file):
     assert not attacker_posts_a_challenge(hosts_fleet, inv)
     assert lego_keys(hosts_fleet) == before
     assert_key_refused(proc, forged, pinned)
+
+
+def injections(hosts_fleet) -> list[list[str]]:
+    """What the injector logged: (pid, its parent's pid, the pipe) per session written into."""
+    logged = hosts_fleet.run_on(CERT_HOST, ["cat", INJECTED]).stdout
+    return [line.split() for line in logged.splitlines()]
+
+
+@pytest.fixture
+def injector(site):
+    """The deploy user's background process on the cert host, started in an SSH session of
+    deploy's as the attacker would (setsid: it outlives that session); it writes `line` into
+    the stdout of every later session, once each. Killed after the test, the fleet deployed
+    again."""
+    project, inv, hosts_fleet = site
+    started = []
+
+    def start(line):
+        remote.run_script(inv.acme.cert_host, "\n".join([
+            f"rm -f {INJECTED} {INJECTED}.pid",
+            f"cat > {DEPLOY_HOME}/inject.py <<'OUTPOST_TEST'", INJECTOR + "OUTPOST_TEST",
+            f"setsid -f python3 {DEPLOY_HOME}/inject.py '{line}' {INJECTED} "
+            "</dev/null >/dev/null 2>&1", ""]), inv.ssh)
+        started.append(wait_for(lambda: hosts_fleet.run_on(
+            CERT_HOST, ["cat", f"{INJECTED}.pid"]).stdout.strip(), "the injector to start"))
+
+    yield start
+    for pid in started:
+        hosts_fleet.run_on(CERT_HOST, ["kill", pid], check=True)
+    remote.close_all()
+    run_doit(project, "forget", "acme:setup")
+    run_doit(project, "deploy")
+
+
+def a_held_session(inv, hosts_fleet, pool):
+    """A session of deploy's on the cert host, opened from here as the steps open theirs,
+    that waits until HELD is removed: its output, when it ends, is what this machine saw."""
+    as_deploy(hosts_fleet, CERT_HOST, f"touch {HELD}", check=True)
+    # Bounded (about 20 s) only so that a test that failed to remove HELD does not hang.
+    return pool.submit(remote.run_script, inv.acme.cert_host,
+                       f"i=0; while [ -e {HELD} ] && [ $i -lt 2000 ]; do sleep 0.01; "
+                       "i=$((i + 1)); done; echo released\n", inv.ssh)
+
+
+def test_a_key_line_forged_by_a_background_process_reaches_no_web_host(site, injector):
+    project, inv, hosts_fleet = site
+    pinned = legos_key(hosts_fleet)
+    pin = acme.lego_key_pin(inv).read_text()
+    before = lego_keys(hosts_fleet)
+    forged = attacker_key(hosts_fleet)
+    forged_line = f"{acme.PUBLIC_KEY_MARK}{forged}"
+    injector(forged_line)
+
+    # The injector works: a session of deploy's that stays open until it has written gets
+    # the line on its SSH channel (the pipe is one of sshd's), and this machine reads it.
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            held = a_held_session(inv, hosts_fleet, pool)
+            logged = wait_for(lambda: injections(hosts_fleet),
+                              "the injector to write into the held session")
+            assert len(logged) == 1, logged  # that session alone, once
+            ((_, sshd, pipe),) = logged
+            named = hosts_fleet.run_on(CERT_HOST, ["cat", f"/proc/{sshd}/cmdline"]).stdout
+            assert named.startswith("sshd") and "deploy" in named, named
+            fds = hosts_fleet.run_on(CERT_HOST, ["sh", "-c", f"readlink /proc/{sshd}/fd/*"])
+            assert pipe in fds.stdout.split(), (pipe, fds.stdout)
+        finally:
+            as_deploy(hosts_fleet, CERT_HOST, f"rm -f {HELD}", check=True)
+        output = held.result(timeout=30).stdout
+    assert output.splitlines().count(forged_line) == 1 and "released" in output, output
+
+    proc = setup_again(project)
+    assert len(injections(hosts_fleet)) > 1  # it wrote into acme:setup's session too
+    assert not attacker_posts_a_challenge(hosts_fleet, inv)
+    assert lego_keys(hosts_fleet) == before
+    assert acme.lego_key_pin(inv).read_text() == pin
+    assert_key_refused(proc, forged, pinned)
+    # The forged line came first: the one acme:setup took before lego's key was pinned.
+    out = proc.stdout + proc.stderr
+    assert out.index(fingerprint(forged)) < out.index(fingerprint(pinned)), out
 
 
 def forged_certificate(hosts_fleet, inv) -> str:
