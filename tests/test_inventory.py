@@ -294,9 +294,10 @@ def test_unknown_table(error):
         "packages, repository, rollout, site, ssh")
 
 
-def test_rollout_defaults_to_the_first_host_one_at_a_time(write):
+def test_rollout_defaults_to_the_first_host_then_a_quarter_at_a_time(write):
     inv = load(write(VALID))
-    assert (inv.canary.name, inv.rollout.batch_size, inv.repository.keep) == ("au", 1, 3)
+    # None: commands.upgrade.batches takes a quarter of the hosts (tests/test_batches.py).
+    assert (inv.canary.name, inv.rollout.batch_size, inv.repository.keep) == ("au", None, 3)
     inv = load(write(VALID + "[rollout]\ncanary = 'ny'\nbatch_size = 2\n"))
     assert (inv.canary.name, inv.rollout.batch_size) == ("ny", 2)
 

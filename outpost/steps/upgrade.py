@@ -3,6 +3,8 @@ round trip per host (commands.upgrade builds the script); and rollback:app, ever
 the versions it ran before."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from outpost import hoststate, remote, repo
 from outpost.commands import config as config_commands
 from outpost.commands import upgrade as upgrade_commands
@@ -145,8 +147,12 @@ def rollback_app(inventory):
     order = upgrade_commands.batches(inventory.hosts, inventory.canary,
                                      inventory.rollout.batch_size)
     for batch in order:
-        for host in batch:
-            install_gated(inventory, host, targets, step="rollback")
+        # The hosts of a batch at once; a batch with a failed host is the last.
+        with ThreadPoolExecutor(max_workers=len(batch)) as pool:
+            done = [pool.submit(install_gated, inventory, host, targets, step="rollback")
+                    for host in batch]
+        for future in done:
+            future.result()
     hoststate.set_hold(inventory, {name: {"version": version, "instead_of": templates[name]}
                                    for name, version in targets.items()})
     say("rollback: every host runs " + ", ".join(f"{n} {v}" for n, v in targets.items())
