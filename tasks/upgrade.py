@@ -18,9 +18,10 @@ def upgrade(inventory):
                    "uptodate": [False]}
         return
     wanted = upgrade_step.wanted_versions(inventory)
-    # Canary first, then batches: each host's upgrade waits for the batch before it, and a
-    # host that fails the gate stops every upgrade after it (doit runs no task whose
-    # task_dep failed). `doit info upgrade:<host>` shows whom it waits for.
+    # Canary first, then batches: each host's upgrade waits for the whole batch before it
+    # (doit's threads run a batch at once), and a host that fails the gate stops every batch
+    # after its own (doit runs no task whose task_dep failed). `doit info upgrade:<host>`
+    # shows whom it waits for.
     order = upgrade_commands.batches(inventory.hosts, inventory.canary, inventory.rollout.batch_size)
     for number, batch in enumerate(order):
         waits_for = [f"upgrade:{h.name}" for h in order[number - 1]] if number else []

@@ -23,7 +23,7 @@ from fleet_helpers import accepted_connections, require_fleet_machine, ssh
 from helpers import wait_for
 from outpost.errors import OutpostError
 from outpost.fleet import (Fleet, FleetHost, Provision, address_clashes, find_chimera_tools,
-                           fleet_down_error, fleet_network, from_inventory, known_hosts_text,
+                           fleet_network, from_inventory, known_hosts_text,
                            veth_name, with_user)
 from outpost.inventory import load as load_inventory
 
@@ -555,21 +555,6 @@ def hosts(*pairs):
 def test_fleet_network_names_the_host_at_fault(pairs, message):
     with pytest.raises(OutpostError, match=message):
         fleet_network(hosts(*pairs))
-
-
-def test_a_request_to_a_fleet_address_while_the_whole_fleet_is_down_is_refused_naming_it():
-    inventory = load_inventory(REPO / "inventory.toml")
-    error = fleet_down_error(inventory, "198.18.0.12", up=[])
-    assert isinstance(error, OutpostError)
-    assert str(error) == ("the local fleet is down (198.18.0.12 is one of its addresses): "
-                          "run `doit fleet:up`")
-    # One machine up keeps the fleet's /24 on its bridge: the packet stays on this machine.
-    assert fleet_down_error(inventory, "198.18.0.12", up=["acme"]) is None
-    assert fleet_down_error(inventory, "192.0.2.7", up=[]) is None
-    assert fleet_down_error(inventory, "linkedlist.test", up=[]) is None
-    # Real hosts ([fleet] absent) are never the fleet's, whatever their addresses.
-    real = load_inventory(REPO / "inventory.example.toml")
-    assert real.fleet is None and fleet_down_error(real, "198.18.0.12", up=[]) is None
 
 
 def test_fleet_network_is_the_hosts_slash_24():

@@ -294,9 +294,10 @@ def test_unknown_table(error):
         "packages, repository, rollout, site, ssh")
 
 
-def test_rollout_defaults_to_the_first_host_one_at_a_time(write):
+def test_rollout_defaults_to_the_first_host_then_a_quarter_at_a_time(write):
     inv = load(write(VALID))
-    assert (inv.canary.name, inv.rollout.batch_size, inv.repository.keep) == ("au", 1, 3)
+    # None: commands.upgrade.batches takes a quarter of the hosts (tests/test_batches.py).
+    assert (inv.canary.name, inv.rollout.batch_size, inv.repository.keep) == ("au", None, 3)
     inv = load(write(VALID + "[rollout]\ncanary = 'ny'\nbatch_size = 2\n"))
     assert (inv.canary.name, inv.rollout.batch_size) == ("ny", 2)
 
@@ -309,6 +310,10 @@ def test_rollout_canary_must_be_a_host(error):
 def test_rollout_and_keep_values_are_checked(error):
     assert error(VALID + "[rollout]\nbatch_size = 0\n") == (
         "[rollout]: key 'batch_size': must be 1 or more, found 0")
+    assert error(VALID + "[rollout]\nbatch_size = true\n") == (
+        "[rollout]: key 'batch_size' must be an integer, found a boolean (True)")
+    assert error(VALID + "[rollout]\nbatch_size = 'a quarter'\n") == (
+        "[rollout]: key 'batch_size' must be an integer, found a string ('a quarter')")
     assert error(variant('path = "/var/lib/outpost/repo"',
                          'path = "/var/lib/outpost/repo"\nkeep = 1')) == (
         "[repository]: key 'keep': must be 2 or more, found 1")
@@ -708,6 +713,8 @@ def test_example_inventory_is_real_servers_built_by_cbuild(monkeypatch, tmp_path
     assert inventory.ssh.identity == tmp_path / ".ssh" / "id_ed25519"
     assert inventory.site.name == "linkedlist.org"
     assert inventory.site.ca == REPO / "keys" / "ca"
+    # Four hosts: after the canary, one at a time (a quarter), unless batch_size says otherwise.
+    assert (inventory.canary.name, inventory.rollout.batch_size) == ("au", None)
 
 
 # --- [latency] and each host's location (`doit latency`) --------------------------------------

@@ -1,5 +1,6 @@
-"""Safe rollouts on a real local fleet: canary first and health-gated, a failed host put back,
-convergence after a fix, the project lock, rollback, Ctrl-C and SIGKILL mid-push.
+"""Safe rollouts on a real local fleet: canary first and health-gated, then the other two hosts
+at once (batch_size = 2), a failed host put back, convergence after a fix, the project lock,
+rollback, Ctrl-C and SIGKILL mid-push.
 
 One three-host fleet for the module; the tests run in order and each leaves it deployed."""
 import os
@@ -28,6 +29,10 @@ ORIGINAL = {}  # the app's files before the test broke them: put back to revert
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, request):
     project = fleet_project(tmp_path_factory.mktemp("rollout"), ADDRESSES, "outpost-t4")
+    # After the canary, ny and fr go at once: real hosts upgrade and roll back side by side
+    # (tests/test_batches.py proves the order of the batches on nine stand-in hosts).
+    with (project / "inventory.toml").open("a") as file:
+        file.write("\n[rollout]\nbatch_size = 2\n")
     inv = inventory.load(project / "inventory.toml")
     stop_fleet_after(request, project)
     run_doit(project, "deploy")
@@ -85,6 +90,16 @@ class Poller(threading.Thread):
 
 def service_status(hosts_fleet, name):
     return hosts_fleet.run_on(name, ["dinitctl", "status", "linkedlist"]).stdout
+
+
+def test_after_the_canary_the_other_hosts_go_in_one_batch(site):
+    project, _, _ = site
+    for name in ("ny", "fr"):
+        info = run_doit(project, "info", f"upgrade:{name}").stdout
+        waits = info[info.index("task_dep"):].split()
+        assert f"Upgrade {name} (batch 1)" in info, info
+        assert [w for w in waits if w.startswith(("sync:", "upgrade:"))] == [
+            f"sync:{name}", "upgrade:au"], info
 
 
 def test_a_daemon_that_exits_at_start_up_touches_only_the_canary_and_it_goes_back(site):

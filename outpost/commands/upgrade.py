@@ -52,11 +52,13 @@ class Install:
     back_to: str | None = None
 
 
-def batches(hosts, canary, batch_size: int) -> list[list]:
+def batches(hosts, canary, batch_size: int | None) -> list[list]:
     """The order of a rollout: the canary alone, then the other hosts in inventory order,
-    batch_size at a time."""
+    batch_size at a time (None: a quarter of the hosts, at least one). The hosts of a batch
+    go at once."""
+    size = batch_size or max(1, len(hosts) // 4)
     rest = [h for h in hosts if h != canary]
-    return [[canary]] + [rest[i:i + batch_size] for i in range(0, len(rest), batch_size)]
+    return [[canary]] + [rest[i:i + size] for i in range(0, len(rest), size)]
 
 
 def install_command(name: str, version: str) -> list[str]:

@@ -16,10 +16,8 @@ CLI: python -m outpost.fleet up|down|status [--inventory inventory.toml]
 """
 from __future__ import annotations
 
-import ipaddress
 import shlex
 import shutil
-from collections.abc import Collection
 from pathlib import Path
 
 from outpost import tls
@@ -38,7 +36,7 @@ from outpost.fleet.provision import (HOST_PACKAGE, SSH_PORT, SSHD_LOG, STANDINS,
 from outpost.inventory import Inventory
 
 __all__ = [
-    "Fleet", "FleetHost", "Provision", "from_inventory", "fleet_down_error", "machines_up",
+    "Fleet", "FleetHost", "Provision", "from_inventory", "machines_up",
     "leftovers", "running_pid",
     "host_state", "fleet_network", "address_clashes", "veth_name", "with_user", "known_hosts_text",
     "FLEET_RANGE", "SSH_PORT", "READY_TIMEOUT", "STANDINS", "REQUIRED_PROGRAMS", "PROGRAM_DIRS",
@@ -212,24 +210,6 @@ def machines_up(inventory: Inventory) -> list[str]:
     """The fleet's machines that are running. Reads only their pid files and /proc."""
     state = inventory.fleet.state.resolve()
     return [name for name in machine_names(inventory) if running_pid(state, name) is not None]
-
-
-def fleet_down_error(inventory: Inventory, address: str,
-                     up: Collection[str]) -> OutpostError | None:
-    """Pure: the error for a request to `address` when it is a local fleet address and no
-    machine of the fleet runs (`up`: those that do, from machines_up), else None. Sent anyway,
-    it would fail as "No route to host" (network.guard_route) or, on a machine without that
-    route, follow the default route off this machine."""
-    if inventory.fleet is None or up:
-        return None
-    try:
-        ours = ipaddress.ip_address(address) in FLEET_RANGE
-    except ValueError:  # a DNS name: fleet machines have IPv4 addresses
-        return None
-    if not ours:
-        return None
-    return OutpostError(f"the local fleet is down ({address} is one of its addresses): "
-                        "run `doit fleet:up`")
 
 
 def leftovers(inventory: Inventory) -> list[str]:

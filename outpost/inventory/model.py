@@ -89,7 +89,7 @@ class Fleet:
 @dataclass(frozen=True)
 class Rollout:
     canary: str | None     # the host that gets a new version first; None: the first host
-    batch_size: int        # hosts upgraded together after the canary passed
+    batch_size: int | None  # hosts upgraded together after the canary; None: a quarter
     health_timeout: float  # seconds a host has to serve the new version before it goes back
 
 
@@ -159,7 +159,7 @@ class Inventory:
     packages: tuple[Package, ...]
     hosts: tuple[Host, ...]
     dns: Dns | None = None
-    rollout: Rollout = Rollout(None, 1, 30.0)
+    rollout: Rollout = Rollout(None, None, 30.0)
     acme: Acme | None = None
     latency: Latency = Latency()
 

@@ -145,7 +145,7 @@ SCHEMA: dict[str, Table] = {
     ), required=False),
     "rollout": Table((
         Key("canary", STRING, None, _host_name),
-        Key("batch_size", INTEGER, 1, _at_least(1)),
+        Key("batch_size", INTEGER, None, _at_least(1)),  # default: a quarter of the hosts
         Key("health_timeout", NUMBER, 30.0, _positive),
     ), required=False),
     "hosts": Table((

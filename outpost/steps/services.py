@@ -1,15 +1,17 @@
 """services:<host>: a service the host should run (the app, nginx, gdnsd) that is stopped is
 started again, and the run says so. Whether each runs is asked the way a visitor asks, never
 over SSH: HTTPS through nginx (the app behind it answers, or nginx says 502), port 80 when 443
-refuses (nginx stopped, or only not yet given the site), and one DNS query (gdnsd). A host that
-answers nothing at all is down or unreachable: nothing here can start it, and the check says
-so. Only a host with a stopped service costs an SSH login (commands.services builds it)."""
+refuses (nginx stopped, or only not yet given the site), and one DNS query (gdnsd), asked
+beside the HTTPS one. A host that answers nothing at all is down or unreachable: nothing here
+can start it, and the check says so. Only a host with a stopped service costs an SSH login
+(commands.services builds it)."""
 from __future__ import annotations
 
 import http.client
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 
-from outpost import probe
+from outpost import exchange, probe
 from outpost.commands import dns as dns_commands
 from outpost.commands import services as services_commands
 from outpost.errors import OutpostError
@@ -23,9 +25,17 @@ def _https(inventory, host) -> int | Exception:
     """The status nginx gives /_health, or the error (OutpostError: no client certificate
     here yet, on a first deploy)."""
     try:
-        return probe.kept_request(inventory, host, "/_health", timeout=probe.PROBE_TIMEOUT)[0]
+        answers, _ = probe.kept_requests(inventory, host, [("GET", "/_health")],
+                                         timeout=probe.PROBE_TIMEOUT)
+        return answers[0][0]
     except (OSError, ssl.SSLError, http.client.HTTPException, OutpostError) as error:
         return error
+
+
+def _dns(inventory, host) -> list | Exception:
+    """The host's nameserver's answer to one question, or the error that came instead."""
+    return exchange.ask_nameserver(host.address, inventory.site.name, [_NETWORK],
+                                   timeout=probe.PROBE_TIMEOUT)[_NETWORK]
 
 
 def _port_80_refused(host) -> bool:
@@ -47,7 +57,10 @@ def stopped(inventory, host) -> dict[str, str]:
     refusal: it is down or cut off, and nothing here can start it)."""
     found = {}
     app = services_commands.app_service(inventory)
-    answer = _https(inventory, host)
+    gdnsd = services_commands.gdnsd(inventory)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # both questions in one round trip
+        dns_answer = pool.submit(_dns, inventory, host) if gdnsd else None
+        answer = _https(inventory, host)
     # An HTTP answer, a refused connection, a TLS or HTTP error: something on the host spoke.
     reachable = isinstance(answer, (int, ConnectionRefusedError, ConnectionResetError,
                                     ssl.SSLError, http.client.HTTPException))
@@ -58,19 +71,13 @@ def stopped(inventory, host) -> dict[str, str]:
         found[services_commands.NGINX] = "ports 443 and 80 refuse connections"
         if app:
             found[app] = "not to be seen behind a stopped nginx"
-    gdnsd = services_commands.gdnsd(inventory)
     if gdnsd:
-        try:
-            probe.ask_nameserver(host.address, inventory.site.name, _NETWORK,
-                                 timeout=probe.PROBE_TIMEOUT)
-        except ConnectionRefusedError:
+        answer = dns_answer.result()
+        if isinstance(answer, ConnectionRefusedError):
             reachable = True
             found[gdnsd] = "port 53 refuses queries"
-        except dns_commands.DnsReplyError:
-            pass  # it answered
-        except OSError as error:
-            if reachable:
-                found[gdnsd] = f"no answer on port 53 ({error or type(error).__name__})"
+        elif isinstance(answer, OSError) and reachable:  # a reply, even a DnsReplyError, is one
+            found[gdnsd] = f"no answer on port 53 ({answer or type(answer).__name__})"
     return found if reachable else {}
 
 

@@ -3,6 +3,8 @@ round trip per host (commands.upgrade builds the script); and rollback:app, ever
 the versions it ran before."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from outpost import hoststate, remote, repo
 from outpost.commands import config as config_commands
 from outpost.commands import upgrade as upgrade_commands
@@ -138,15 +140,28 @@ def rollback_targets(inventory) -> dict[str, str]:
 
 def rollback_app(inventory):
     """Every host back on the versions it ran before: the canary, then the batches, each
-    gated as an upgrade is (a host that fails goes back to what it ran, and the rollback
-    stops). Then the hold: deploys keep these versions until the template's version changes."""
+    gated as an upgrade is, the hosts of a batch at once and after the whole batch before
+    it (a host that fails goes back to what it ran, its batch finishes, and the rollback
+    stops there, naming each failed host and those not touched). Then the hold: deploys keep
+    these versions until the template's version changes."""
     targets = rollback_targets(inventory)
     templates = template_versions(inventory)
     order = upgrade_commands.batches(inventory.hosts, inventory.canary,
                                      inventory.rollout.batch_size)
-    for batch in order:
-        for host in batch:
-            install_gated(inventory, host, targets, step="rollback")
+    for number, batch in enumerate(order):
+        with ThreadPoolExecutor(max_workers=len(batch)) as pool:
+            done = [pool.submit(install_gated, inventory, host, targets, step="rollback")
+                    for host in batch]
+        failed = []
+        for future in done:
+            try:
+                future.result()
+            except OutpostError as err:
+                failed.append(str(err))
+        if failed:
+            untouched = [host.name for later in order[number + 1:] for host in later]
+            raise OutpostError("\n".join(failed) + (
+                f"\nrollback: stopped; not touched: {', '.join(untouched)}" if untouched else ""))
     hoststate.set_hold(inventory, {name: {"version": version, "instead_of": templates[name]}
                                    for name, version in targets.items()})
     say("rollback: every host runs " + ", ".join(f"{n} {v}" for n, v in targets.items())
