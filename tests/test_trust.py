@@ -71,6 +71,14 @@ while True:
     time.sleep(0.001)
 """
 
+# The attacker's ~/.ssh/rc for the race: the session waits (before its command runs) until the
+# injector has logged the session's channel pipe, its own stdout.
+WAIT_FOR_INJECTOR = f"""pipe=$(readlink /proc/$$/fd/1); i=0
+while ! grep -qF "$pipe" {INJECTED} 2>/dev/null && [ $i -lt 1000 ]; do
+    sleep 0.01; i=$((i + 1))
+done
+"""
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, request):
@@ -189,6 +197,7 @@ def injector(site):
     yield start
     for pid in started:
         hosts_fleet.run_on(CERT_HOST, ["kill", pid], check=True)
+    as_deploy(hosts_fleet, CERT_HOST, f"rm -f {RC}", check=True)  # the race's helper, if planted
     remote.close_all()
     run_doit(project, "forget", "acme:setup")
     run_doit(project, "deploy")
@@ -231,6 +240,10 @@ def test_a_key_line_forged_by_a_background_process_reaches_no_web_host(site, inj
         output = held.result(timeout=30).stdout
     assert output.splitlines().count(forged_line) == 1 and "released" in output, output
 
+    # acme:setup's session must not end before the injector finds it: the attacker's rc file
+    # (it runs at every login) waits until the injector has written into its channel (10 s at
+    # most). It prints nothing: the line still comes from the background process.
+    as_deploy(hosts_fleet, CERT_HOST, f"cat > {RC}", input=WAIT_FOR_INJECTOR, check=True)
     proc = setup_again(project)
     assert len(injections(hosts_fleet)) > 1  # it wrote into acme:setup's session too
     assert not attacker_posts_a_challenge(hosts_fleet, inv)
