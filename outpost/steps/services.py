@@ -81,6 +81,21 @@ def stopped(inventory, host) -> dict[str, str]:
     return found if reachable else {}
 
 
+def _stopped_at_first_look(inventory, host) -> dict[str, str]:
+    """stopped(), asked of every host at once at the first call of the run: doit asks each
+    task's uptodate in turn on one thread, so asked one host after another, the run would
+    wait for the sum of their round trips. An answer may be older than the host's own
+    upgrade:<host> and dns:<host> of this run; that is safe both ways: a service found stopped
+    is asked again before anything is started (start_stopped), and one those steps restart is
+    checked by them (the health gate) and by the check."""
+    def ask_all():
+        pool = ThreadPoolExecutor(max_workers=max(1, len(inventory.hosts)))
+        answers = {h.name: pool.submit(stopped, inventory, h) for h in inventory.hosts}
+        pool.shutdown(wait=False)  # the threads end with their questions
+        return answers
+    return probe.RUN.get(("services stopped", inventory.path), ask_all)[host.name].result()
+
+
 class AllRunning:
     """doit uptodate of services:<host>: every service the host should run answers (or the
     host answers nothing: then only the check can say what is wrong). Named, so
@@ -90,7 +105,7 @@ class AllRunning:
         self.inventory, self.host = inventory, host
 
     def __call__(self) -> bool:
-        return not stopped(self.inventory, self.host)
+        return not _stopped_at_first_look(self.inventory, self.host)
 
     def __repr__(self):
         found = stopped(self.inventory, self.host)
