@@ -8,8 +8,8 @@ keeper idles out.
 
 The sockets live in one folder of this user's (mode 700, refused when anyone else owns it or
 can enter it). A socket's name is a digest of what the connection was made with (address,
-port, user, identity, the pinned known_hosts), so a changed pin or key never meets an old
-keeper. A run holds its keeper open with a connection that sends nothing: the keeper's idle
+port, user, identity, the pinned known_hosts) and how long it is kept, so a changed pin, key
+or setting never meets an old keeper. `ps` shows each keeper's socket and user@host. A run holds its keeper open with a connection that sends nothing: the keeper's idle
 time starts when the run ends.
 """
 from __future__ import annotations
@@ -51,12 +51,13 @@ def folder() -> Path:
 
 
 def socket_name(host, ssh) -> str:
-    """A digest of everything the connection was made with."""
+    """A digest of everything the connection was made with, and of how long it is kept."""
     try:
         pins = Path(ssh.known_hosts).read_bytes()
     except OSError:
         pins = b""  # the connection will fail and say why
-    made_with = json.dumps([host.address, host.port, host.user, str(ssh.identity)]).encode()
+    made_with = json.dumps([host.address, host.port, host.user, str(ssh.identity),
+                            ssh.keep_connection]).encode()
     return hashlib.sha256(made_with + b"\0" + pins).hexdigest()[:32]
 
 
@@ -102,7 +103,9 @@ def _start(host, ssh, where, path: str, log: Path):
                     "command_timeout": ssh.command_timeout},
             "keep": ssh.keep_connection, "where": where, "path": path}
     with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as errors:
-        child = subprocess.Popen([sys.executable, "-I", "-m", "outpost.keeper"],
+        # The socket and user@host on its command line: `ps` shows what each keeper holds.
+        child = subprocess.Popen([sys.executable, "-I", "-m", "outpost.keeper", path,
+                                  f"{host.user}@{host.address}:{host.port}"],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
                                  start_new_session=True, cwd="/", env=environment())
     child.stdin.write(json.dumps(spec).encode())
