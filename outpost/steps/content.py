@@ -229,7 +229,6 @@ def push(inventory, host, say, confirmed=None):
 def _push(inventory, package, host, release, record, linked: bool) -> tuple[str, int]:
     """One round trip: the release, linked to the one the host serves when linked and known
     here."""
-    remote.connect_soon(host, inventory.ssh, "content")  # logs in while the payload is made
     base = None
     if linked and record is not None and record.drift is None:
         base = _stored_manifest(inventory, package, record.folder)
@@ -278,7 +277,10 @@ def rollback(inventory, host, say) -> list[tuple]:
 # --- the steps: content:<host>, its uptodate, rollback:content:<host> ----------------------------
 
 def push_content(inventory, host):
-    """A new release of each package's content on host, switched in."""
+    """A new release of each package's content on host, switched in. The SSH login starts
+    first, beside the HTTPS question and the payload: content:<host> runs when something is
+    to be sent, save after a run cut short (then the login goes unused)."""
+    remote.connect_soon(host, inventory.ssh, "content")
     push(inventory, host, say, confirmed=_confirmed(inventory, host))
 
 

@@ -23,6 +23,7 @@ def sync_settings(inventory, host) -> dict:
 def sync(inventory, host):
     """The host's doas rules and content folders (sync_bundle), then rsync its arch folder on a
     channel of the same SSH login."""
+    remote.connect_soon(host, inventory.ssh, "sync")  # logs in while the bundle is made
     report(host, apply_bundle(inventory, host, sync_commands.sync_bundle(inventory, host),
                               "sync").stdout)
     build_repo = repo.repo_dir(inventory, host.arch).parent
