@@ -81,7 +81,13 @@ def exchange(path: str, command: str, stdin: bytes, timeout: float) -> tuple[byt
         except OSError as error:
             raise Lost(f"nothing holds the connection ({error.strerror or error})", False) \
                 from None
-        exited = run(sock, command, [stdin] if stdin else [], out.extend, err.extend)
+        try:
+            exited = run(sock, command, [stdin] if stdin else [], out.extend, err.extend)
+        except TimeoutError:
+            raise
+        except OSError as error:  # the holder went away under the command
+            raise Lost(f"the connection to the host ended ({error.strerror or error})",
+                       True) from None
     return bytes(out), bytes(err), exited
 
 
