@@ -1,25 +1,27 @@
 """The read-only runner: everything that asks a host something over HTTPS, TLS or DNS without
-changing it (outpost.remote, beside it, is the runner that changes hosts, over SSH).
+changing it (outpost.remote, beside it, is the runner that changes hosts, over SSH; the
+exchanges themselves, and a nameserver's answers, are outpost.exchange's).
 
     site_context / check_context    what a visitor trusts; the same, with the check's client
                                     certificate
     site_request(inventory, host, path)   one HTTPS request through nginx, as a visitor sends it
-    kept_request(...)               the same on a connection kept for the host's next request
-    health(inventory, host)         the app's /_health through nginx (dict, or why not)
+    kept_requests(...)              requests pipelined on the run's one connection to a host
+    health / ask_health             the app's /_health through nginx (dict, or why not), with
+                                    more requests in the same round trip
     probe(inventory, host)          the drift probe: every host's /_health asked at once, once
-    served_certificate(s)           the certificate a host presents (unverified), every host's
+    kept_certificate(s)             the certificate a host presents, from that connection
+    served_certificate              the same on a handshake of its own, unverified
     healthy_hosts(inventory)        the hosts whose port-80 health gdnsd would see as up
-    ask_nameserver(address, ...)    a nameserver's answer for a visitor's network (ECS)
     acme_roots(inventory)           the ACME server's root, fetched once per run
 
-Answers that a run asks for more than once are kept in RUN, the one per-run cache.
+Answers that a run asks for more than once are kept in RUN, the one per-run cache, and so is
+each host's connection: one TCP and TLS handshake per host per run.
 """
 from __future__ import annotations
 
 import functools
 import http.client
 import json
-import os
 import socket
 import ssl
 import threading
@@ -27,7 +29,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from outpost import tls
+from outpost import exchange, tls
+from outpost.exchange import SiteConnection
 from outpost.commands import dns
 from outpost.errors import OutpostError
 
@@ -146,19 +149,6 @@ def _context_with_client(roots: str | None, ca: Path | None, certificate: Path,
 
 # --- HTTPS through nginx ----------------------------------------------------------------------
 
-class SiteConnection(http.client.HTTPSConnection):
-    """HTTPS to one host's address, with the site's name as SNI (and Host): what a visitor
-    sent to this host by DNS gets."""
-
-    def __init__(self, address: str, site_name: str, context: ssl.SSLContext, timeout: float):
-        super().__init__(site_name, 443, context=context, timeout=timeout)
-        self.address = address
-
-    def connect(self):
-        sock = socket.create_connection((self.address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
-
-
 def _site_connection(inventory, host, timeout: float) -> SiteConnection:
     return SiteConnection(host.address, inventory.site.name, check_context(inventory), timeout)
 
@@ -178,52 +168,72 @@ def site_request(inventory, host, path: str, timeout: float = 5.0,
         connection.close()
 
 
-def kept_request(inventory, host, path: str, method: str = "GET",
-                  timeout: float = 5.0) -> tuple[int, bytes]:
-    """As site_request, on a connection kept open for the host's next request in this run
-    (the drift probe's, the check's): one TLS handshake per host, not one per request. A kept
-    connection the server has closed meanwhile is replaced once. (status, body)."""
-    # The idle connections to this host: list.pop and append are each atomic.
-    idle = RUN.get(("idle connections", host.address, inventory.site.name), list)
-    try:
-        connection = idle.pop()
-    except IndexError:
-        connection = None
-    while True:
-        kept = connection is not None
-        if not kept:
-            connection = _site_connection(inventory, host, timeout)
-        connection.timeout = timeout
-        if connection.sock is not None:
-            connection.sock.settimeout(timeout)
-        try:
-            connection.request(method, path)
-            response = connection.getresponse()
-            answer = response.status, response.read()
-        except ConnectionError:
-            connection.close()
-            connection = None
-            if kept:
-                continue
-            raise
-        except BaseException:
-            connection.close()
-            raise
-        if response.will_close:
-            connection.close()
-        else:
-            idle.append(connection)
-        return answer
+# --- the run's one connection to each host ---------------------------------------------------
+
+class _Kept:
+    """The run's one connection to a host (None until made, or after it failed), used by one
+    thread at a time: a connection answers one exchange at a time, and a thread that finds it
+    in use waits for it rather than make a second one."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.connection: SiteConnection | None = None
+
+    def drop(self):
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
 
 
-def health(inventory, host, timeout: float = 5.0) -> dict | str:
-    """The app's /_health through nginx, as a dict, or why it couldn't be had."""
-    try:
-        status, body = kept_request(inventory, host, "/_health", timeout=timeout)
-    except ssl.SSLCertVerificationError as error:
-        return untrusted(inventory, host, error)
-    except (OSError, ssl.SSLError, http.client.HTTPException) as error:
-        return str(error)
+def _kept(inventory, host, plain: bool = False) -> _Kept:
+    return RUN.get(("connection", host.address, inventory.site.name, plain), _Kept)
+
+
+def drop_connections(inventory, host):
+    """Close the host's kept connections: its nginx was reloaded (config, a new certificate),
+    and an old worker would go on answering them with the old files."""
+    for plain in (False, True):
+        kept = _kept(inventory, host, plain)
+        with kept.lock:
+            kept.drop()
+
+
+def kept_requests(inventory, host, requests, timeout: float = 5.0,
+                  plain: bool = False) -> tuple[list, SiteConnection]:
+    """Requests ((method, path) pairs) to the host through nginx, as site_request sends them
+    (plain: on port 80, as gdnsd asks), all at once on the run's connection to the host
+    (HTTP/1.1 pipelining: one round trip; nginx answers them in order): [(status, body,
+    seconds from sending to that answer)], and the connection (what its handshake saw). One
+    TLS handshake per host per run: the drift probe, the certificate step and the check share
+    it. A kept connection the server has closed meanwhile is replaced once."""
+    kept = _kept(inventory, host, plain)
+    with kept.lock:
+        while True:
+            reused = kept.connection is not None
+            if not reused:
+                kept.connection = (exchange.PlainSiteConnection(host.address, inventory.site.name,
+                                                             timeout) if plain
+                                   else _site_connection(inventory, host, timeout))
+            connection = kept.connection
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout)
+            try:
+                answers, reusable = exchange.exchange(connection, requests)
+            except ConnectionError:
+                kept.drop()
+                if reused:
+                    continue
+                raise
+            except BaseException:
+                kept.drop()
+                raise
+            if not reusable:
+                kept.drop()
+            return answers, connection
+
+
+def health_answer(status: int, body: bytes) -> dict | str:
+    """An answer of the app's /_health as a dict, or why it is none."""
     if status == 403:
         return ("HTTP 403: nginx did not take the check's client certificate (was it signed "
                 "by the CA in the host's client-ca.pem?)")
@@ -233,6 +243,25 @@ def health(inventory, host, timeout: float = 5.0) -> dict | str:
         return json.loads(body)
     except ValueError:
         return "not JSON"
+
+
+def ask_health(inventory, host, after=(), timeout: float = 5.0):
+    """The app's /_health through nginx (health_answer's, or why it couldn't be had), with
+    the requests `after` it pipelined on the same connection and round trip: (health, their
+    answers as kept_requests gives them, the connection); None for both when none was had."""
+    try:
+        answers, connection = kept_requests(inventory, host, [("GET", "/_health"), *after],
+                                            timeout)
+    except ssl.SSLCertVerificationError as error:
+        return untrusted(inventory, host, error), None, None
+    except (OSError, ssl.SSLError, http.client.HTTPException) as error:
+        return str(error), None, None
+    return health_answer(*answers[0][:2]), answers[1:], connection
+
+
+def health(inventory, host, timeout: float = 5.0) -> dict | str:
+    """The app's /_health through nginx, as a dict, or why it couldn't be had."""
+    return ask_health(inventory, host, timeout=timeout)[0]
 
 
 def probe(inventory, host, hosts) -> dict | str | None:
@@ -249,18 +278,18 @@ def probe(inventory, host, hosts) -> dict | str | None:
     return answer.result() if answer is not None else None
 
 
-def wait_for_health(inventory, host, good, hopeless=lambda health: False) -> dict | str:
-    """Ask the host's health until good(health) or hopeless(health) (both given a dict), or
-    WAIT has passed; returns the last answer."""
+def wait_for_health(inventory, host, good, hopeless=lambda health: False, after=()):
+    """Ask the host's health (ask_health, with `after`) until good(health) or
+    hopeless(health) (both given a dict), or WAIT has passed; returns the last ask_health."""
     deadline = time.monotonic() + WAIT
     while True:
-        answer = health(inventory, host)
+        asked = ask_health(inventory, host, after)
+        answer = asked[0]
         if isinstance(answer, dict) and (good(answer) or hopeless(answer)):
-            return answer
+            return asked
         if time.monotonic() > deadline:
-            return answer
+            return asked
         time.sleep(0.05)
-
 
 
 # --- TLS: the certificate a host presents -----------------------------------------------------
@@ -278,9 +307,8 @@ HANDSHAKE_TIMEOUT = 5.0
 
 
 def served_certificate(inventory, host) -> bytes | str | None:
-    """The leaf certificate (DER) the host's nginx presents for the site's name, unverified;
-    None when it serves no TLS there (refused, or a handshake refused); or, when it did not
-    answer at all (down, black-holed), why, as a sentence: what it serves is then unknown."""
+    """The leaf certificate (DER) the host's nginx presents for the site's name now, on a
+    handshake of its own, unverified; else _not_served's answer."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -288,37 +316,64 @@ def served_certificate(inventory, host) -> bytes | str | None:
         with socket.create_connection((host.address, 443), timeout=HANDSHAKE_TIMEOUT) as sock:
             with context.wrap_socket(sock, server_hostname=inventory.site.name) as tls_sock:
                 return tls_sock.getpeercert(binary_form=True)
-    except TimeoutError:
+    except OSError as error:
+        return _not_served(host, error)
+
+
+def _not_served(host, error: OSError) -> str | None:
+    """None when the host serves no TLS there (refused, or a handshake refused); or, when it
+    did not answer at all (down, black-holed), why, as a sentence: what it serves is then
+    unknown."""
+    if isinstance(error, TimeoutError):
         return (f"cannot reach {host.address} port 443: no answer within "
                 f"{HANDSHAKE_TIMEOUT:g} s (timed out)")
-    except (ConnectionRefusedError, ConnectionResetError, ssl.SSLError):
+    if isinstance(error, (ConnectionRefusedError, ConnectionResetError, ssl.SSLError)):
         return None
-    except OSError as error:  # no route, network unreachable
-        return f"cannot reach {host.address} port 443: {error.strerror or error}"
+    return f"cannot reach {host.address} port 443: {error.strerror or error}"  # no route
+
+
+def kept_certificate(inventory, host) -> bytes | str | None:
+    """The leaf certificate the host presents, from the run's connection to it (its handshake
+    verified it), made now if the run has none; a certificate that is refused is asked for on
+    a handshake of its own (served_certificate); else _not_served's answer."""
+    kept = _kept(inventory, host)
+    with kept.lock:
+        try:
+            if kept.connection is None:
+                kept.connection = _site_connection(inventory, host, HANDSHAKE_TIMEOUT)
+            if kept.connection.sock is None:
+                kept.connection.connect()
+            return kept.connection.certificate
+        except (OutpostError, ssl.SSLCertVerificationError):
+            kept.drop()
+        except OSError as error:
+            kept.drop()
+            return _not_served(host, error)
+    return served_certificate(inventory, host)
 
 
 def served_certificates(inventory) -> dict[str, bytes | str | None]:
-    """What every web host serves, asked once per run (the certificate tasks share it)."""
+    """What every web host serves (kept_certificate), asked once per run (the certificate
+    tasks share it)."""
     def ask_all():
         with ThreadPoolExecutor(max_workers=16) as pool:
             return dict(zip([h.name for h in inventory.hosts],
-                            pool.map(lambda h: served_certificate(inventory, h), inventory.hosts)))
+                            pool.map(lambda h: kept_certificate(inventory, h), inventory.hosts)))
     return RUN.get(("served certificates", inventory.path), ask_all)
 
 
 # --- GeoDNS: what gdnsd's checker sees, and what a nameserver answers -------------------------
 
-def plain_health(host, site_name: str, timeout: float = 2.0) -> bool:
+def plain_health(inventory, host, timeout: float = 2.0) -> bool:
     """What gdnsd's checker asks each host: GET /_health on port 80 with the site's name as
-    Host (its `vhost`: nginx closes the connection for any other), HTTP 200 or not."""
-    connection = http.client.HTTPConnection(host.address, 80, timeout=timeout)
+    Host, HTTP 200 or not; on the run's port-80 connection to the host, asked again each
+    interval."""
     try:
-        connection.request("GET", dns.HEALTH_PATH, headers={"Host": site_name})
-        return connection.getresponse().status == 200
+        answers, _ = kept_requests(inventory, host, [("GET", dns.HEALTH_PATH)], timeout,
+                                   plain=True)
     except (OSError, http.client.HTTPException):
         return False
-    finally:
-        connection.close()
+    return answers[0][0] == 200
 
 
 def healthy_hosts(inventory) -> set[str]:
@@ -328,19 +383,8 @@ def healthy_hosts(inventory) -> set[str]:
     def ask_all():
         with ThreadPoolExecutor(max_workers=16) as pool:
             up = dict(zip([h.name for h in inventory.hosts],
-                          pool.map(lambda h: plain_health(h, inventory.site.name, timeout),
+                          pool.map(lambda h: plain_health(inventory, h, timeout),
                                    inventory.hosts)))
         return {name for name, ok in up.items() if ok}
     return RUN.get(("healthy hosts", inventory.path), ask_all,
                    max_age=inventory.dns.health.interval)
-
-
-def ask_nameserver(address: str, name: str, network: str, timeout: float = 2.0) -> list[str]:
-    """The A addresses a nameserver gives a visitor in `network` (one UDP query with ECS)."""
-    query_id = int.from_bytes(os.urandom(2), "big")
-    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET,
-                       socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect((address, 53))
-        sock.send(dns.ecs_query(name, network, query_id))
-        return dns.answer_addresses(sock.recv(4096), query_id)

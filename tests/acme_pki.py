@@ -29,19 +29,30 @@ def pem(cert) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _name(text: str) -> x509.Name:
+def name(text: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
 
 
-def _certificate(subject: str, key, issuer: x509.Name, issuer_key, ca: bool,
-                 names=(), not_before=None, days=90):
+def certificate(subject: str, key, issuer: x509.Name, issuer_key, ca: bool,
+                names=(), not_before=None, days=90):
+    """A certificate as an ACME server's are made (key identifiers, a CA's key usage), which
+    cryptography's verifier asks for."""
     not_before = not_before or NOW - datetime.timedelta(minutes=5)
-    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer)
+    builder = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(issuer)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(not_before)
                .not_valid_after(not_before + datetime.timedelta(days=days))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if not ca:
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                              critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                   issuer_key.public_key()), critical=False))
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False), critical=True)
+    else:
         builder = builder.add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     if names:
@@ -55,22 +66,27 @@ class Ca:
 
     def __init__(self, label: str):
         self.root_key, self.intermediate_key = new_key(), new_key()
-        self.root = _certificate(f"{label} Root", self.root_key, _name(f"{label} Root"),
+        self.root = certificate(f"{label} Root", self.root_key, name(f"{label} Root"),
                                  self.root_key, ca=True, days=3650)
-        self.intermediate = _certificate(f"{label} Intermediate", self.intermediate_key,
+        self.intermediate = certificate(f"{label} Intermediate", self.intermediate_key,
                                          self.root.subject, self.root_key, ca=True, days=3650)
+
+    def leaf(self, names, key=None, not_before=None, days=90):
+        """A leaf certificate for `names`, signed by the intermediate."""
+        return certificate(names[0], key or new_key(), self.intermediate.subject,
+                           self.intermediate_key, ca=False, names=names, not_before=not_before,
+                           days=days)
 
     def chain(self, names, key=None, not_before=None, days=90) -> tuple[bytes, bytes]:
         """(leaf and intermediate, key) for `names`: what lego keeps as NAME.crt and NAME.key."""
         key = key or new_key()
-        leaf = _certificate(names[0], key, self.intermediate.subject, self.intermediate_key,
-                            ca=False, names=names, not_before=not_before, days=days)
+        leaf = self.leaf(names, key, not_before, days)
         return pem(leaf) + pem(self.intermediate), key_pem(key)
 
 
 def self_signed(names) -> tuple[bytes, bytes]:
     key = new_key()
-    return pem(_certificate(names[0], key, _name(names[0]), key, ca=False, names=names)), \
+    return pem(certificate(names[0], key, name(names[0]), key, ca=False, names=names)), \
         key_pem(key)
 
 

@@ -33,3 +33,30 @@ def accepted_connections(fleet, name):
     """SSH logins the host's sshd accepted so far (it logs each at LogLevel VERBOSE)."""
     log = fleet.ssh_log(name)
     return log.read_text().count("Accepted publickey") if log.exists() else 0
+
+
+# Counts the TCP connections a host accepts on 443 (a SYN without ACK is a connection's first
+# packet), in its own network namespace: each HTTPS connection is one TLS handshake.
+HTTPS_COUNTER = """table inet outpost_test_https {
+    chain input {
+        type filter hook input priority 0; policy accept;
+        tcp dport 443 tcp flags & (syn | ack) == syn counter
+    }
+}
+"""
+
+
+def https_connections(fleet, name) -> int:
+    """TCP connections the host has accepted on port 443 since this was first asked (the first
+    call adds the counter and answers 0)."""
+    import json
+
+    listed = fleet.run_on(name, ["nft", "-j", "list", "table", "inet", "outpost_test_https"])
+    if listed.returncode != 0:
+        fleet.run_on(name, ["nft", "-f", "-"], input=HTTPS_COUNTER, check=True)
+        return 0
+    counters = [expression["counter"]["packets"]
+                for item in json.loads(listed.stdout)["nftables"] if "rule" in item
+                for expression in item["rule"]["expr"] if "counter" in expression]
+    assert len(counters) == 1, listed.stdout
+    return counters[0]

@@ -16,7 +16,7 @@ import pytest
 
 from fleet_helpers import accepted_connections
 from helpers import deployed_site, ran_tasks, run_doit, template_version, wait_for
-from outpost import manifest, probe
+from outpost import exchange, manifest, probe
 from outpost.commands import hostjob
 
 HOSTS = ("au", "fr", "ny")
@@ -216,7 +216,8 @@ def test_a_stopped_nameserver_and_app_are_started_by_the_next_deploy(site):
         status = hosts_fleet.run_on("au", ["dinitctl", "status", service]).stdout
         assert "State: STARTED" in status, (service, status)
     assert served_version(inv, "au") == template_version(project)
-    assert probe.ask_nameserver(ADDRESSES["au"], inv.site.name, "193.0.0.0/21") == [ADDRESSES["fr"]]
+    assert exchange.ask_nameserver(ADDRESSES["au"], inv.site.name, ["193.0.0.0/21"]) == {
+        "193.0.0.0/21": [ADDRESSES["fr"]]}
     # All running again: the next deploy finds nothing to start, and opens no SSH connection.
     before = {name: accepted_connections(hosts_fleet, name) for name in HOSTS}
     proc = run_doit(project, "deploy")

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from fleet_helpers import https_connections
 from helpers import fleet_project, ran_tasks, run_doit, template_version
 from outpost import fleet, inventory, manifest, probe
 
@@ -88,11 +89,15 @@ def test_fresh_deploy_brings_every_host_up(site):
 def test_second_deploy_touches_no_host(site):
     project, inv, hosts_fleet = site
     before = connections(hosts_fleet)
+    https_before = {name: https_connections(hosts_fleet, name) for name in HOSTS}
     proc = run_doit(project, "deploy")
     # Only the read-only HTTP check may run.
     assert [t for t in host_tasks(ran_tasks(proc.stdout)) if not t.startswith("check:")] == []
     assert [t for t in ran_tasks(proc.stdout) if t.partition(":")[2] not in HOSTS] == []
     assert connections(hosts_fleet) == before
+    # One TLS handshake per host: the drift probe, certificate:<host> and the check share it.
+    assert {name: https_connections(hosts_fleet, name) - https_before[name]
+            for name in HOSTS} == {name: 1 for name in HOSTS}
 
 
 def test_content_edit_pushes_content_only(site):

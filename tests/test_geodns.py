@@ -325,7 +325,7 @@ def test_the_check_judges_health_as_gdnsd_does_and_waits_as_long_as_gdnsd_may(tm
     real = inventory.load(with_dns(tmp_path, '[dns]\ndefault = "au"\n'))
     asked = []
     monkeypatch.setattr(probe, "plain_health",
-                        lambda host, site_name, timeout: asked.append(timeout) or True)
+                        lambda inventory, host, timeout: asked.append(timeout) or True)
     assert probe.healthy_hosts(real) == {"au", "ny", "fr"}
     assert asked == [real.dns.health.timeout] * 3 == [5] * 3
     # A nameserver follows a host's change after its thresholds' worth of checks: 20 good

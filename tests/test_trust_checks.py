@@ -6,10 +6,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+import acme_pki
 
 from outpost import tls
 from outpost.commands import acme
@@ -19,60 +17,17 @@ from outpost.steps import acme as acme_step
 from outpost.steps.common import say
 from outpost.terminal import visible
 
-NOW = datetime.datetime.now(datetime.timezone.utc)
+NOW = acme_pki.NOW
 SITE = "linkedlist.test"
 
 
-def _certificate(subject, key, issuer, issuer_key, ca, names=(), start=None, days=90):
-    start = start or NOW - datetime.timedelta(minutes=5)
-    builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-               .issuer_name(issuer).public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=days))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                              critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                   issuer_key.public_key()), critical=False))
-    if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
-    else:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    if names:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 def pem(*certificates) -> str:
-    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certificates)
-
-
-class Ca:
-    """A root and an intermediate, as an ACME server has them."""
-
-    def __init__(self, label):
-        self.root_key, self.key = ec.generate_private_key(ec.SECP256R1()), \
-            ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{label} root")])
-        self.root = _certificate(f"{label} root", self.root_key, name, self.root_key, True,
-                                 days=3650)
-        self.intermediate = _certificate(f"{label} intermediate", self.key, self.root.subject,
-                                         self.root_key, True, days=3650)
-
-    def leaf(self, names=(SITE,), **kwargs):
-        return _certificate(names[0], ec.generate_private_key(ec.SECP256R1()),
-                            self.intermediate.subject, self.key, False, names, **kwargs)
+    return "".join(acme_pki.pem(c).decode() for c in certificates)
 
 
 @pytest.fixture(scope="module")
 def ca():
-    return Ca("ACME")
+    return acme_pki.Ca("ACME")
 
 
 def refused(text, ca, names=(SITE,)) -> str:
@@ -82,7 +37,7 @@ def refused(text, ca, names=(SITE,)) -> str:
 
 
 def test_a_chain_to_the_root_for_exactly_the_names_is_kept_alone(ca):
-    leaf = ca.leaf()
+    leaf = ca.leaf([SITE])
     # What a session prints around it (an rc file's words, another PEM block) is left out.
     shown = f"current: serial=1\n{pem(leaf, ca.intermediate)}-----BEGIN PRIVATE KEY-----\n" \
             "AAAA\n-----END PRIVATE KEY-----\nbye\n"
@@ -90,24 +45,23 @@ def test_a_chain_to_the_root_for_exactly_the_names_is_kept_alone(ca):
 
 
 def test_a_self_signed_certificate_is_refused_for_its_chain(ca):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SITE)])
-    forged = _certificate(SITE, key, name, key, False, [SITE])
+    key = acme_pki.new_key()
+    forged = acme_pki.certificate(SITE, key, acme_pki.name(SITE), key, False, [SITE])
     with pytest.raises(tls.ChainRefused, match="its chain does not lead to the ACME server's"):
         tls.verified_site_chain(pem(forged, ca.intermediate), pem(ca.root), [SITE])
 
 
 def test_a_leaf_that_names_the_intermediate_as_issuer_but_is_not_signed_by_it_is_refused(ca):
     # The real intermediate after it, and the issuer's name copied: only the signature differs.
-    other = Ca("other")
-    forged = _certificate(SITE, ec.generate_private_key(ec.SECP256R1()),
-                          ca.intermediate.subject, other.key, False, [SITE])
+    other = acme_pki.Ca("other")
+    forged = acme_pki.certificate(SITE, acme_pki.new_key(), ca.intermediate.subject,
+                                  other.intermediate_key, False, [SITE])
     assert "does not lead" in refused(pem(forged, ca.intermediate), ca)
 
 
 def test_another_cas_chain_is_refused(ca):
-    other = Ca("other")
-    assert "does not lead" in refused(pem(other.leaf(), other.intermediate), ca)
+    other = acme_pki.Ca("other")
+    assert "does not lead" in refused(pem(other.leaf([SITE]), other.intermediate), ca)
 
 
 def test_a_leaf_for_other_names_or_a_wildcard_too_is_refused(ca):
@@ -118,9 +72,9 @@ def test_a_leaf_for_other_names_or_a_wildcard_too_is_refused(ca):
 
 
 def test_an_expired_or_not_yet_valid_leaf_is_refused(ca):
-    expired = ca.leaf(start=NOW - datetime.timedelta(days=100), days=90)
+    expired = ca.leaf([SITE], not_before=NOW - datetime.timedelta(days=100), days=90)
     assert refused(pem(expired, ca.intermediate), ca).startswith("it expired on ")
-    early = ca.leaf(start=NOW + datetime.timedelta(days=1))
+    early = ca.leaf([SITE], not_before=NOW + datetime.timedelta(days=1))
     assert refused(pem(early, ca.intermediate), ca).startswith("it is not valid before ")
 
 

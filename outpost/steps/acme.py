@@ -247,9 +247,10 @@ def _trusted_leaf(inventory, host) -> bytes | None:
 def host_certificate(inventory, host):
     """Make the host serve the current certificate: if it serves another (a new host, one
     that was down at a renewal), the cert host pushes it there, key and all, through the
-    host's lego-gate. Costs one TLS handshake per host when all is well: no SSH. A host that
-    serves the newest certificate already is left alone; one that does not answer fails here,
-    saying so, with nothing pushed."""
+    host's lego-gate. Costs nothing of its own when all is well: the run's one connection to
+    the host (the drift probe's, the check's) says what it serves; no SSH. A host that serves
+    the newest certificate already is left alone; one that does not answer fails here, saying
+    so, with nothing pushed."""
     cert_host = inventory.acme.cert_host
     step = f"certificate:{host.name}"
     current = tls.leaf_der(issued_certificate(inventory).read_text())
@@ -276,7 +277,9 @@ def host_certificate(inventory, host):
     confirmable = served is not None and _trusted_leaf(inventory, host) is not None
     output = remote.run_script(cert_host, acme.driver_command("push", host.name), inventory.ssh,
                                step=step).stdout
-    # The host's lego-gate checked the pair and switched it in, or the push failed.
+    # The host's lego-gate checked the pair and switched it in, or the push failed; its nginx
+    # reloaded, so the run's connection to it (the old worker's) is dropped.
+    probe.drop_connections(inventory, host)
     report(cert_host, output)
     if confirmable:
         _confirm_served(inventory, host, current)

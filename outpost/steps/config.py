@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from outpost import render
+from outpost import probe, render
 from outpost.commands import config as config_commands
 from outpost.files import write_if_changed
 from outpost.steps.common import apply_bundle, report
@@ -39,3 +39,4 @@ def config(inventory, host):
              for f in config_commands.host_files(inventory, host)]
     report(host, apply_bundle(inventory, host, config_commands.config_bundle(host, files),
                               "config").stdout)
+    probe.drop_connections(inventory, host)  # nginx may have reloaded: ask it afresh

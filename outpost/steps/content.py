@@ -351,8 +351,8 @@ def rollback_content(inventory, host):
     for package, folder, digest in rollback(inventory, host, say):
         if package.port is None:
             continue  # not served over HTTPS: nothing to wait for
-        health = probe.wait_for_health(inventory, host,
-                                       lambda h: content_problem(h, folder, digest) is None)
+        health, _, _ = probe.wait_for_health(
+            inventory, host, lambda h: content_problem(h, folder, digest) is None)
         if not isinstance(health, dict) or content_problem(health, folder, digest):
             seen = served_text(health) if isinstance(health, dict) else health
             raise OutpostError(f"host {host.name}, step rollback: switched to {folder}, but the "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import http.client
 import ssl
 
-from outpost import probe
+from outpost import exchange, probe
 from outpost.commands import dns as dns_commands
 from outpost.commands import services as services_commands
 from outpost.errors import OutpostError
@@ -23,7 +23,9 @@ def _https(inventory, host) -> int | Exception:
     """The status nginx gives /_health, or the error (OutpostError: no client certificate
     here yet, on a first deploy)."""
     try:
-        return probe.kept_request(inventory, host, "/_health", timeout=probe.PROBE_TIMEOUT)[0]
+        answers, _ = probe.kept_requests(inventory, host, [("GET", "/_health")],
+                                         timeout=probe.PROBE_TIMEOUT)
+        return answers[0][0]
     except (OSError, ssl.SSLError, http.client.HTTPException, OutpostError) as error:
         return error
 
@@ -60,17 +62,13 @@ def stopped(inventory, host) -> dict[str, str]:
             found[app] = "not to be seen behind a stopped nginx"
     gdnsd = services_commands.gdnsd(inventory)
     if gdnsd:
-        try:
-            probe.ask_nameserver(host.address, inventory.site.name, _NETWORK,
-                                 timeout=probe.PROBE_TIMEOUT)
-        except ConnectionRefusedError:
+        answer = exchange.ask_nameserver(host.address, inventory.site.name, [_NETWORK],
+                                         timeout=probe.PROBE_TIMEOUT)[_NETWORK]
+        if isinstance(answer, ConnectionRefusedError):
             reachable = True
             found[gdnsd] = "port 53 refuses queries"
-        except dns_commands.DnsReplyError:
-            pass  # it answered
-        except OSError as error:
-            if reachable:
-                found[gdnsd] = f"no answer on port 53 ({error or type(error).__name__})"
+        elif isinstance(answer, OSError) and reachable:  # a reply, even a DnsReplyError, is one
+            found[gdnsd] = f"no answer on port 53 ({answer or type(answer).__name__})"
     return found if reachable else {}
 
 
