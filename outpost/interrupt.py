@@ -1,5 +1,5 @@
-"""Ctrl-C during a run: one line, the rsync and ssh it started stopped, and what had finished
-kept.
+"""Ctrl-C during a run: one line, the rsync (and its relay) it started stopped, its SSH
+connections closed, and what had finished kept.
 
 Python's default turns SIGINT into a KeyboardInterrupt and a traceback. Here the handler ends
 the children first (they run in sessions of their own, so the terminal's SIGINT does not reach
@@ -20,7 +20,7 @@ def _on_interrupt(signum, frame):
     signal.signal(signal.SIGINT, signal.default_int_handler)
     from outpost import remote
     stopped = remote.stop_children()
-    sys.stderr.write(f"outpost: interrupted; stopped {stopped} rsync/ssh process"
+    sys.stderr.write(f"outpost: interrupted; stopped {stopped} rsync process"
                      f"{'' if stopped == 1 else 'es'}. Steps that had finished are kept: run "
                      "the same command again to do the rest\n")
     raise SystemExit(INTERRUPTED)

@@ -1,15 +1,13 @@
-"""OpenSSH and rsync as programs of this machine, for outpost.remote: the fixed environment they
-start with, the host key a host presents, and what their failures mean, said so that a person
-can act on it (the host, the step, the key's fingerprint, the command that checks it)."""
+"""SSH's and rsync's failures said so that a person can act on them (the host, the step, the
+key's fingerprint, the command that checks it), for outpost.remote and outpost.sshconnect; and
+the fixed environment of the programs Outpost starts here (rsync, its relay, a keeper)."""
 from __future__ import annotations
 
 import base64
 import hashlib
 import ipaddress
-import math
 import os
 import pwd
-import re
 import shutil
 import subprocess
 
@@ -19,12 +17,12 @@ from outpost.terminal import visible
 
 # The programs Outpost starts here, and the folders they are looked up in besides where the
 # operator's own were found.
-LOCAL_PROGRAMS = ("rsync", "ssh", "ssh-keyscan")
+LOCAL_PROGRAMS = ("rsync",)
 SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
 def program_environment(home: str, found) -> dict[str, str]:
-    """The whole environment of the rsync and ssh Outpost starts: a PATH of the folders
+    """The whole environment of the programs Outpost starts (rsync and its relay, a keeper): a PATH of the folders
     holding the programs `found` (their paths, None for one not found) and then the system's,
     the user's home, the C locale. Nothing is inherited, so RSYNC_OLD_ARGS, RSYNC_PROTECT_ARGS,
     RSYNC_RSH, SSH_AUTH_SOCK, LD_PRELOAD and the like in the operator's shell can't change
@@ -82,39 +80,6 @@ def _presented(presented, then: str) -> str:
             f"/etc/ssh/ssh_host_{kind}_key.pub` on the host's console shows the same, {then}")
 
 
-def _scanned_host_key(host, ssh, key_type: str):
-    """(kind, fingerprint) of the host key of this type ("ED25519", as OpenSSH's messages
-    name it) that host presents, asked with ssh-keyscan (OpenSSH won't show it for an unknown
-    host under StrictHostKeyChecking); None when that fails too."""
-    try:
-        scan = subprocess.run(["ssh-keyscan", "-T", str(math.ceil(ssh.connect_timeout)),
-                               "-t", key_kind(key_type), "-p", str(host.port), host.address],
-                              capture_output=True, text=True, env=environment(),
-                              timeout=ssh.connect_timeout + 5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    for line in scan.stdout.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and not line.startswith("#"):
-            try:
-                return key_kind(fields[1]), fingerprint(base64.b64decode(fields[2],
-                                                                         validate=True))
-            except ValueError:
-                return None
-    return None
-
-
-def _openssh_presented(stderr: str, host, ssh):
-    """The key an OpenSSH refusal is about: its fingerprint when OpenSSH printed it (a
-    changed key), else the key ssh-keyscan gets for the type OpenSSH named."""
-    changed = re.search(r"fingerprint for the (\w+) key sent by the remote host is\s+"
-                        r"(SHA256:[A-Za-z0-9+/]+)", stderr)
-    if changed:
-        return key_kind(changed.group(1)), changed.group(2)
-    unknown = re.search(r"No (\w+) host key is known for", stderr)
-    return _scanned_host_key(host, ssh, unknown.group(1)) if unknown else None
-
-
 def changed_host_key(host, ssh, presented=None) -> str:
     return (f"host key for {host.name} ({host.address}) does not match the pinned key in "
             f"{ssh.known_hosts}; nothing was sent to it. "
@@ -156,20 +121,6 @@ def tail(stderr: str, lines: int = 10) -> str:
     return (":\n  " + "\n  ".join(kept)) if kept else ""
 
 
-# What OpenSSH prints (on stderr, through rsync) for each failure, most specific first.
-SSH_FAILURES = (
-    ("REMOTE HOST IDENTIFICATION HAS CHANGED", "changed"),
-    ("host key is known for", "unknown"),  # "No ED25519 host key is known for [h]:p and ..."
-    ("Host key verification failed", "unknown"),
-    ("Permission denied (publickey", "auth"),
-    ("Connection refused", "connection refused"),
-    ("Connection timed out", "no answer within the connect timeout"),
-    ("timed out", "no answer within the connect timeout"),
-    ("No route to host", "no route to host"),
-    ("Network is unreachable", "network is unreachable"),
-    ("Could not resolve hostname", "the address does not resolve"),
-)
-
 # rsync(1), EXIT VALUES.
 RSYNC_EXIT = {
     1: "syntax or usage error", 2: "protocol incompatibility",
@@ -178,23 +129,13 @@ RSYNC_EXIT = {
     12: "error in the rsync protocol data stream (is rsync installed on the host?)",
     23: "partial transfer due to an error", 24: "some source files vanished",
     30: "timeout in data send/receive (command_timeout in [ssh])",
-    255: "the ssh connection failed",
+    255: "the connection to the host failed",
 }
 
 
-def local_failure(program: str, proc: subprocess.CompletedProcess, host, ssh) -> str:
-    for marker, kind in SSH_FAILURES:
-        if marker in proc.stderr:
-            if kind == "changed":
-                return changed_host_key(host, ssh, _openssh_presented(proc.stderr, host, ssh))
-            if kind == "unknown":
-                return unknown_host_key(host, ssh, _openssh_presented(proc.stderr, host, ssh))
-            if kind == "auth":
-                # OpenSSH goes on without a key file it can't find, and is then refused.
-                if not os.path.isfile(ssh.identity):
-                    return missing_identity(ssh)
-                return auth_failed(host, ssh)
-            return unreachable(host, kind)
+def local_failure(program: str, proc: subprocess.CompletedProcess) -> str:
+    """What a local program's failure means. The login itself is not among them: rsync runs
+    on the run's connection (outpost.remote), whose failures say so before rsync starts."""
     meaning = RSYNC_EXIT.get(proc.returncode, "failed") if program == "rsync" else "failed"
     return f"{program} exited {proc.returncode} ({meaning})" + tail(proc.stderr)
 

@@ -62,28 +62,22 @@ def test_ssh_options_pin_the_host_key_and_the_identity():
                         "IdentitiesOnly=yes"]
 
 
-def test_ssh_argv_is_ssh_with_the_pinned_options_to_the_user_at_the_host():
-    ssh = make_ssh()
-    assert base.ssh_argv(ssh, make_host()) == [
-        "ssh", *base.ssh_options(ssh, make_host()), "deploy@198.18.0.11"]
-    assert base.ssh_argv(ssh, make_host(address="fd00::5"))[-1] == "deploy@[fd00::5]"
-
-
 def test_rsync_argv_for_the_repository_keeps_hardlinks_and_deletes():
     ssh, host = make_ssh(), make_host()
-    argv = sync_commands.repo_rsync_argv(Path("/inv/build/repo"), host, REPOSITORY, ssh)
+    relay = ["/venv/bin/python", "-I", "-m", "outpost.relay", "/tmp/outpost-ssh-x/s"]
+    argv = sync_commands.repo_rsync_argv(Path("/inv/build/repo"), host, REPOSITORY, ssh, relay)
     assert argv[:5] == ["rsync", "-a", "-s", "-H", "--delete"]
     assert "--timeout=60" in argv
     assert argv[-2:] == ["/inv/build/repo/x86_64/",
                          "deploy@198.18.0.11:/var/lib/outpost/repo/x86_64/"]
-    # rsync splits -e itself, honouring quotes: it must give back exactly the pinned options.
+    # rsync splits -e itself, honouring quotes: it must give back exactly the relay's argv.
     remote_shell = argv[argv.index("-e") + 1]
-    assert shlex.split(remote_shell) == ["ssh", *base.ssh_options(ssh, host)]
+    assert shlex.split(remote_shell) == relay
 
 
 def test_rsync_argv_options():
     argv = base.rsync_argv("src/", make_host(address="fd00::5"), "/dest/", make_ssh(),
-                               delete=False, extra=("--checksum",))
+                           ["relay"], delete=False, extra=("--checksum",))
     assert "--delete" not in argv
     assert argv[:3] == ["rsync", "-a", "-s"]  # the paths never pass through the host's shell
     assert argv[-3:] == ["--checksum", "src/", "deploy@[fd00::5]:/dest/"]

@@ -1,7 +1,7 @@
 """outpost.steps.content: the push and rollback of the content step, what it records about each host,
 and when content:<host> is up to date. The "host" is a folder on this machine: SSH is replaced
 by running the same stdin (script, mark, payload) through the same remote shell command with
-/bin/sh here, so the real scripts, tar and mv do the work (the fleet tests add real SSH)."""
+/bin/sh here (LocalHost), so the real scripts, tar and mv do the work (the fleet tests add real SSH)."""
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,34 +13,29 @@ from outpost.steps import content
 from outpost.inventory import Host, Package, Ssh
 
 
-class LocalSession:
-    """remote.SshSession's stand-in for these tests: runs the script here; logs each login."""
-    logins: list = []
+class LocalHost:
+    """remote.run_script's stand-in for these tests: the same stdin (script, mark, payload)
+    through the same remote shell command, run here; logs each round trip."""
+    trips: list = []
 
-    def __init__(self, ssh_argv, host, ssh, step=None):
-        self.step = step
-        LocalSession.logins.append((host.name, step))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    def run(self, script, payload=b""):
-        stdin = script.encode() + f"\n{remote.PAYLOAD_MARK}\n".encode() + payload
+    @staticmethod
+    def run_script(host, script, ssh, step=None, ok_exits=(0,), payload=None):
+        LocalHost.trips.append((host.name, step))
+        assert payload is not None or step == "rollback"
+        stdin = script.encode() + f"\n{remote.PAYLOAD_MARK}\n".encode() + (payload or b"")
         proc = subprocess.run(["sh", "-c", remote.RUN_STDIN_THEN_PAYLOAD], input=stdin,
                               capture_output=True, timeout=60)
-        if proc.returncode:
-            raise remote.ScriptFailed(f"{self.step} failed: {proc.stderr.decode()}",
+        if proc.returncode not in ok_exits:
+            raise remote.ScriptFailed(f"{step} failed: {proc.stderr.decode()}",
                                       proc.returncode)
-        return remote.Result(proc.stdout.decode(), proc.stderr.decode(), 0)
+        return remote.Result(proc.stdout.decode(), proc.stderr.decode(), proc.returncode)
 
 
 @pytest.fixture
 def site(tmp_path, monkeypatch):
-    monkeypatch.setattr(remote, "SshSession", LocalSession)
-    LocalSession.logins = []
+    monkeypatch.setattr(remote, "run_script", LocalHost.run_script)
+    monkeypatch.setattr(remote, "connect_soon", lambda host, ssh, step=None: None)
+    LocalHost.trips = []
     for cache in (content._scanned, content._payloads, content._parsed):
         cache.clear()
     tree = tmp_path / "content"
@@ -91,10 +86,10 @@ def test_a_push_sends_what_changed_and_records_what_the_host_serves(site):
                              "keeps 2 releases")
     assert second.kept == (second.folder, first.folder)
     assert served_now(site) == content.manifest(inv, package).release
-    assert LocalSession.logins == [("au", "content")] * 2
+    assert LocalHost.trips == [("au", "content")] * 2
 
 
-def test_a_base_gone_from_the_host_is_sent_whole_in_a_second_login(site):
+def test_a_base_gone_from_the_host_is_sent_whole_in_a_second_round_trip(site):
     inv, host, package = site.inventory, site.host, site.package
     content.push(inv, host, site.say)
     folder = content.served(inv, package, host).folder
@@ -102,7 +97,7 @@ def test_a_base_gone_from_the_host_is_sent_whole_in_a_second_login(site):
     change(site, "entry 1, edited\n")
     content.push(inv, host, site.say)
     assert site.said[-1].endswith("4 of 4 files sent (all); keeps 1 releases")
-    assert LocalSession.logins == [("au", "content")] * 3
+    assert LocalHost.trips == [("au", "content")] * 3
     assert served_now(site) == content.manifest(inv, package).release
 
 
@@ -148,11 +143,11 @@ def test_a_release_the_host_is_confirmed_to_serve_is_not_sent_again(site):
     content.push(inv, host, site.say, confirmed={package.name: pushed.folder})
     assert site.said[-1] == (f"au: linkedlist content {pushed.folder}: the host serves it "
                              "already; nothing sent")
-    assert LocalSession.logins == [("au", "content")]  # no second login
+    assert LocalHost.trips == [("au", "content")]  # no second round trip
     assert content.served(inv, package, host) == pushed
 
 
-def test_a_confirmed_release_whose_record_was_lost_is_recorded_without_a_login(site):
+def test_a_confirmed_release_whose_record_was_lost_is_recorded_without_a_round_trip(site):
     inv, host, package = site.inventory, site.host, site.package
     content.push(inv, host, site.say)
     first = content.served(inv, package, host)
@@ -163,7 +158,7 @@ def test_a_confirmed_release_whose_record_was_lost_is_recorded_without_a_login(s
     pushed = content.served(inv, package, host)
     record.write_text(stale)  # the run ended after the switch, before this record
     content.push(inv, host, site.say, confirmed={package.name: pushed.folder})
-    assert LocalSession.logins == [("au", "content")] * 2
+    assert LocalHost.trips == [("au", "content")] * 2
     now = content.served(inv, package, host)
     assert (now.release, now.folder, now.digest) == (pushed.release, pushed.folder,
                                                      pushed.digest)

@@ -104,10 +104,13 @@ def test_content_edit_pushes_content_only(site):
     project, inv, hosts_fleet = site
     entry = sorted((project / "content/entries").glob("*.txt"))[0]
     entry.write_text(entry.read_text() + "\nOne more line, pushed by the test.\n")
+    before = connections(hosts_fleet)
     proc = run_doit(project, "deploy")
     assert host_tasks(ran_tasks(proc.stdout)) == sorted(
         [f"content:{h}" for h in HOSTS] + [f"check:{h}" for h in HOSTS])
     assert_all_serve(project, inv)
+    after = connections(hosts_fleet)
+    assert {name: after[name] - before[name] for name in HOSTS} == {name: 1 for name in HOSTS}
 
 
 def bump_app(project):
@@ -124,7 +127,11 @@ def test_app_change_upgrades_and_restarts_every_host(site):
     pids = {name: hosts_fleet.run_on(name, ["dinitctl", "status", "linkedlist"]).stdout
             for name in HOSTS}
     bump_app(project)
+    before = connections(hosts_fleet)
     proc = run_doit(project, "deploy")
+    after = connections(hosts_fleet)
+    # One login per host, shared by sync's bundle and rsync and the upgrade.
+    assert {name: after[name] - before[name] for name in HOSTS} == {name: 1 for name in HOSTS}
     ran = ran_tasks(proc.stdout)
     assert "build:noarch" in ran and "index:x86_64" in ran
     assert host_tasks(ran) == sorted(f"{step}:{h}" for h in HOSTS

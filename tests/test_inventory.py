@@ -97,6 +97,7 @@ def test_valid_inventory_loads_with_defaults(write, tmp_path):
     assert (au.user, au.port, au.groups) == ("deploy", 22, ())
     assert inventory.fleet is None
     assert (inventory.ssh.connect_timeout, inventory.ssh.command_timeout) == (10.0, 300.0)
+    assert inventory.ssh.keep_connection == 0  # a host's connection ends with the run
     (package,) = inventory.packages
     assert package.category == "user"
     assert package.template_dir == tmp_path / "cports-overlay" / "user" / "linkedlist"
@@ -285,7 +286,7 @@ def test_unknown_key_lists_the_allowed_keys(error):
 def test_unknown_key_in_ssh(error):
     assert error(variant('port = 22\n', 'prot = 22\n')) == (
         "[ssh]: unknown key 'prot'; allowed: bootstrap_identity, command_timeout, connect_timeout, identity, "
-        "known_hosts, port, user")
+        "keep_connection, known_hosts, port, user")
 
 
 def test_unknown_table(error):
@@ -397,6 +398,16 @@ def test_negative_timeout(error):
     assert error(variant('identity = "state/deploy_key"',
                          'identity = "state/deploy_key"\ncommand_timeout = -1')) == (
         "[ssh]: key 'command_timeout': must be more than 0, found -1")
+
+
+def test_keep_connection_is_whole_seconds_from_zero(error):
+    keep = variant('identity = "state/deploy_key"', 'identity = "state/deploy_key"\n'
+                   'keep_connection = {}')
+    assert error(keep.format(-1)) == "[ssh]: key 'keep_connection': must be 0 or more, found -1"
+    assert error(keep.format(1.5)) == ("[ssh]: key 'keep_connection' must be an integer, "
+                                       "found a float (1.5)")
+    assert error(keep.format('"60"')).startswith("[ssh]: key 'keep_connection' must be an "
+                                                 "integer, found a str")
 
 
 def test_cbuild_needs_a_cports_clone(error):

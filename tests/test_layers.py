@@ -3,8 +3,8 @@
     dodo.py -> tasks/X.py -> outpost/steps/X.py -> runners and builders (outpost/commands/X.py)
 
 - nothing imports tasks/ but dodo.py, and no task module imports another;
-- a runner (outpost.remote, outpost.openssh, outpost.probe, outpost.gcore, outpost.interrupt, outpost.fleet)
-  imports no step;
+- a runner (outpost.remote, outpost.openssh, outpost.probe, outpost.gcore, outpost.interrupt, outpost.fleet,
+  and remote's own: outpost.sshconnect, outpost.channels, outpost.relay, outpost.keeper) imports no step;
 - a builder (outpost.commands) imports no runner and no step;
 - the other modules of outpost/ (the libraries) import no step and no runner;
 - no import circle anywhere, imports inside functions included;
@@ -15,7 +15,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNERS = ("outpost.remote", "outpost.openssh", "outpost.probe", "outpost.gcore", "outpost.interrupt",
-           "outpost.fleet")
+           "outpost.fleet", "outpost.sshconnect", "outpost.channels", "outpost.relay",
+           "outpost.keeper")
 MAX_LINES = 400
 
 

@@ -9,13 +9,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from outpost import openssh, remote
+from outpost import openssh, remote, sshconnect
 from outpost.commands import base
 from outpost.inventory import Host, Ssh
 from outpost.remote import RemoteError
@@ -244,7 +245,7 @@ def test_the_client_refuses_an_unpinned_key_by_its_own_policy(sshd, target, tmp_
     host, ssh = target
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
-    connection = remote._pinned_connection(host, replace(ssh, known_hosts=empty), "sync")
+    connection = sshconnect.pinned_connection(host, replace(ssh, known_hosts=empty), "sync")
     assert isinstance(connection.client._policy, RejectPolicy)
     before = sshd.accepted()
     try:
@@ -282,12 +283,11 @@ def test_a_missing_identity_file_is_named_not_an_authentication_failure(target, 
     missing = replace(ssh, identity=tmp_path / "no-such-key")
     said = (rf"content on host testhost \(127.0.0.1\): the SSH identity {tmp_path}/no-such-key "
             r"does not exist \(identity in \[ssh\]\)$")
-    with pytest.raises(RemoteError, match=said):  # OpenSSH, as the content push runs it
-        remote.run_ssh(base.ssh_argv(missing, host), host, missing, "true", step="content")
-    with pytest.raises(RemoteError, match=said):  # rsync's ssh
-        remote.run_local(base.rsync_argv(tree, host, str(tmp_path / "d"), missing), host,
-                         missing, step="content")
-    with pytest.raises(RemoteError, match=said):  # Fabric
+    with pytest.raises(RemoteError, match=said):  # a script with a payload, as content's push
+        remote.run_script(host, "true", missing, step="content", payload=b"x")
+    with pytest.raises(RemoteError, match=said):  # rsync's relay
+        remote.relay_command(host, missing, step="content")
+    with pytest.raises(RemoteError, match=said):
         remote.run_script(host, "true", missing, step="content")
 
 
@@ -314,7 +314,7 @@ def test_silent_port_fails_at_the_connect_timeout(sshd, target):
                               replace(ssh, connect_timeout=0.5))
 
 
-# --- run_local with rsync ---------------------------------------------------------------------
+# --- rsync on a channel of the run's connection ----------------------------------------------
 
 @pytest.fixture
 def tree(tmp_path):
@@ -326,44 +326,77 @@ def tree(tmp_path):
     return src
 
 
-def test_rsync_over_pinned_ssh_keeps_hardlinks_and_deletes(target, tree, tmp_path):
+def rsync(tree, host, dest, ssh, step=None, **options):
+    """What the sync step does: rsync over the relay to the run's connection."""
+    argv = base.rsync_argv(tree, host, str(dest), ssh, remote.relay_command(host, ssh, step),
+                           **options)
+    return remote.run_local(argv, host, ssh, step=step)
+
+
+def test_rsync_keeps_hardlinks_and_deletes(target, tree, tmp_path):
     host, ssh = target
     dest = tmp_path / "repo"
-    argv = base.rsync_argv(tree, host, str(dest), ssh, hardlinks=True)
-    remote.run_local(argv, host, ssh, step="sync")
+    rsync(tree, host, dest, ssh, "sync", hardlinks=True)
     index = dest / "x86_64" / "Packages.adb"
     assert index.read_bytes() == b"ADB index"
     assert index.stat().st_ino == (dest / "x86_64" / "APKINDEX.tar.gz").stat().st_ino
     assert (dest / "x86_64" / "old.apk").exists()
 
     (tree / "x86_64" / "old.apk").unlink()
-    remote.run_local(argv, host, ssh, step="sync")
+    rsync(tree, host, dest, ssh, "sync", hardlinks=True)
     assert not (dest / "x86_64" / "old.apk").exists()
+
+
+def test_scripts_payloads_and_rsync_share_one_login(sshd, target, tree, tmp_path):
+    host, ssh = target
+    before = sshd.accepted()
+    remote.run_script(host, "true", ssh, step="sync")
+    rsync(tree, host, tmp_path / "one", ssh, "sync")
+    rsync(tree, host, tmp_path / "two", ssh, "sync")
+    remote.run_script(host, "cat > /dev/null", ssh, step="content", payload=b"x" * 100_000)
+    assert (tmp_path / "two" / "x86_64" / "old.apk").read_bytes() == b"old"
+    assert sshd.accepted() - before == 1
+
+
+def test_rsync_first_opens_the_connection_itself(sshd, target, tree, tmp_path):
+    host, ssh = target
+    before = sshd.accepted()
+    rsync(tree, host, tmp_path / "d", ssh, "sync")
+    remote.run_script(host, "true", ssh)
+    assert sshd.accepted() - before == 1
+
+
+def test_the_relays_socket_is_private_and_gone_after_the_run(target, tree, tmp_path):
+    host, ssh = target
+    relay_argv = remote.relay_command(host, ssh, "sync")
+    folder = Path(relay_argv[-1]).parent
+    assert folder.stat().st_mode & 0o777 == 0o700 and folder.stat().st_uid == os.getuid()
+    remote.close_all()
+    assert not folder.exists()
 
 
 def test_rsync_refuses_a_changed_host_key(sshd, target, tree, tmp_path):
     host, ssh = target
     ssh = pin_other_key(ssh, tmp_path)
     dest = tmp_path / "dest"
+    before = sshd.accepted()
     with pytest.raises(RemoteError) as caught:
-        remote.run_local(base.rsync_argv(tree, host, str(dest), ssh), host, ssh,
-                         step="content")
-    # The fingerprint OpenSSH printed for the key it refused.
+        rsync(tree, host, dest, ssh, "content")
     assert str(caught.value) == (
-        "content on host testhost (127.0.0.1): host key for testhost (127.0.0.1) does not match"
-        f" the pinned key in {ssh.known_hosts}; nothing was sent to it. {presents(sshd)}the "
-        f"host was rebuilt: replace its line in {ssh.known_hosts}")
+        f"host key for testhost (127.0.0.1) does not match the pinned key in {ssh.known_hosts}; "
+        f"nothing was sent to it. {presents(sshd)}the host was rebuilt: replace its line in "
+        f"{ssh.known_hosts}")
     assert not dest.exists()
+    assert sshd.accepted() == before
 
 
 def test_rsync_refuses_an_unknown_host(sshd, target, tree, tmp_path):
     host, ssh = target
     ssh.known_hosts.write_text("")
     with pytest.raises(RemoteError) as caught:
-        remote.run_local(base.rsync_argv(tree, host, str(tmp_path / "d"), ssh), host, ssh)
-    # OpenSSH prints no fingerprint for an unknown host: ssh-keyscan asked for it.
+        rsync(tree, host, tmp_path / "d", ssh)
     assert str(caught.value) == (
-        f"host testhost (127.0.0.1): host key for testhost (127.0.0.1) is unknown: "
+        f"host key for testhost (127.0.0.1) is unknown: "
         f"{ssh.known_hosts} has no line for [127.0.0.1]:{sshd.port}; nothing was sent to it. "
         f"{presents(sshd)}add the host's line to {ssh.known_hosts}")
     assert not (tmp_path / "d").exists()
@@ -374,14 +407,12 @@ def test_rsync_wrong_identity_and_closed_port(target, tree, tmp_path):
     keygen(tmp_path / "stranger")
     stranger = replace(ssh, identity=tmp_path / "stranger")
     with pytest.raises(RemoteError, match=r"refused the key .*stranger \(authentication"):
-        remote.run_local(base.rsync_argv(tree, host, str(tmp_path / "d"), stranger), host,
-                         stranger)
+        rsync(tree, host, tmp_path / "d", stranger)
 
     closed = replace(host, port=free_port())
     with pytest.raises(RemoteError, match=rf"sync on host testhost \(127.0.0.1\): cannot reach "
                                           rf"127.0.0.1 port {closed.port}: connection refused"):
-        remote.run_local(base.rsync_argv(tree, closed, str(tmp_path / "d"), ssh), closed,
-                         ssh, step="sync")
+        rsync(tree, closed, tmp_path / "d", ssh, "sync")
 
 
 def test_rsync_failure_on_the_host_names_the_exit_code(target, tree):
@@ -389,53 +420,111 @@ def test_rsync_failure_on_the_host_names_the_exit_code(target, tree):
     # The destination's parent is a file: rsync on the host can't create the folder.
     with pytest.raises(RemoteError, match=r"content on host testhost \(127.0.0.1\): rsync exited"
                                           r" \d+ \(.+\):\n  .*"):
-        remote.run_local(base.rsync_argv(tree, host, "/etc/hostname/sub", ssh), host, ssh,
-                         step="content")
+        rsync(tree, host, "/etc/hostname/sub", ssh, "content")
 
 
-# --- SshSession: a script and a payload in one OpenSSH login ---------------------------------
+def test_a_connection_lost_under_rsync_is_rsyncs_failure_with_the_relays_reason(target, tree,
+                                                                                tmp_path):
+    host, ssh = target
+    argv = base.rsync_argv(tree, host, str(tmp_path / "d"), ssh,
+                           remote.relay_command(host, ssh, "sync"))
+    remote._links[(host, ssh)].connection.close()  # the host went away after the login
+    with pytest.raises(RemoteError) as caught:
+        remote.run_local(argv, host, ssh, step="sync")
+    said = str(caught.value)
+    assert said.startswith("sync on host testhost (127.0.0.1): rsync exited "), said
+    assert "outpost relay: " in said
+
+
+def test_stop_children_ends_rsync_and_its_relay(target, tmp_path):
+    host, ssh = target
+    # A "remote rsync" that never answers: rsync waits on the relay, the relay on the host.
+    rsh = remote.relay_command(host, ssh, "sync")
+    argv = ["rsync", "-a", "--rsync-path=sleep 600; rsync", "-e", " ".join(rsh), f"{tmp_path}/",
+            f"{host.user}@{host.address}:{tmp_path}/never/"]
+    done = []
+    runner = threading.Thread(target=lambda: done.append(_failure(
+        lambda: remote.run_local(argv, host, ssh, step="sync"))))
+    runner.start()
+    deadline = time.monotonic() + 20
+    while not _running(rsh[-1]):
+        assert time.monotonic() < deadline, "the relay never started"
+        time.sleep(0.05)
+    assert remote.stop_children() == 1
+    runner.join(20)
+    assert not runner.is_alive() and isinstance(done[0], RemoteError)
+    assert not _running(rsh[-1])
+
+
+def _failure(call):
+    try:
+        call()
+    except Exception as error:
+        return error
+
+
+def _running(socket_path: str) -> bool:
+    """A relay to that socket is running."""
+    found = subprocess.run(["pgrep", "-f", "--", f"outpost.relay {socket_path}"],
+                           capture_output=True)
+    return found.returncode == 0
+
+
+# --- a script with a payload after it, in the same round trip -------------------------------
 
 def test_a_script_reads_the_payload_after_it_in_one_login(sshd, target, tmp_path):
     host, ssh = target
     before = sshd.accepted()
     payload = bytes(range(256)) * 4096 + b"\nno newline at the end"
     out = tmp_path / "payload"
-    result = remote.run_ssh(base.ssh_argv(ssh, host), host, ssh,
-                            f"set -eu\ncat > {out}\necho got $(wc -c < {out})", payload,
-                            step="content")
+    result = remote.run_script(host, f"set -eu\ncat > {out}\necho got $(wc -c < {out})", ssh,
+                               step="content", payload=payload)
     assert out.read_bytes() == payload
     assert result.stdout == f"got {len(payload)}\n"
     assert sshd.accepted() == before + 1
 
 
-def test_a_failing_script_raises_with_its_exit_status_and_stderr(target):
+def test_a_failing_script_raises_script_failed_with_its_exit_status_and_stderr(target):
     host, ssh = target
-    with pytest.raises(remote.ScriptFailed) as caught:
-        remote.run_ssh(base.ssh_argv(ssh, host), host, ssh,
-                       "echo the base is gone >&2; exit 75", step="content")
-    assert caught.value.exited == 75
-    assert str(caught.value) == ("content on host testhost (127.0.0.1) failed (exit 75):\n"
-                                 "  the base is gone")
+    for payload in (None, b"data"):
+        with pytest.raises(remote.ScriptFailed) as caught:
+            remote.run_script(host, "echo the base is gone >&2; exit 75", ssh, step="content",
+                              payload=payload)
+        assert caught.value.exited == 75
+        assert str(caught.value) == ("content on host testhost (127.0.0.1) failed (exit 75):\n"
+                                     "  the base is gone")
 
 
-def test_a_session_left_unused_ends_its_ssh_process(target):
+def test_a_login_started_early_is_the_one_the_script_uses(sshd, target):
     host, ssh = target
-    with remote.SshSession(base.ssh_argv(ssh, host), host, ssh, "content") as session:
-        pass
-    assert session.process.returncode is not None
+    before = sshd.accepted()
+    remote.connect_soon(host, ssh, "content")
+    remote.connect_soon(host, ssh, "content")
+    assert remote.run_script(host, "echo hi", ssh, step="content").stdout == "hi\n"
+    assert sshd.accepted() - before == 1
 
 
-def test_ssh_session_failures_name_the_host(sshd, target, tmp_path):
+def test_a_failed_early_login_is_raised_once_not_tried_again(sshd, target):
     host, ssh = target
-    changed = pin_other_key(ssh, tmp_path)
-    with pytest.raises(RemoteError, match=r"^content on host testhost \(127.0.0.1\): host key "
-                                          r"for testhost \(127.0.0.1\) does not match") as caught:
-        remote.run_ssh(base.ssh_argv(changed, host), host, changed, "true", step="content")
-    assert presents(sshd) in str(caught.value)
-    closed = replace(host, port=free_port())
-    with pytest.raises(RemoteError, match=rf"cannot reach 127.0.0.1 port {closed.port}: "
-                                          "connection refused"):
-        remote.run_ssh(base.ssh_argv(ssh, closed), closed, ssh, "true", step="content")
+    with socket.socket() as silent:  # accepts TCP (backlog) but never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        ssh.known_hosts.write_text(f"[127.0.0.1]:{port} {sshd.host_public_key}\n")
+        quiet, slow = replace(host, port=port), replace(ssh, connect_timeout=0.5)
+        remote.connect_soon(quiet, slow, "content")
+        with pytest.raises(RemoteError, match=rf"^content on host testhost \(127.0.0.1\): "
+                                              rf"cannot reach 127.0.0.1 port {port}: no SSH"):
+            remote.run_script(quiet, "true", slow, step="content")
+        silent.setblocking(False)
+        tried = 0
+        while True:
+            try:
+                silent.accept()[0].close()
+                tried += 1
+            except BlockingIOError:
+                break
+        assert tried == 1
 
 
 # --- host key fingerprints and the programs' environment (pure) ------------------------------
@@ -487,17 +576,6 @@ def test_local_programs_run_with_the_fixed_environment_only(target, operator_env
     assert set(environment) == {"PATH", "HOME", "LANG", "LC_ALL"}
 
 
-def test_an_ssh_session_runs_with_the_fixed_environment_only(target, operator_environment):
-    host, ssh = target
-    # A local shell in ssh's place runs the session's command here (ssh itself overwrites
-    # its /proc environ for its process title): the script shows the environment it got.
-    here = ["sh", "-c", 'eval "$1"', "sh"]
-    shown = remote.run_ssh(here, host, ssh, "env", step="content").stdout
-    environment = dict(line.split("=", 1) for line in shown.splitlines())
-    environment.pop("PWD", None)  # the shell's own
-    assert environment == openssh.environment()
-
-
 # --- a crafted remote path, with the operator's RSYNC_OLD_ARGS=1 -----------------------------
 
 def crafted_destination(base: Path) -> tuple[str, Path]:
@@ -515,7 +593,7 @@ def test_a_crafted_path_reaches_the_host_as_one_literal_path(target, tree, tmp_p
     host, ssh = target
     monkeypatch.setenv("RSYNC_OLD_ARGS", "1")  # rsync's old way: paths through the host's shell
     dest, marker = crafted_destination(tmp_path)
-    remote.run_local(base.rsync_argv(tree, host, dest, ssh), host, ssh, step="sync")
+    rsync(tree, host, dest, ssh, "sync")
     assert (Path(dest) / "x86_64" / "Packages.adb").read_bytes() == b"ADB index"
     assert not marker.exists()
 
@@ -524,7 +602,7 @@ def test_secluded_args_alone_keep_the_path_literal(target, tree, tmp_path):
     # The operator's whole environment, RSYNC_OLD_ARGS=1 included: -s still wins.
     host, ssh = target
     dest, marker = crafted_destination(tmp_path)
-    argv = base.rsync_argv(tree, host, dest, ssh)
+    argv = base.rsync_argv(tree, host, dest, ssh, remote.relay_command(host, ssh))
     subprocess.run(argv, env={**os.environ, "RSYNC_OLD_ARGS": "1"}, check=True,
                    capture_output=True)
     assert (Path(dest) / "x86_64" / "Packages.adb").exists()
@@ -534,7 +612,9 @@ def test_secluded_args_alone_keep_the_path_literal(target, tree, tmp_path):
 def test_the_fixed_environment_alone_keeps_the_path_literal(target, tree, tmp_path,
                                                             monkeypatch):
     host, ssh = target
-    unprotected = [arg for arg in base.rsync_argv(tree, host, "DEST", ssh) if arg != "-s"]
+    unprotected = [arg for arg in base.rsync_argv(tree, host, "DEST", ssh,
+                                                  remote.relay_command(host, ssh))
+                   if arg != "-s"]
     # Without -s and with the operator's RSYNC_OLD_ARGS=1, the host's shell runs the path:
     # what the two guards are for (and proof that this test can see it).
     dest, marker = crafted_destination(tmp_path / "inherited")

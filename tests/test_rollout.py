@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -215,31 +214,6 @@ def test_two_runs_at_once_one_works_the_other_fails_at_once_with_the_lock(site):
         assert served_version(inv, name) == template_version(project)
 
 
-def descendants(pid):
-    """Every process below pid (children, grandchildren...)."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-
-
 def big_content_change(project, tag):
     folder = project / "content/static/blobs"
     folder.mkdir(exist_ok=True)
@@ -247,18 +221,20 @@ def big_content_change(project, tag):
         (folder / f"{tag}-{n}.bin").write_bytes(os.urandom(1 << 20))
 
 
-def rsync_running(doit):
-    return [p for p in descendants(doit.pid)
-            if Path(f"/proc/{p}/comm").exists()
-            and Path(f"/proc/{p}/comm").read_text().strip() in ("rsync", "ssh")]
+def pushing(hosts_fleet) -> list[str]:
+    """The hosts where a content push is unpacking (the push script's tar, as deploy): the
+    push runs on a channel of the run's SSH connection, so the host is where it shows."""
+    return [name for name in HOSTS
+            if hosts_fleet.run_on(name, ["pgrep", "-u", "deploy", "-x", "tar"],
+                                  capture_output=True).returncode == 0]
 
 
 @pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
 def test_an_interrupt_mid_content_push_leaves_a_run_that_converges(site, how):
-    project, inv, _ = site
+    project, inv, hosts_fleet = site
     big_content_change(project, how)
     doit = doit_proc(project, "deploy")
-    children = wait_for(lambda: rsync_running(doit), "an rsync of the content", timeout=120)
+    wait_for(lambda: pushing(hosts_fleet), "a push of the content", timeout=120)
     os.kill(doit.pid, getattr(signal, how))
     out, err = doit.communicate(timeout=60)
     if how == "SIGINT":
@@ -266,8 +242,8 @@ def test_an_interrupt_mid_content_push_leaves_a_run_that_converges(site, how):
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("outpost: interrupted"), err
         assert "Traceback" not in out + err
-        # No child left: rsync and the ssh under it were stopped.
-        wait_for(lambda: not any(alive(p) for p in children), "the children to end", 10)
+        # Nothing goes on behind the run's back: its connections closed, the pushes ended.
+        wait_for(lambda: not pushing(hosts_fleet), "the pushes on the hosts to end", 10)
     else:
         assert doit.returncode == -signal.SIGKILL
     proc = run_doit(project, "deploy")

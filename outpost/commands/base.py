@@ -54,7 +54,8 @@ ENV_DIR = "/etc/default"              # <package>.env.j2 becomes /etc/default/<p
 
 def ssh_options(ssh, host) -> list[str]:
     """OpenSSH options that pin the host key to the inventory's known_hosts and use only the
-    inventory's identity. `-F /dev/null` ignores ~/.ssh/config, as the Fabric side does: the
+    inventory's identity, as Outpost's own connection does (outpost.sshconnect); for ssh and
+    rsync run by hand or by the benchmark's seed. `-F /dev/null` ignores ~/.ssh/config: the
     inventory alone says how to reach a host."""
     return [
         "-F", "/dev/null",
@@ -75,13 +76,14 @@ def _remote_host(host) -> str:
     return f"{host.user}@{address}"
 
 
-def rsync_argv(src_dir, host, dest_dir: str, ssh, *, delete=True, hardlinks=False,
-               extra=()) -> list[str]:
+def rsync_argv(src_dir, host, dest_dir: str, ssh, rsh: list[str], *, delete=True,
+               hardlinks=False, extra=()) -> list[str]:
     """rsync the contents of src_dir into dest_dir on host (both with a trailing slash, so the
-    folder's contents land in dest_dir, not a folder inside it). -s (--secluded-args, once
-    --protect-args; -s on every rsync since 3.0) sends the paths to the host's rsync over the
-    protocol, not through the host's shell: a path is one literal path, whatever it holds,
-    and RSYNC_OLD_ARGS can't undo it."""
+    folder's contents land in dest_dir, not a folder inside it), with `rsh` as its remote
+    shell (outpost.remote.relay_command: a channel of the run's SSH connection). -s
+    (--secluded-args, once --protect-args; -s on every rsync since 3.0) sends the paths to
+    the host's rsync over the protocol, not through the host's shell: a path is one literal
+    path, whatever it holds, and RSYNC_OLD_ARGS can't undo it."""
     argv = ["rsync", "-a", "-s"]
     if hardlinks:
         argv.append("-H")
@@ -90,17 +92,12 @@ def rsync_argv(src_dir, host, dest_dir: str, ssh, *, delete=True, hardlinks=Fals
     argv += [
         # An I/O timeout: a host that stops answering mid-transfer fails the step.
         f"--timeout={math.ceil(ssh.command_timeout)}",
-        "-e", shlex.join(["ssh", *ssh_options(ssh, host)]),
+        "-e", shlex.join(rsh),
         *extra,
         f"{str(src_dir).rstrip('/')}/",
         f"{_remote_host(host)}:{dest_dir.rstrip('/')}/",
     ]
     return argv
-
-
-def ssh_argv(ssh, host) -> list[str]:
-    """OpenSSH to host with ssh_options; the remote command goes after it."""
-    return ["ssh", *ssh_options(ssh, host), _remote_host(host)]
 
 
 # --- doas.conf --------------------------------------------------------------------------------

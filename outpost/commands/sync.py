@@ -24,12 +24,12 @@ INDEX_FILES = {"v3": "Packages.adb", "v2": "APKINDEX.tar.gz"}  # what each list 
 INDEX_FORMATS = {"local": "v2", "cbuild": "v3"}
 
 
-def repo_rsync_argv(build_repo: Path, host, repository, ssh) -> list[str]:
+def repo_rsync_argv(build_repo: Path, host, repository, ssh, rsh: list[str]) -> list[str]:
     """The host's arch folder of the local repository, to the same folder under the
-    repository path on the host. -H keeps cbuild's APKINDEX.tar.gz a hardlink of
-    Packages.adb instead of a second copy."""
+    repository path on the host, over rsh (base.rsync_argv). -H keeps cbuild's
+    APKINDEX.tar.gz a hardlink of Packages.adb instead of a second copy."""
     return base.rsync_argv(build_repo / host.arch, host, f"{repository.path}/{host.arch}", ssh,
-                           hardlinks=True)
+                           rsh, hardlinks=True)
 
 
 def repo_list_line(fmt: str, repo_path: str) -> str:

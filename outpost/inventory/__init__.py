@@ -299,7 +299,8 @@ def load(path: str | Path) -> Inventory:
         builder=Builder(**builder),
         ssh=Ssh(known_hosts=ssh["known_hosts"], identity=ssh["identity"],
                 connect_timeout=ssh["connect_timeout"], command_timeout=ssh["command_timeout"],
-                bootstrap_identity=ssh["bootstrap_identity"]),
+                bootstrap_identity=ssh["bootstrap_identity"],
+                keep_connection=ssh["keep_connection"]),
         fleet=Fleet(**checked["fleet"]) if checked["fleet"] else None,
         packages=tuple(Package(**values, root=root) for values in checked["packages"]),
         hosts=tuple(

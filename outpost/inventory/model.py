@@ -72,6 +72,9 @@ class Ssh:
     # root's key for the bootstrap, the only step that logs in as root; None: the bootstrap
     # script is written for the operator to run (README.md, "Real servers").
     bootstrap_identity: Path | None = None
+    # Seconds a host's SSH connection outlives a run for the next one (outpost.keeper); 0:
+    # it ends with the run.
+    keep_connection: int = 0
 
 
 @dataclass(frozen=True)

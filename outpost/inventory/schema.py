@@ -97,6 +97,8 @@ SCHEMA: dict[str, Table] = {
         Key("bootstrap_identity", LOCAL_PATH, None),
         Key("connect_timeout", NUMBER, 10.0, _positive),
         Key("command_timeout", NUMBER, 300.0, _positive),
+        # Seconds a host's connection is kept for the next run (outpost/keeper.py); 0: none.
+        Key("keep_connection", INTEGER, 0, _at_least(0)),
     )),
     "fleet": Table((
         Key("state", LOCAL_PATH),

@@ -35,7 +35,9 @@ def bootstrap(inventory, host, plan: bootstrap_module.Plan):
     ssh = inventory.ssh
     if ssh.bootstrap_identity is not None:
         root = dataclasses.replace(host, user="root")
-        root_ssh = dataclasses.replace(ssh, identity=ssh.bootstrap_identity)
+        # Root's login is never kept (keep_connection): a kept one would make whoever can
+        # reach its socket root on the host.
+        root_ssh = dataclasses.replace(ssh, identity=ssh.bootstrap_identity, keep_connection=0)
         report(host, remote.run_script(root, script, root_ssh, step="bootstrap").stdout)
         return
     result = remote.run_script(host, bootstrap_module.check_script(plan), ssh,

@@ -1,6 +1,6 @@
 """The content step: each package's content/ becomes a release on every host (the layout and
-scripts are commands.content), from the manifest of content/ (outpost.manifest), with one SSH
-login per host (outpost.remote.SshSession). And what this machine knows of each host's releases,
+scripts are commands.content), from the manifest of content/ (outpost.manifest), each on a
+channel of the run's SSH login to the host (outpost.remote). And what this machine knows of each host's releases,
 so that content:<host> is up to date without asking the host.
 
 Kept here, under build/content/<package>/:
@@ -26,7 +26,6 @@ from pathlib import Path
 
 from outpost import hoststate, manifest as manifests, probe, remote
 from outpost.commands import config as config_commands
-from outpost.commands.base import ssh_argv
 from outpost.commands import content as releases
 from outpost.errors import OutpostError
 from outpost.files import write_atomic
@@ -186,8 +185,8 @@ def _payload(release: manifests.Manifest, base, base_folder) -> bytes:
 
 
 def push(inventory, host, say, confirmed=None):
-    """Put each package's content on host as a release and switch to it: one SSH login per
-    package. Links to the release the host serves, unless it drifted or is gone. A package in
+    """Put each package's content on host as a release and switch to it: one round trip per
+    package, on the run's SSH login to the host. Links to the release the host serves, unless it drifted or is gone. A package in
     `confirmed` ({name: folder}: the host serves its release from that folder) is not sent
     again, only recorded; nor is a release the host's `current` already holds
     (commands.content.push_script)."""
@@ -228,18 +227,17 @@ def push(inventory, host, say, confirmed=None):
 
 
 def _push(inventory, package, host, release, record, linked: bool) -> tuple[str, int]:
-    """One login: the release, linked to the one the host serves when linked and known here."""
-    with remote.SshSession(ssh_argv(inventory.ssh, host), host, inventory.ssh,
-                           "content") as session:
-        # The login goes on while the base and the payload are made.
-        base = None
-        if linked and record is not None and record.drift is None:
-            base = _stored_manifest(inventory, package, record.folder)
-        base_folder = record.folder if base is not None else None
-        script = releases.push_script(package.content_dir, release.release, base_folder,
-                                      package.keep_releases,
-                                      fresh=record is None or record.drift is not None)
-        result = session.run(script, _payload(release, base, base_folder))
+    """One round trip: the release, linked to the one the host serves when linked and known
+    here."""
+    base = None
+    if linked and record is not None and record.drift is None:
+        base = _stored_manifest(inventory, package, record.folder)
+    base_folder = record.folder if base is not None else None
+    script = releases.push_script(package.content_dir, release.release, base_folder,
+                                  package.keep_releases,
+                                  fresh=record is None or record.drift is not None)
+    result = remote.run_script(host, script, inventory.ssh, step="content",
+                               payload=_payload(release, base, base_folder))
     return result.stdout, releases.changed_count(release, base)
 
 
@@ -258,8 +256,7 @@ def rollback(inventory, host, say) -> list[tuple]:
     for package in packages(inventory):
         script = releases.rollback_script(package.content_dir, package.keep_releases)
         try:
-            result = remote.run_ssh(ssh_argv(inventory.ssh, host), host,
-                                    inventory.ssh, script, step="rollback")
+            result = remote.run_script(host, script, inventory.ssh, step="rollback")
         except remote.ScriptFailed as failed:
             if failed.exited == releases.NOTHING_TO_ROLL_BACK:
                 raise OutpostError(f"host {host.name}, step rollback: {package.name} has no "
@@ -280,7 +277,10 @@ def rollback(inventory, host, say) -> list[tuple]:
 # --- the steps: content:<host>, its uptodate, rollback:content:<host> ----------------------------
 
 def push_content(inventory, host):
-    """A new release of each package's content on host, switched in."""
+    """A new release of each package's content on host, switched in. The SSH login starts
+    first, beside the HTTPS question and the payload: content:<host> runs when something is
+    to be sent, save after a run cut short (then the login goes unused)."""
+    remote.connect_soon(host, inventory.ssh, "content")
     push(inventory, host, say, confirmed=_confirmed(inventory, host))
 
 

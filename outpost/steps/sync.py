@@ -21,10 +21,13 @@ def sync_settings(inventory, host) -> dict:
 
 
 def sync(inventory, host):
-    """The host's doas rules and content folders (sync_bundle), then rsync its arch folder."""
+    """The host's doas rules and content folders (sync_bundle), then rsync its arch folder on a
+    channel of the same SSH login."""
+    remote.connect_soon(host, inventory.ssh, "sync")  # logs in while the bundle is made
     report(host, apply_bundle(inventory, host, sync_commands.sync_bundle(inventory, host),
                               "sync").stdout)
     build_repo = repo.repo_dir(inventory, host.arch).parent
+    rsh = remote.relay_command(host, inventory.ssh, step="sync")
     remote.run_local(sync_commands.repo_rsync_argv(build_repo, host, inventory.repository,
-                                                   inventory.ssh),
+                                                   inventory.ssh, rsh),
                      host, inventory.ssh, step="sync")
