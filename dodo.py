@@ -20,7 +20,7 @@ from outpost.errors import OutpostError
 from outpost.report import reporter_for
 from outpost.steps.build import broken_template
 from tasks import (acme, bootstrap, build, certificates, check, config, content, deploy, dns, fleet,
-                   latency, services, sync, upgrade)
+                   latency, login, services, sync, upgrade)
 
 try:
     INVENTORY = inventory_file.load(os.environ.get("OUTPOST_INVENTORY", "inventory.toml"))
@@ -137,6 +137,11 @@ def task_geoip():
 def task_dns():
     """Switch in each host's GeoDNS config, zone and database (gdnsd), after gdnsd checkconf."""
     yield from _tasks(dns.dns)
+
+
+def task_login():
+    """Log in to each host whose content is to be pushed, at the start of the run."""
+    yield from _tasks(login.login)
 
 
 def task_content():

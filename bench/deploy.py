@@ -76,7 +76,7 @@ WHAT = {"noop": "no-op runs", "one": "one-file changes", "many": "3,000-file cha
 def pair(site: Site, what: str) -> tuple[Measure, Measure, dict]:
     """Outpost's and the seed's measure of one kind of row, and the rounds that time them."""
     deploy, seed = (Measure(label) for label in PAIRS[what])
-    checks, contents = site.steps("check"), site.steps("content")
+    checks, contents = site.steps("check"), site.steps("login") | site.steps("content")
     app = {"build:noarch", "index:x86_64"} | site.steps("sync") | site.steps("upgrade") | checks
     run_deploy, run_seed = {
         "noop": (lambda: site.run_doit(["deploy"], checks), site.run_seed),
@@ -116,7 +116,7 @@ def veth_rows(small: Site, workdir: Path, runs: int) -> tuple[list[tuple], dict]
     extra = {"noop": {"floor": (floor, floor_runner(workdir), small),
                       "content": (noop_push, lambda: small.run_doit(["content"], set()), small)},
              "one": {"content": (one_push, after(small.content.one_file, lambda: small.run_doit(
-                 ["content"], small.steps("content"))), small)}}
+                 ["content"], small.steps("login") | small.steps("content"))), small)}}
     for what, (_, _, kinds) in measured.items():
         rounds({**kinds, **extra.get(what, {})}, runs, f"{WHAT[what]}, 3 hosts")
     (noop, seed_noop, _), (one, seed_one, _), (many, seed_many, _), (app, seed_app, _) = (
@@ -148,7 +148,8 @@ def large_rows(small: Site, big: Site, runs: int) -> list[tuple]:
     one30 = Measure("one-file change, `doit deploy`, 30 hosts")
     rounds({"seed": (seed30, after(big.seed.one_file, big.run_seed), big),
             "deploy": (one30, after(big.content.one_file, lambda: big.run_doit(
-                ["deploy"], big.steps("content") | big.steps("check"))), big)},
+                ["deploy"], big.steps("login") | big.steps("content") | big.steps("check"))),
+                big)},
            runs, "one-file changes, 30 hosts")
     return [(noop3, None), (noop30, noop3), (seed30, None), (one30, seed30)]
 

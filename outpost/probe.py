@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from outpost import exchange, tls
+from outpost.runcache import RunCache
 from outpost.exchange import SiteConnection
 from outpost.commands import dns
 from outpost.errors import OutpostError
@@ -42,34 +43,6 @@ WAIT = 20.0
 # A server that refuses the connection may be starting (the fleet's pebble, just after
 # fleet:up, listens a moment after its machine's sshd): asked again for this long.
 ROOTS_STARTING = 15.0
-
-
-class RunCache:
-    """What this run has already asked. Each question is asked once, also when threads (doit
-    runs the hosts' tasks in threads) ask it at the same moment: the others wait for the first
-    one's answer. A failure is not kept: the next caller asks again. A run is one process, so
-    nothing here outlives it."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._entries: dict = {}  # key -> [lock, answered at (monotonic) or None, answer]
-
-    def get(self, key, make, max_age: float | None = None):
-        """The answer kept for key, or make()'s, kept; an answer older than max_age seconds
-        is asked again."""
-        with self._lock:
-            entry = self._entries.setdefault(key, [threading.Lock(), None, None])
-        with entry[0]:
-            if entry[1] is None or (max_age is not None and time.monotonic() - entry[1] >= max_age):
-                entry[2] = make()
-                entry[1] = time.monotonic()
-            return entry[2]
-
-    def forget(self, kind: str):
-        """Forget every answer whose key starts with kind (a test that restarts a server)."""
-        with self._lock:
-            for key in [k for k in self._entries if k[0] == kind]:
-                del self._entries[key]
 
 
 RUN = RunCache()
@@ -270,8 +243,11 @@ def probe(inventory, host, hosts) -> dict | str | None:
     records). doit asks for each task's status in turn on one thread, so the first call asks
     all of `hosts` at once, and each call waits for its own host's answer only."""
     def ask_all():
-        pool = ThreadPoolExecutor(max_workers=max(1, len(hosts)))
+        pool = ThreadPoolExecutor(max_workers=max(1, 2 * len(hosts)))
         answers = {h.name: pool.submit(health, inventory, h, PROBE_TIMEOUT) for h in hosts}
+        if inventory.dns is not None and inventory.dns.provider == "gdnsd":
+            for h in hosts:
+                pool.submit(_open_plain, inventory, h)
         pool.shutdown(wait=False)  # the threads end with their requests
         return answers
     answer = RUN.get(("probe", inventory.path), ask_all).get(host.name)
@@ -374,6 +350,22 @@ def plain_health(inventory, host, timeout: float = 2.0) -> bool:
     except (OSError, http.client.HTTPException):
         return False
     return answers[0][0] == 200
+
+
+def _open_plain(inventory, host):
+    """Open the run's port-80 connection to the host (plain_health's) beside the drift
+    probe's: the check asks gdnsd's view on it later in one round trip, not a new
+    connection's two. A failure is left to plain_health, which tries again."""
+    kept = _kept(inventory, host, plain=True)
+    with kept.lock:
+        if kept.connection is None:
+            kept.connection = exchange.PlainSiteConnection(host.address, inventory.site.name,
+                                                           PROBE_TIMEOUT)
+        try:
+            if kept.connection.sock is None:
+                kept.connection.connect()
+        except OSError:
+            kept.drop()
 
 
 def healthy_hosts(inventory) -> set[str]:

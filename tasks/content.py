@@ -16,6 +16,9 @@ def content(inventory):
     # The manifest of content/, made now: a link out of it stops the run before any host.
     for package in packages:
         content_step.manifest(inventory, package)
+    # `doit content` logs in to every host to be pushed to first, all at once (login:<host>).
+    yield {"name": None, "doc": "Push the content to each host as a new release, and switch to it.",
+           "task_dep": ["login"]}
     for host in inventory.hosts:
         yield {
             "name": host.name,
@@ -25,7 +28,7 @@ def content(inventory):
             "uptodate": [config_changed({"address": host.address,
                                          "dest": [p.content_dir for p in packages]}),
                          functools.partial(content_step.content_is_current, inventory, host)],
-            "task_dep": [f"config:{host.name}"],
+            "task_dep": [f"login:{host.name}", f"config:{host.name}"],
         }
 
 
