@@ -115,8 +115,11 @@ def connect_soon(host, ssh, step: str | None = None) -> None:
         if key in _links or key in _opening:
             return
         _opening[key] = Future()
-    threading.Thread(target=_open_link, args=(key, host_step(host, step)),
-                     daemon=True).start()
+    # Not a daemon: a run that ends meanwhile (the lock held elsewhere, a failure) waits for
+    # the login to finish, then closes it (close_all at exit). A daemon thread killed inside
+    # the key exchange's native code at the interpreter's end aborts the process ("FATAL:
+    # exception not rethrown").
+    threading.Thread(target=_open_link, args=(key, host_step(host, step))).start()
 
 
 def relay_command(host, ssh, step: str | None = None) -> list[str]:

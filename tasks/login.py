@@ -15,8 +15,9 @@ def login(inventory):
         yield {
             "name": host.name,
             "doc": f"Log in to {host.name} early when its content is to be pushed",
-            # Starts the login and returns: the steps that need it wait for it.
-            "actions": [action(login_step.log_in, inventory, host, read_only=True)],
+            # Takes the project lock first (the run is about to change the host), then starts
+            # the login and returns: the steps that need it wait for it.
+            "actions": [action(login_step.log_in, inventory, host)],
             "uptodate": [functools.partial(login_step.nothing_to_push, inventory, host)],
             # The deploy user exists once the host is bootstrapped.
             "task_dep": [f"bootstrap:{host.name}"],

@@ -15,6 +15,7 @@ from outpost import exchange, probe
 from outpost.commands import dns as dns_commands
 from outpost.commands import services as services_commands
 from outpost.errors import OutpostError
+from outpost.steps import content
 from outpost.steps.common import apply_bundle, say
 
 # Any continent's network will do: a running nameserver answers every one.
@@ -51,16 +52,19 @@ def _port_80_refused(host) -> bool:
     return False
 
 
-def stopped(inventory, host) -> dict[str, str]:
+def stopped(inventory, host, first_look: bool = False) -> dict[str, str]:
     """{service: what was seen} for each service the host should run that does not answer,
     asked now; {} when all do, or when nothing shows the host itself is up (no answer, no
-    refusal: it is down or cut off, and nothing here can start it)."""
+    refusal: it is down or cut off, and nothing here can start it). At the run's first look,
+    a health answer the drift probe had from the app through nginx stands for the HTTPS
+    question (both run, no round trip of its own)."""
     found = {}
     app = services_commands.app_service(inventory)
     gdnsd = services_commands.gdnsd(inventory)
     with ThreadPoolExecutor(max_workers=1) as pool:  # both questions in one round trip
         dns_answer = pool.submit(_dns, inventory, host) if gdnsd else None
-        answer = _https(inventory, host)
+        seen = content.drift_probe(inventory, host) if first_look else None
+        answer = 200 if isinstance(seen, dict) else _https(inventory, host)
     # An HTTP answer, a refused connection, a TLS or HTTP error: something on the host spoke.
     reachable = isinstance(answer, (int, ConnectionRefusedError, ConnectionResetError,
                                     ssl.SSLError, http.client.HTTPException))
@@ -90,7 +94,7 @@ def _stopped_at_first_look(inventory, host) -> dict[str, str]:
     checked by them (the health gate) and by the check."""
     def ask_all():
         pool = ThreadPoolExecutor(max_workers=max(1, len(inventory.hosts)))
-        answers = {h.name: pool.submit(stopped, inventory, h) for h in inventory.hosts}
+        answers = {h.name: pool.submit(stopped, inventory, h, True) for h in inventory.hosts}
         pool.shutdown(wait=False)  # the threads end with their questions
         return answers
     return probe.RUN.get(("services stopped", inventory.path), ask_all)[host.name].result()
