@@ -4,10 +4,10 @@ connection (outpost.channels): frames on a Unix socket. Pure: nothing here does 
 
 A frame is one kind byte, the data's length (4 bytes, big-endian) and the data. The server
 greets each client it takes on with HELLO (a client that meets the socket's end before it
-knows that its command was never read: nothing ran). The client sends COMMAND once, then its stdin as INPUT frames and END when stdin ends. The server
-answers with the command's OUTPUT and ERRORS (its stdout and stderr) as they come, then
-STATUS (its exit status, in decimal); or FAILED (why) when the connection could not start
-the command at all, so nothing ran.
+knows that its command was never read: nothing ran). The client sends COMMAND once, then its
+stdin as INPUT frames and END when stdin ends. The server answers with the command's OUTPUT
+and ERRORS (its stdout and stderr) as they come, then STATUS (its exit status, in decimal);
+or FAILED (why) when the connection could not start the command at all, so nothing ran.
 """
 from __future__ import annotations
 

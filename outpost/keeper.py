@@ -9,8 +9,9 @@ keeper idles out.
 The sockets live in one folder of this user's (mode 700, refused when anyone else owns it or
 can enter it). A socket's name is a digest of what the connection was made with (address,
 port, user, identity, the pinned known_hosts) and how long it is kept, so a changed pin, key
-or setting never meets an old keeper. `ps` shows each keeper's socket and user@host. A run holds its keeper open with a connection that sends nothing: the keeper's idle
-time starts when the run ends.
+or setting never meets an old keeper. `ps` shows each keeper's socket and user@host. A run
+holds its keeper open with a connection that sends nothing: the keeper's idle time starts
+when the run ends.
 """
 from __future__ import annotations
 

@@ -22,8 +22,8 @@ SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/s
 
 
 def program_environment(home: str, found) -> dict[str, str]:
-    """The whole environment of the programs Outpost starts (rsync and its relay, a keeper): a PATH of the folders
-    holding the programs `found` (their paths, None for one not found) and then the system's,
+    """The whole environment of the programs Outpost starts (rsync and its relay, a keeper): a
+    PATH of the folders holding the programs `found` (their paths, None for one not found) and then the system's,
     the user's home, the C locale. Nothing is inherited, so RSYNC_OLD_ARGS, RSYNC_PROTECT_ARGS,
     RSYNC_RSH, SSH_AUTH_SOCK, LD_PRELOAD and the like in the operator's shell can't change
     what runs or how it reads its arguments."""

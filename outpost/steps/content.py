@@ -1,7 +1,7 @@
 """The content step: each package's content/ becomes a release on every host (the layout and
 scripts are commands.content), from the manifest of content/ (outpost.manifest), each on a
-channel of the run's SSH login to the host (outpost.remote). And what this machine knows of each host's releases,
-so that content:<host> is up to date without asking the host.
+channel of the run's SSH login to the host (outpost.remote). And what this machine knows of
+each host's releases, so that content:<host> is up to date without asking the host.
 
 Kept here, under build/content/<package>/:
     hashes.json          the manifest's hash cache
@@ -186,9 +186,9 @@ def _payload(release: manifests.Manifest, base, base_folder) -> bytes:
 
 def push(inventory, host, say, confirmed=None):
     """Put each package's content on host as a release and switch to it: one round trip per
-    package, on the run's SSH login to the host. Links to the release the host serves, unless it drifted or is gone. A package in
-    `confirmed` ({name: folder}: the host serves its release from that folder) is not sent
-    again, only recorded; nor is a release the host's `current` already holds
+    package, on the run's SSH login to the host. Links to the release the host serves, unless
+    it drifted or is gone. A package in `confirmed` ({name: folder}: the host serves its
+    release from that folder) is not sent again, only recorded; nor is a release the host's `current` already holds
     (commands.content.push_script)."""
     for package in packages(inventory):
         release = manifest(inventory, package)
