@@ -188,8 +188,8 @@ def push(inventory, host, say, confirmed=None):
     """Put each package's content on host as a release and switch to it: one round trip per
     package, on the run's SSH login to the host. Links to the release the host serves, unless
     it drifted or is gone. A package in `confirmed` ({name: folder}: the host serves its
-    release from that folder) is not sent again, only recorded; nor is a release the host's `current` already holds
-    (commands.content.push_script)."""
+    release from that folder) is not sent again, only recorded; nor is a release the host's
+    `current` already holds (commands.content.push_script)."""
     for package in packages(inventory):
         release = manifest(inventory, package)
         record = served(inventory, package, host)
